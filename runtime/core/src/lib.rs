@@ -1,0 +1,24 @@
+//! Taskpath runtime core: a [`Model`] validated over borrowed package bytes,
+//! and a [`Session`] that runs one task's op program over a caller-provided
+//! arena, touching only that task's path of blobs.
+//!
+//! Without the `std` feature the crate is `no_std` and never allocates: the
+//! arena size a task needs is in the package ([`TaskInfo::arena_bytes`]), so
+//! firmware can reserve it statically.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+mod error;
+#[cfg(feature = "std")]
+mod mapped;
+mod model;
+mod session;
+mod trace;
+
+pub use error::{Error, ErrorCode, Result};
+#[cfg(feature = "std")]
+pub use mapped::{AlignedArena, MappedModel};
+pub use model::{BlobView, Model, TaskInfo, TensorView, MAX_CHAIN};
+pub use session::{RunStats, Session, SessionOptions};
+pub use taskpath_format as format;
+pub use trace::{NoTrace, Tracer};

@@ -1,0 +1,150 @@
+//! Runtime errors: one enum, grouped by code range as in ExecuTorch's `Error`.
+
+use core::fmt;
+
+use taskpath_format::FormatError;
+
+/// Numeric error codes, stable across versions (the C ABI returns them).
+/// Ranges: `0x1_` caller arguments, `0x2_` resources, `0x3_` package/format,
+/// `0x4_` kernels/targets.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A task name or index that the model does not have.
+    UnknownTask = 0x10,
+    /// Wrong number of inputs.
+    InputCount = 0x11,
+    /// An input of the wrong length.
+    InputShape = 0x12,
+    /// An output buffer of the wrong length.
+    OutputShape = 0x13,
+    /// The arena is smaller than the task's plan.
+    ArenaTooSmall = 0x20,
+    /// The arena is not aligned for f32.
+    ArenaMisaligned = 0x21,
+    /// The package is malformed.
+    Format = 0x30,
+    /// A task's op program or memory plan is inconsistent.
+    InvalidProgram = 0x31,
+    /// A delta pack does not fit the chain it is added to.
+    DeltaMismatch = 0x32,
+    /// Too many packages in one chain.
+    ChainTooLong = 0x33,
+    /// An I/O error opening or mapping a file (std only).
+    Io = 0x40,
+}
+
+/// A runtime error; `Display` says what is wrong in one sentence.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Error {
+    /// No task with that name or index.
+    UnknownTask,
+    /// `inputs.len()` differs from the task's modality count.
+    InputCount {
+        /// Modalities the task takes.
+        expected: usize,
+        /// Inputs given.
+        got: usize,
+    },
+    /// Input `index` has the wrong number of values.
+    InputShape {
+        /// Which input (position among the task's modalities).
+        index: usize,
+        /// tokens * features.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The output buffer has the wrong length.
+    OutputShape {
+        /// The task's output count.
+        expected: usize,
+        /// Buffer length given.
+        got: usize,
+    },
+    /// The arena is too small for the task.
+    ArenaTooSmall {
+        /// Bytes the task's plan needs.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
+    /// The arena does not start on a 4-byte boundary.
+    ArenaMisaligned,
+    /// The package is malformed.
+    Format(FormatError),
+    /// Op `op` of the task's program is inconsistent with the package.
+    InvalidProgram {
+        /// Index of the op within the task's program.
+        op: u32,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A delta pack does not extend the package chain before it.
+    DeltaMismatch {
+        /// What does not match.
+        why: &'static str,
+    },
+    /// More packages than [`crate::MAX_CHAIN`].
+    ChainTooLong,
+    /// An I/O error (std only): what was being done.
+    Io(&'static str),
+}
+
+impl Error {
+    /// The stable numeric code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownTask => ErrorCode::UnknownTask,
+            Self::InputCount { .. } => ErrorCode::InputCount,
+            Self::InputShape { .. } => ErrorCode::InputShape,
+            Self::OutputShape { .. } => ErrorCode::OutputShape,
+            Self::ArenaTooSmall { .. } => ErrorCode::ArenaTooSmall,
+            Self::ArenaMisaligned => ErrorCode::ArenaMisaligned,
+            Self::Format(_) => ErrorCode::Format,
+            Self::InvalidProgram { .. } => ErrorCode::InvalidProgram,
+            Self::DeltaMismatch { .. } => ErrorCode::DeltaMismatch,
+            Self::ChainTooLong => ErrorCode::ChainTooLong,
+            Self::Io(_) => ErrorCode::Io,
+        }
+    }
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Self::Format(e)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownTask => f.write_str("unknown task"),
+            Self::InputCount { expected, got } => {
+                write!(f, "wrong number of inputs: the task takes {expected} modalities, got {got}")
+            }
+            Self::InputShape { index, expected, got } => write!(
+                f,
+                "wrong input shape: input {index} needs {expected} values (tokens x features), got {got}"
+            ),
+            Self::OutputShape { expected, got } => {
+                write!(f, "wrong output shape: the task has {expected} outputs, buffer holds {got}")
+            }
+            Self::ArenaTooSmall { need, have } => {
+                write!(f, "arena too small: the task needs {need} bytes, got {have}")
+            }
+            Self::ArenaMisaligned => f.write_str("arena must start on a 4-byte boundary"),
+            Self::Format(e) => write!(f, "corrupt package: {e}"),
+            Self::InvalidProgram { op, why } => write!(f, "invalid op program at op {op}: {why}"),
+            Self::DeltaMismatch { why } => write!(f, "delta pack does not match its base: {why}"),
+            Self::ChainTooLong => write!(f, "too many packages in one chain (max {})", crate::MAX_CHAIN),
+            Self::Io(what) => write!(f, "I/O error: {what}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+/// Result with [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;

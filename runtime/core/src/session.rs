@@ -1,0 +1,513 @@
+//! A session runs one task over a caller-provided arena.
+//!
+//! `Session::new` checks the task's whole op program against the package —
+//! every slot inside the arena, every tensor's shape, every weight on the
+//! task's path — so `run` does no allocation and meets no surprise: the same
+//! decoding runs again per op, and any inconsistency is still an error, not a panic.
+
+use core::ops::Range;
+
+use taskpath_cpu::f32 as k;
+use taskpath_format::records::{gating, ExpertRec, OpRec};
+use taskpath_format::{Opcode, Package, NONE};
+
+use crate::error::{Error, Result};
+use crate::model::{Model, TaskInfo, TensorView};
+use crate::trace::{NoTrace, Tracer};
+
+/// What one `run` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Ops executed.
+    pub ops: u32,
+    /// Expert components evaluated (selected experts x components).
+    pub expert_components: u32,
+    /// Bytes of weights read.
+    pub weight_bytes: usize,
+}
+
+/// Options for [`Session::with_options`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Check the checksum of every blob on the task's path at creation.
+    pub verify_path: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { verify_path: true }
+    }
+}
+
+type R = Range<usize>;
+
+#[derive(Debug)]
+enum Step<'a> {
+    Encode { input: usize, y: R, w: TensorView<'a>, b: TensorView<'a>, pos: TensorView<'a>, tmp: R },
+    LayerNorm { x: R, y: R, g: TensorView<'a>, b: TensorView<'a>, scale: f32 },
+    Linear { x: R, y: R, w: TensorView<'a>, b: Option<TensorView<'a>>, rows: usize, tmp: R },
+    Attention { q: R, k: R, v: R, out: R, l: usize, heads: usize, scratch: R },
+    AttnPool { u: R, query: TensorView<'a>, out: R, scratch: R },
+    Gate { p: R, gate: TensorView<'a>, logits: R, acc: bool, scale: f32, tmp: R },
+    Route { logits: R, modality: u32, mask: u64, route: R },
+    Moe { u: R, route: R, stage: usize, token: usize, out: R, scratch: R },
+    Copy { src: R, dst: R },
+}
+
+fn bad(op: u32, why: &'static str) -> Error {
+    Error::InvalidProgram { op, why }
+}
+
+/// Splits `arena` into disjoint mutable pieces for `ranges`; `None` when two
+/// non-empty ranges overlap or one leaves the arena. Empty ranges are free.
+fn carve<'s, const N: usize>(arena: &'s mut [f32], ranges: [&R; N]) -> Option<[&'s mut [f32]; N]> {
+    let mut order: [usize; N] = core::array::from_fn(|i| i);
+    order.sort_unstable_by_key(|&i| ranges[i].start);
+    let mut out: [&'s mut [f32]; N] = core::array::from_fn(|_| <&mut [f32]>::default());
+    let mut rest = arena;
+    let mut pos = 0usize;
+    for &i in &order {
+        let r = ranges[i];
+        if r.is_empty() {
+            continue;
+        }
+        if r.start < pos || r.end > pos + rest.len() {
+            return None;
+        }
+        let (_, tail) = core::mem::take(&mut rest).split_at_mut(r.start - pos);
+        let (mine, tail) = tail.split_at_mut(r.end - r.start);
+        out[i] = mine;
+        rest = tail;
+        pos = r.end;
+    }
+    Some(out)
+}
+
+/// A session for one task. Holds the arena for its lifetime; `run` can be
+/// called any number of times and never allocates.
+#[derive(Debug)]
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    task: TaskInfo<'a>,
+    part: Package<'a>,
+    arena: &'m mut [f32],
+    path_union: u64,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// A session for task `task` (global index) in `arena`, verifying the
+    /// path's blob checksums.
+    pub fn new(model: &'m Model<'a>, task: usize, arena: &'m mut [u8]) -> Result<Self> {
+        Self::with_options(model, task, arena, SessionOptions::default())
+    }
+
+    /// [`Session::new`] with options.
+    pub fn with_options(model: &'m Model<'a>, task: usize, arena: &'m mut [u8], opts: SessionOptions) -> Result<Self> {
+        let task = model.task(task)?;
+        let part = model.part(task.part).ok_or(Error::UnknownTask)?;
+        if arena.len() < task.arena_bytes {
+            return Err(Error::ArenaTooSmall { need: task.arena_bytes, have: arena.len() });
+        }
+        let arena: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..task.arena_bytes])
+            .map_err(|_| Error::ArenaMisaligned)?;
+        let path_union = task.modalities().filter_map(|m| model.path_mask(&task, m)).fold(0, |a, b| a | b);
+        let s = Self { model, task, part, arena, path_union };
+        for i in 0..task.rec.program_len {
+            s.step(i)?;
+        }
+        let out = s.slot(task.rec.output_slot, 0).map_err(|_| bad(0, "output slot"))?;
+        if out.len() < task.outputs {
+            return Err(bad(0, "output slot smaller than the task's outputs"));
+        }
+        if opts.verify_path {
+            for b in model.path_blobs(&task) {
+                model.verify_blob(b.index)?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// The task this session runs.
+    pub fn task(&self) -> &TaskInfo<'a> {
+        &self.task
+    }
+
+    /// Arena bytes in use (the task's planned size).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.len() * 4
+    }
+
+    fn slot(&self, id: u32, op: u32) -> Result<R> {
+        if id == NONE {
+            return Ok(0..0);
+        }
+        if id >= self.task.rec.slot_count {
+            return Err(bad(op, "slot index beyond the task's plan"));
+        }
+        let s = self.part.slots().get((self.task.rec.slot_start + id) as usize).ok_or(bad(op, "slot table"))?;
+        let r = s.offset as usize..s.offset as usize + s.len as usize;
+        if r.end > self.arena.len() {
+            return Err(bad(op, "slot outside the arena"));
+        }
+        Ok(r)
+    }
+
+    fn slot_min(&self, id: u32, len: usize, op: u32) -> Result<R> {
+        let r = self.slot(id, op)?;
+        if r.len() < len {
+            return Err(bad(op, "slot too small for the op's shape"));
+        }
+        Ok(r.start..r.start + len)
+    }
+
+    fn tensor(&self, id: u32, rows: usize, cols: usize, op: u32) -> Result<TensorView<'a>> {
+        let t = self.model.tensor(id).ok_or(bad(op, "no such tensor"))?;
+        if t.rows != rows || t.cols != cols {
+            return Err(bad(op, "tensor shape does not match the op"));
+        }
+        if rows == 1 && t.is_low_rank() {
+            return Err(bad(op, "vector stored as low-rank"));
+        }
+        let blob = self.model.blob(t.blob).ok_or(bad(op, "no such blob"))?;
+        if !self.model.on_path(&self.task, &blob.rec) {
+            return Err(bad(op, "tensor outside the task's path"));
+        }
+        Ok(t)
+    }
+
+    fn op(&self, i: u32) -> Result<OpRec> {
+        self.part.program().get((self.task.rec.program_start + i) as usize).ok_or(bad(i, "program range"))
+    }
+
+    /// Decodes and checks op `i`.
+    fn step(&self, i: u32) -> Result<Step<'a>> {
+        let hp = self.model.hparams();
+        let (d, n, kk) = (hp.d_model as usize, hp.experts as usize, hp.top_k as usize);
+        let o = self.op(i)?;
+        let opcode = Opcode::from_u16(o.opcode).ok_or(bad(i, "unknown opcode"))?;
+        let lr_tmp = |w: &TensorView<'a>, rows: usize, id: u32| -> Result<R> {
+            if w.is_low_rank() {
+                self.slot_min(id, rows * w.rank, i)
+            } else {
+                Ok(0..0)
+            }
+        };
+        Ok(match opcode {
+            Opcode::Encode => {
+                let input = o.a0 as usize;
+                let m = self.task.modalities().nth(input).ok_or(bad(i, "input index beyond the task's modalities"))?;
+                let (_, l, f) = self.model.modality(m).ok_or(bad(i, "modality"))?;
+                let w = self.tensor(o.a2, d, f, i)?;
+                Step::Encode {
+                    input,
+                    y: self.slot_min(o.a1, l * d, i)?,
+                    b: self.tensor(o.a3, 1, d, i)?,
+                    pos: self.tensor(o.a4, l, d, i)?,
+                    tmp: lr_tmp(&w, l, o.a5)?,
+                    w,
+                }
+            }
+            Opcode::LayerNorm => {
+                let g = self.model.tensor(o.a2).ok_or(bad(i, "no such tensor"))?;
+                let c = g.cols;
+                let rows = o.a5 as usize;
+                let (x, y) = (self.slot_min(o.a0, rows * c, i)?, self.slot_min(o.a1, rows * c, i)?);
+                if x != y && x.start < y.end && y.start < x.end {
+                    return Err(bad(i, "layernorm input and output overlap without being equal"));
+                }
+                Step::LayerNorm {
+                    x,
+                    y,
+                    g: self.tensor(o.a2, 1, c, i)?,
+                    b: self.tensor(o.a3, 1, c, i)?,
+                    scale: f32::from_bits(o.a4),
+                }
+            }
+            Opcode::Linear => {
+                let w = self.model.tensor(o.a2).ok_or(bad(i, "no such tensor"))?;
+                let (out, inp, rows) = (w.rows, w.cols, o.a4 as usize);
+                let w = self.tensor(o.a2, out, inp, i)?;
+                let b = if o.a3 == NONE { None } else { Some(self.tensor(o.a3, 1, out, i)?) };
+                Step::Linear {
+                    x: self.slot_min(o.a0, rows * inp, i)?,
+                    y: self.slot_min(o.a1, rows * out, i)?,
+                    tmp: lr_tmp(&w, rows, o.a5)?,
+                    w,
+                    b,
+                    rows,
+                }
+            }
+            Opcode::Attention => {
+                let (l, heads) = (o.a4 as usize, o.a5 as usize);
+                if heads == 0 || d % heads != 0 {
+                    return Err(bad(i, "heads must divide d_model"));
+                }
+                Step::Attention {
+                    q: self.slot_min(o.a0, l * d, i)?,
+                    k: self.slot_min(o.a1, l * d, i)?,
+                    v: self.slot_min(o.a2, l * d, i)?,
+                    out: self.slot_min(o.a3, l * d, i)?,
+                    l,
+                    heads,
+                    scratch: self.slot_min(o.a6, l, i)?,
+                }
+            }
+            Opcode::AttnPool => {
+                let l = o.a1 as usize;
+                Step::AttnPool {
+                    u: self.slot_min(o.a0, l * d, i)?,
+                    query: self.tensor(o.a2, 1, d, i)?,
+                    out: self.slot_min(o.a3, d, i)?,
+                    scratch: self.slot_min(o.a4, l, i)?,
+                }
+            }
+            Opcode::Gate => Step::Gate {
+                p: self.slot_min(o.a0, d, i)?,
+                gate: self.tensor(o.a1, n, d, i)?,
+                logits: self.slot_min(o.a2, n, i)?,
+                acc: o.a3 != 0,
+                scale: f32::from_bits(o.a4),
+                tmp: self.slot_min(o.a5, n, i)?,
+            },
+            Opcode::Route => {
+                let mask = self.model.path_mask(&self.task, o.a1 as usize).ok_or(bad(i, "route for a modality outside the task"))?;
+                Step::Route {
+                    logits: self.slot_min(o.a0, n, i)?,
+                    modality: o.a1,
+                    mask,
+                    route: self.slot_min(o.a2, 1 + 2 * kk, i)?,
+                }
+            }
+            Opcode::Moe => {
+                let (l, stage, token) = (o.a1 as usize, o.a3 as usize, o.a4 as usize);
+                if stage > self.task.stage {
+                    return Err(bad(i, "experts beyond the task's stage"));
+                }
+                if token >= l {
+                    return Err(bad(i, "token beyond the sequence"));
+                }
+                let mut max_rank = 0;
+                for j in (0..n).filter(|j| self.path_union & (1 << j) != 0) {
+                    for c in 0..=stage {
+                        let e = self.model.expert(j, c).ok_or(bad(i, "missing expert component"))?;
+                        for t in [e.conv_w, e.fc1_w, e.fc2_w] {
+                            let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
+                            max_rank = max_rank.max(t.rank);
+                        }
+                    }
+                }
+                Step::Moe {
+                    u: self.slot_min(o.a0, l * d, i)?,
+                    route: self.slot_min(o.a2, 1 + 2 * kk, i)?,
+                    stage,
+                    token,
+                    out: self.slot_min(o.a5, d, i)?,
+                    scratch: self.slot_min(o.a6, 2 * d + hp.ffn_hidden as usize + 2 * max_rank, i)?,
+                }
+            }
+            Opcode::Copy => {
+                let (src, dst) = (self.slot(o.a0, i)?, self.slot(o.a2, i)?);
+                let (so, dof, len) = (o.a1 as usize, o.a3 as usize, o.a4 as usize);
+                if so + len > src.len() || dof + len > dst.len() {
+                    return Err(bad(i, "copy range outside its slots"));
+                }
+                Step::Copy { src: src.start + so..src.start + so + len, dst: dst.start + dof..dst.start + dof + len }
+            }
+        })
+    }
+
+    /// Runs the task. `inputs` holds one `[tokens * features]` slice per task
+    /// modality in model order; `outputs` receives the logits.
+    pub fn run(&mut self, inputs: &[&[f32]], outputs: &mut [f32]) -> Result<RunStats> {
+        self.run_traced(inputs, outputs, &mut NoTrace)
+    }
+
+    /// [`Session::run`] reporting to a tracer.
+    pub fn run_traced<T: Tracer>(&mut self, inputs: &[&[f32]], outputs: &mut [f32], tracer: &mut T) -> Result<RunStats> {
+        let n_in = self.task.modality_mask.count_ones() as usize;
+        if inputs.len() != n_in {
+            return Err(Error::InputCount { expected: n_in, got: inputs.len() });
+        }
+        for (index, (m, x)) in self.task.modalities().zip(inputs).enumerate() {
+            let (_, l, f) = self.model.modality(m).ok_or(Error::UnknownTask)?;
+            if x.len() != l * f {
+                return Err(Error::InputShape { index, expected: l * f, got: x.len() });
+            }
+        }
+        if outputs.len() != self.task.outputs {
+            return Err(Error::OutputShape { expected: self.task.outputs, got: outputs.len() });
+        }
+        let mut stats = RunStats::default();
+        for i in 0..self.task.rec.program_len {
+            let step = self.step(i)?;
+            let opcode = Opcode::from_u16(self.op(i)?.opcode).ok_or(bad(i, "unknown opcode"))?;
+            tracer.op_begin(i, opcode);
+            self.exec(i, step, inputs, tracer, &mut stats)?;
+            tracer.op_end(i, opcode);
+            stats.ops += 1;
+        }
+        let out = self.slot(self.task.rec.output_slot, 0)?;
+        outputs.copy_from_slice(&self.arena[out.start..out.start + self.task.outputs]);
+        Ok(stats)
+    }
+
+    fn exec<T: Tracer>(&mut self, i: u32, step: Step<'a>, inputs: &[&[f32]], tracer: &mut T, stats: &mut RunStats) -> Result<()> {
+        let hp = self.model.hparams();
+        let d = hp.d_model as usize;
+        let overlap = || bad(i, "slots overlap");
+        let mut read = |t: &TensorView<'a>| {
+            tracer.blob_read(t.blob, t.bytes());
+            stats.weight_bytes += t.bytes();
+        };
+        match step {
+            Step::Encode { input, y, w, b, pos, tmp } => {
+                [&w, &b, &pos].into_iter().for_each(&mut read);
+                let x = inputs.get(input).ok_or(bad(i, "input"))?;
+                let rows = pos.rows;
+                let [y, tmp] = carve(self.arena, [&y, &tmp]).ok_or_else(overlap)?;
+                linear(&w, x, Some(b.a), rows, tmp, y);
+                k::add(pos.a, y);
+            }
+            Step::LayerNorm { x, y, g, b, scale } => {
+                [&g, &b].into_iter().for_each(&mut read);
+                if x == y {
+                    k::layernorm_inplace(&mut self.arena[x], g.a, b.a, hp.ln_eps, scale);
+                } else {
+                    let [xs, ys] = carve(self.arena, [&x, &y]).ok_or_else(overlap)?;
+                    k::layernorm(xs, g.a, b.a, hp.ln_eps, scale, ys);
+                }
+            }
+            Step::Linear { x, y, w, b, rows, tmp } => {
+                read(&w);
+                if let Some(b) = &b {
+                    read(b);
+                }
+                let [xs, ys, tmp] = carve(self.arena, [&x, &y, &tmp]).ok_or_else(overlap)?;
+                linear(&w, xs, b.map(|b| b.a), rows, tmp, ys);
+            }
+            Step::Attention { q, k: kr, v, out, l, heads, scratch } => {
+                let [q, kr, v, out, s] = carve(self.arena, [&q, &kr, &v, &out, &scratch]).ok_or_else(overlap)?;
+                k::attention(q, kr, v, l, heads, s, out);
+            }
+            Step::AttnPool { u, query, out, scratch } => {
+                read(&query);
+                let [u, out, s] = carve(self.arena, [&u, &out, &scratch]).ok_or_else(overlap)?;
+                k::attention_pool(u, query.a, s, out);
+            }
+            Step::Gate { p, gate, logits, acc, scale, tmp } => {
+                read(&gate);
+                let [p, logits, tmp] = carve(self.arena, [&p, &logits, &tmp]).ok_or_else(overlap)?;
+                if hp.gating == gating::SOFTMAX {
+                    k::dot_logits(p, gate.a, tmp);
+                } else {
+                    k::laplace_logits(p, gate.a, tmp);
+                }
+                if !acc {
+                    logits.fill(0.0);
+                }
+                k::axpy(scale, tmp, logits);
+            }
+            Step::Route { logits, modality, mask, route } => {
+                let kk = hp.top_k as usize;
+                let mut idx = [0u32; 64];
+                let mut gate = [0f32; 64];
+                let [logits, route] = carve(self.arena, [&logits, &route]).ok_or_else(overlap)?;
+                let got = k::top_k_masked(logits, mask, kk, &mut idx[..kk], &mut gate[..kk]);
+                tracer.route(modality, &idx[..got], &gate[..got]);
+                route[0] = got as f32;
+                for (j, (&e, &g)) in idx[..got].iter().zip(&gate[..got]).enumerate() {
+                    route[1 + j] = e as f32;
+                    route[1 + kk + j] = g;
+                }
+            }
+            Step::Moe { u, route, stage, token, out, scratch } => {
+                let kk = hp.top_k as usize;
+                let (model, path_union) = (self.model, self.path_union);
+                let [u, route, out, s] = carve(self.arena, [&u, &route, &out, &scratch]).ok_or_else(overlap)?;
+                out.fill(0.0);
+                let got = route[0] as usize;
+                if got > kk {
+                    return Err(bad(i, "route slot holds more than top_k experts"));
+                }
+                for j in 0..got {
+                    let (e, g) = (route[1 + j], route[1 + kk + j]);
+                    if !(e >= 0.0 && (e as u64) < 64 && path_union & (1 << e as u64) != 0) {
+                        return Err(bad(i, "route names an expert outside the task's path"));
+                    }
+                    for c in 0..=stage {
+                        let rec = model.expert(e as usize, c).ok_or(bad(i, "missing expert component"))?;
+                        expert_component(model, i, &rec, u, token, g, s, out, &mut read)?;
+                        stats.expert_components += 1;
+                    }
+                }
+                let _ = d;
+            }
+            Step::Copy { src, dst } => {
+                let [src, dst] = carve(self.arena, [&src, &dst]).ok_or_else(overlap)?;
+                dst.copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+}
+
+/// `out += g * fc2(GELU(fc1(LN(u_t + GELU(conv(u)_t)))))` for one component.
+#[allow(clippy::too_many_arguments)]
+fn expert_component<'a>(
+        model: &Model<'a>,
+        i: u32,
+        e: &ExpertRec,
+        u: &[f32],
+        token: usize,
+        g: f32,
+        scratch: &mut [f32],
+        out: &mut [f32],
+        read: &mut impl FnMut(&TensorView<'a>),
+    ) -> Result<()> {
+        let hp = model.hparams();
+        let (d, h) = (hp.d_model as usize, hp.ffn_hidden as usize);
+        let t = |id: u32| model.tensor(id).ok_or(bad(i, "no such tensor"));
+        let (cw, cb, lg, lb, w1, b1, w2, b2) =
+            (t(e.conv_w)?, t(e.conv_b)?, t(e.ln_g)?, t(e.ln_b)?, t(e.fc1_w)?, t(e.fc1_b)?, t(e.fc2_w)?, t(e.fc2_b)?);
+        for x in [&cw, &cb, &lg, &lb, &w1, &b1, &w2, &b2] {
+            read(x);
+        }
+        let (hbuf, rest) = scratch.split_at_mut(d);
+        let (mid, rest) = rest.split_at_mut(h);
+        let (obuf, rest) = rest.split_at_mut(d);
+        let max_rank = rest.len() / 2;
+        if [cw.rank, w1.rank, w2.rank].iter().any(|&r| r > max_rank) {
+            return Err(bad(i, "scratch too small for an expert's rank"));
+        }
+        let (tmp, zeros) = rest.split_at_mut(max_rank);
+        if cw.is_low_rank() {
+            let z = &mut zeros[..cw.rank];
+            z.fill(0.0);
+            k::conv3_at(cw.b, z, u, d, token, &mut tmp[..cw.rank]);
+            k::matvec(cw.a, &tmp[..cw.rank], Some(cb.a), hbuf);
+        } else {
+            k::conv3_at(cw.a, cb.a, u, d, token, hbuf);
+        }
+        k::gelu(hbuf);
+        k::add(&u[token * d..(token + 1) * d], hbuf);
+        k::layernorm_inplace(hbuf, lg.a, lb.a, hp.ln_eps, 1.0);
+        linear(&w1, hbuf, Some(b1.a), 1, tmp, mid);
+        k::gelu(mid);
+        linear(&w2, mid, Some(b2.a), 1, tmp, obuf);
+        k::axpy(g, obuf, out);
+        Ok(())
+}
+
+/// `y = W x + b` over `rows` rows, through `tmp` for a low-rank `W = U V`.
+fn linear(w: &TensorView<'_>, x: &[f32], b: Option<&[f32]>, rows: usize, tmp: &mut [f32], y: &mut [f32]) {
+    let x = &x[..rows * w.cols];
+    let y = &mut y[..rows * w.rows];
+    if w.is_low_rank() {
+        let tmp = &mut tmp[..rows * w.rank];
+        k::matmul_rows(w.b, x, None, rows, tmp);
+        k::matmul_rows(w.a, tmp, b, rows, y);
+    } else {
+        k::matmul_rows(w.a, x, b, rows, y);
+    }
+}
