@@ -1,0 +1,131 @@
+//! Task paths from routing statistics.
+//!
+//! The model is packed with every expert allowed, run over calibration inputs
+//! on the real runtime, and each router's choices and gate mass are recorded
+//! per (task, modality, expert). A path keeps, per (task, modality), the
+//! fewest experts carrying at least the requested share of the gate mass —
+//! never fewer than top-k, so routing keeps its k choices.
+
+use std::collections::BTreeMap;
+
+use anyhow::{ensure, Context, Result};
+use taskpath_checkpoint::Checkpoint;
+use taskpath_runtime::{AlignedArena, Model, Session, SessionOptions, Tracer};
+
+/// Per (task, modality): samples seen, and per expert (times picked, summed gate).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteStats {
+    /// `(task, modality) -> (samples, [(picks, gate mass)] per expert)`.
+    pub table: BTreeMap<(usize, usize), (u32, Vec<(u32, f64)>)>,
+}
+
+impl RouteStats {
+    /// `(picks, share of gate mass in 0..=1, samples)` of one entry.
+    pub fn get(&self, task: usize, modality: usize, expert: usize) -> (u32, f32, u32) {
+        match self.table.get(&(task, modality)) {
+            Some((samples, v)) if *samples > 0 => {
+                let (p, m) = v.get(expert).copied().unwrap_or((0, 0.0));
+                (p, (m / f64::from(*samples)).clamp(0.0, 1.0) as f32, *samples)
+            }
+            _ => (0, 0.0, 0),
+        }
+    }
+    /// Gate mass of `expert` summed over a task's modalities (for hot-first ordering).
+    pub fn expert_mass(&self, task: usize, expert: usize) -> f64 {
+        self.table
+            .iter()
+            .filter(|((t, _), _)| *t == task)
+            .map(|(_, (_, v))| v.get(expert).map_or(0.0, |x| x.1))
+            .sum()
+    }
+}
+
+struct Recorder<'s> {
+    modality_slot: &'s mut BTreeMap<usize, Vec<(u32, f64)>>,
+}
+
+impl Tracer for Recorder<'_> {
+    fn route(&mut self, modality: u32, experts: &[u32], gates: &[f32]) {
+        if let Some(v) = self.modality_slot.get_mut(&(modality as usize)) {
+            for (&e, &g) in experts.iter().zip(gates) {
+                if let Some(x) = v.get_mut(e as usize) {
+                    x.0 += 1;
+                    x.1 += f64::from(g);
+                }
+            }
+        }
+    }
+}
+
+/// Runs every task of `ck` over its calibration inputs (`inputs[task]` = samples,
+/// each one flat vector per task modality) with every expert allowed, and
+/// records the routing.
+pub fn route_statistics(ck: &Checkpoint, inputs: &[Vec<Vec<Vec<f32>>>]) -> Result<RouteStats> {
+    let c = &ck.config;
+    ensure!(inputs.len() == c.tasks.len(), "calibration data has {} tasks, model has {}", inputs.len(), c.tasks.len());
+    let bytes = AlignedArena::from_bytes(&crate::pack(ck, &crate::PackOptions::default())?);
+    let model = Model::from_bytes(bytes.as_slice())?;
+    let mut stats = RouteStats::default();
+    let total: u64 = inputs.iter().map(|s| s.len() as u64).sum();
+    let bar = indicatif::ProgressBar::new(total).with_message("calibrating");
+    for (t, samples) in inputs.iter().enumerate() {
+        let info = model.task(t)?;
+        let mut arena = AlignedArena::new(info.arena_bytes);
+        let mut session = Session::with_options(&model, t, arena.as_mut_slice(), SessionOptions { verify_path: false })?;
+        let mut out = vec![0f32; info.outputs];
+        let mut per_mod: BTreeMap<usize, Vec<(u32, f64)>> =
+            info.modalities().map(|m| (m, vec![(0, 0.0); c.experts])).collect();
+        for (i, s) in samples.iter().enumerate() {
+            let refs: Vec<&[f32]> = s.iter().map(|v| v.as_slice()).collect();
+            session
+                .run_traced(&refs, &mut out, &mut Recorder { modality_slot: &mut per_mod })
+                .with_context(|| format!("calibration sample {i} of task {}", info.name))?;
+            bar.inc(1);
+        }
+        for (m, v) in per_mod {
+            stats.table.insert((t, m), (samples.len() as u32, v));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(stats)
+}
+
+/// Per (task, modality), the fewest experts (by gate mass, ties to the lower
+/// index) whose mass reaches `coverage` of the total, and at least `top_k`.
+pub fn derive_paths(stats: &RouteStats, coverage: f64, top_k: usize) -> BTreeMap<(usize, usize), u64> {
+    let mut out = BTreeMap::new();
+    for (&key, (_, v)) in &stats.table {
+        let total: f64 = v.iter().map(|x| x.1).sum();
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by(|&a, &b| v[b].1.total_cmp(&v[a].1).then(a.cmp(&b)));
+        let mut mask = 0u64;
+        let mut acc = 0.0;
+        for (n, &j) in order.iter().enumerate() {
+            if n >= top_k && acc >= coverage * total {
+                break;
+            }
+            mask |= 1 << j;
+            acc += v[j].1;
+        }
+        out.insert(key, mask);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_keep_the_fewest_experts_reaching_coverage_but_at_least_top_k() {
+        let mut s = RouteStats::default();
+        // Mass 50, 30, 15, 4, 1 on experts 3, 0, 4, 1, 2.
+        s.table.insert((0, 0), (100, vec![(60, 30.0), (8, 4.0), (2, 1.0), (100, 50.0), (30, 15.0)]));
+        let at = |c| derive_paths(&s, c, 2)[&(0, 0)];
+        assert_eq!(at(0.5), 0b01001, "top_k floor: experts 3 and 0");
+        assert_eq!(at(0.9), 0b11001, "3, 0, 4 carry 95%");
+        assert_eq!(at(0.99), 0b11011, "then 1 reaches 99%");
+        assert_eq!(at(1.0), 0b11111);
+        assert_eq!(derive_paths(&s, 0.1, 1)[&(0, 0)], 0b01000);
+    }
+}
