@@ -1,0 +1,314 @@
+//! Corrupt, truncated and hostile packages: every header field and table
+//! field mutated on its own (with checksums re-sealed so validation, not the
+//! checksum, has to catch it) gets an error naming that field, and no byte
+//! pattern panics the reader, session creation or `run`.
+
+use taskpath_checkpoint::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
+use taskpath_format::{FormatError, Package};
+use taskpath_pack::{pack, PackOptions};
+use taskpath_runtime::{AlignedArena, Error, Model, Session};
+
+fn package() -> Vec<u8> {
+    pack(&random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 5), &PackOptions::default()).unwrap()
+}
+
+fn rd32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn rd64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+fn wr32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn wr64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Recomputes the metadata and header checksums after a deliberate edit.
+fn reseal(b: &mut [u8]) {
+    let data_off = rd64(b, 48) as usize;
+    if data_off >= 128 && data_off <= b.len() {
+        let m = xxhash_rust::xxh3::xxh3_64(&b[128..data_off]);
+        wr64(b, 64, m);
+    }
+    let h = xxhash_rust::xxh3::xxh3_64(&b[..120]);
+    wr64(b, 120, h);
+}
+
+/// Absolute offset of the section of `kind`.
+fn section(b: &[u8], kind: u32) -> (usize, usize) {
+    let (st, n) = (rd64(b, 32) as usize, rd32(b, 40) as usize);
+    (0..n)
+        .map(|i| st + 24 * i)
+        .find(|&e| rd32(b, e) == kind)
+        .map(|e| (rd64(b, e + 8) as usize, rd64(b, e + 16) as usize))
+        .expect("section present")
+}
+
+/// Opens, builds a session for every task and runs it; must never panic.
+fn exercise(bytes: &[u8]) -> Result<(), Error> {
+    let a = AlignedArena::from_bytes(bytes);
+    let model = Model::from_bytes(a.as_slice())?;
+    static CK: std::sync::OnceLock<taskpath_checkpoint::Checkpoint> = std::sync::OnceLock::new();
+    let ck = CK.get_or_init(|| random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 5));
+    let mut rng = SplitMix64::new(1);
+    for t in 0..model.task_count() {
+        let info = model.task(t)?;
+        let mut arena = AlignedArena::new(info.arena_bytes.min(1 << 24));
+        let Ok(mut s) = Session::new(&model, t, arena.as_mut_slice()) else { continue };
+        let x = random_inputs(&ck.config, t.min(ck.config.tasks.len() - 1), &mut rng);
+        let refs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
+        let mut out = vec![0f32; info.outputs];
+        let _ = s.run(&refs, &mut out);
+    }
+    Ok(())
+}
+
+fn format_err(bytes: &[u8]) -> FormatError {
+    let a = AlignedArena::from_bytes(bytes);
+    match Package::parse(a.as_slice()) {
+        Err(e) => e,
+        Ok(_) => panic!("mutation was accepted"),
+    }
+}
+
+#[test]
+fn pristine_package_is_accepted() {
+    let b = package();
+    exercise(&b).unwrap();
+    let a = AlignedArena::from_bytes(&b);
+    Model::from_bytes(a.as_slice()).unwrap().verify().unwrap();
+}
+
+#[test]
+fn header_fields_each_get_their_own_error() {
+    let b = package();
+    let len = b.len() as u64;
+    // (offset, width, value, expected field)
+    let cases: &[(usize, usize, u64, &str)] = &[
+        (0, 8, 0x4b50_5489_0000_0000, "header.magic"),
+        (8, 2, 2, "header.version_major"),
+        (12, 4, 64, "header.header_len"),
+        (16, 4, 2, "header.flags"),
+        (20, 4, 11, "header.align_log2"),
+        (20, 4, 40, "header.align_log2"),
+        (24, 8, len + 1, "header.file_len"),
+        (24, 8, u64::MAX, "header.file_len"),
+        (32, 8, 1 << 40, "header.section_table_off"),
+        (32, 8, 8, "header.section_table_off"),
+        (40, 4, 65, "header.section_count"),
+        (48, 8, 4097, "header.data_off"),
+        (56, 8, 3, "header.data_len"),
+        (56, 8, u64::MAX, "header.data_len"),
+        (64, 8, 12345, "metadata"),
+        (72, 8, 99, "header.base_id"),
+        (96, 8, 1, "header.reserved"),
+    ];
+    for &(at, w, v, field) in cases {
+        let mut m = b.clone();
+        match w {
+            2 => m[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes()),
+            4 => wr32(&mut m, at, v as u32),
+            _ => wr64(&mut m, at, v),
+        }
+        if field != "metadata" {
+            reseal(&mut m);
+        } else {
+            let h = xxhash_rust::xxh3::xxh3_64(&m[..120]);
+            wr64(&mut m, 120, h);
+        }
+        let e = format_err(&m);
+        assert_eq!(e.field(), field, "header+{at} = {v}: got {e}");
+        assert!(!e.to_string().is_empty());
+    }
+    // Any unsealed flip after the version is a header checksum error (the
+    // version is read first so that a future major version is named as such).
+    for at in 10..120 {
+        let mut m = b.clone();
+        m[at] ^= 0x10;
+        let e = format_err(&m);
+        assert!(matches!(e, FormatError::Checksum { field: "header", .. }), "byte {at}: {e}");
+    }
+}
+
+#[test]
+fn table_fields_each_get_their_own_error() {
+    use taskpath_format::records::section as s;
+    let b = package();
+    // (section kind, offset in first record, width, value, expected field)
+    let cases: &[(u32, usize, usize, u64, &str)] = &[
+        (s::HPARAMS, 0, 4, 0, "hparams.d_model"),
+        (s::HPARAMS, 4, 4, 3, "hparams.heads"),
+        (s::HPARAMS, 8, 4, 65, "hparams.experts"),
+        (s::HPARAMS, 12, 4, 0, "hparams.top_k"),
+        (s::HPARAMS, 12, 4, 6, "hparams.top_k"),
+        (s::HPARAMS, 24, 4, 0, "hparams.stages"),
+        (s::HPARAMS, 28, 4, 7, "hparams.gating"),
+        (s::HPARAMS, 32, 4, u64::from(f32::NAN.to_bits()), "hparams.ln_eps"),
+        (s::HPARAMS, 36, 4, 1, "hparams.tensor_base"),
+        (s::MODALITIES, 0, 4, 1 << 30, "modalities.name"),
+        (s::MODALITIES, 8, 4, 0, "modalities.tokens"),
+        (s::MODALITIES, 12, 4, 1 << 20, "modalities.features"),
+        (s::TENSORS, 0, 4, u64::from(u32::MAX), "tensors.name"),
+        (s::TENSORS, 8, 4, 9999, "tensors.blob"),
+        (s::TENSORS, 12, 2, 9, "tensors.format"),
+        (s::TENSORS, 14, 2, 5, "tensors.layout"),
+        (s::TENSORS, 16, 4, 4, "tensors.offset"),
+        (s::TENSORS, 16, 4, 1 << 30, "tensors.offset"),
+        (s::TENSORS, 20, 4, 0, "tensors.rows"),
+        (s::TENSORS, 20, 4, u64::from(u32::MAX), "tensors.offset"),
+        (s::TENSORS, 36, 4, 1, "tensors.reserved"),
+        (s::EXPERTS, 0, 2, 99, "experts.expert"),
+        (s::EXPERTS, 2, 2, 99, "experts.component"),
+        (s::EXPERTS, 4, 4, 12345, "experts.blob"),
+        (s::EXPERTS, 8, 4, 0, "experts.conv_w"),
+        (s::EXPERTS, 8, 4, u64::from(u32::MAX), "experts.conv_w"),
+        (s::EXPERTS, 24, 4, 0, "experts.fc1_w"),
+        (s::TASKS, 8, 4, 99, "tasks.stage"),
+        (s::TASKS, 12, 4, 0, "tasks.outputs"),
+        (s::TASKS, 16, 4, 0, "tasks.modality_mask"),
+        (s::TASKS, 16, 4, 1 << 5, "tasks.modality_mask"),
+        (s::TASKS, 20, 4, 0, "tasks.head_blob"),
+        (s::TASKS, 28, 4, u64::from(u32::MAX), "tasks.program_len"),
+        (s::TASKS, 36, 4, 1 << 20, "tasks.slot_count"),
+        (s::TASKS, 44, 4, 1 << 20, "tasks.path_len"),
+        (s::TASKS, 48, 4, 1 << 20, "tasks.output_slot"),
+        (s::TASKS, 56, 8, 4, "tasks.arena_bytes"),
+        (s::TASKS, 56, 8, 3, "tasks.arena_bytes"),
+        (s::ROUTERS, 0, 2, 99, "routers.modality"),
+        (s::ROUTERS, 2, 2, 99, "routers.head"),
+        (s::ROUTERS, 12, 4, 0, "routers.gate"),
+        (s::PATHS, 0, 4, 99, "paths.task"),
+        (s::PATHS, 4, 4, 99, "paths.modality"),
+        (s::PATHS, 8, 8, 0, "paths.mask"),
+        (s::PATHS, 8, 8, 1 << 40, "paths.mask"),
+        (s::PROGRAM, 0, 2, 99, "program.opcode"),
+        (s::PROGRAM, 2, 2, 1, "program.flags"),
+        (s::SLOTS, 0, 4, u64::from(u32::MAX), "slots.len"),
+        (s::BLOBS, 0, 8, 100, "blobs.offset"),
+        (s::BLOBS, 8, 8, 1 << 40, "blobs.len"),
+        (s::BLOBS, 8, 8, u64::MAX, "blobs.len"),
+        (s::BLOBS, 24, 1, 9, "blobs.kind"),
+        (s::BLOBS, 25, 1, 9, "blobs.format"),
+        (s::BLOBS, 28, 2, 99, "blobs.modality"),
+        (s::BLOBS, 30, 2, 99, "blobs.expert"),
+    ];
+    for &(kind, at, w, v, field) in cases {
+        let mut m = b.clone();
+        let (off, _) = section(&m, kind);
+        let at = off + at;
+        match w {
+            1 => m[at] = v as u8,
+            2 => m[at..at + 2].copy_from_slice(&(v as u16).to_le_bytes()),
+            4 => wr32(&mut m, at, v as u32),
+            _ => wr64(&mut m, at, v),
+        }
+        reseal(&mut m);
+        let e = format_err(&m);
+        assert_eq!(e.field(), field, "section {kind} +{} = {v}: got {e}", at - off);
+    }
+}
+
+#[test]
+fn section_table_entries_are_checked() {
+    let b = package();
+    let st = rd64(&b, 32) as usize;
+    let data_off = rd64(&b, 48);
+    let mut cases = Vec::new();
+    // Offset into the header, past the metadata, overlapping the section table,
+    // a duplicate kind, an unknown required kind, and unknown flags.
+    cases.push((st + 8, 8, 16u64, "sections.offset"));
+    cases.push((st + 8, 8, data_off, "sections.len"));
+    cases.push((st + 8, 8, st as u64, "sections.offset"));
+    cases.push((st + 24, 4, 1, "sections.kind"));
+    cases.push((st + 24, 4, 77, "sections.kind"));
+    cases.push((st + 4, 4, 6, "sections.flags"));
+    for (at, w, v, field) in cases {
+        let mut m = b.clone();
+        if w == 4 {
+            wr32(&mut m, at, v as u32)
+        } else {
+            wr64(&mut m, at, v)
+        }
+        reseal(&mut m);
+        let e = format_err(&m);
+        assert_eq!(e.field(), field, "section table +{} = {v}: {e}", at - st);
+    }
+    // A required section missing: rename the tasks section to an unknown, optional kind.
+    let mut m = b.clone();
+    let n = rd32(&m, 40) as usize;
+    let e = (0..n).map(|i| st + 24 * i).find(|&e| rd32(&m, e) == 6).unwrap();
+    wr32(&mut m, e, 200);
+    wr32(&mut m, e + 4, 0);
+    reseal(&mut m);
+    assert!(matches!(format_err(&m), FormatError::MissingSection { section: "tasks" }));
+}
+
+#[test]
+fn blob_corruption_is_caught_by_checksum_and_names_the_blob() {
+    let b = package();
+    let a = AlignedArena::from_bytes(&b);
+    let p = Package::parse(a.as_slice()).unwrap();
+    for i in [0usize, 3, p.blobs().len() - 1] {
+        let at = p.blob_file_offset(i).unwrap() as usize + 5;
+        let mut m = b.clone();
+        m[at] ^= 1;
+        let a = AlignedArena::from_bytes(&m);
+        // Metadata is intact, so the model opens; verification names the blob.
+        let model = Model::from_bytes(a.as_slice()).unwrap();
+        let e = model.verify().unwrap_err();
+        assert!(matches!(e, Error::Format(FormatError::Checksum { field: "blobs", index: Some(x), .. }) if x as usize == i), "{e}");
+        assert!(e.to_string().contains(&format!("blobs[{i}]")), "{e}");
+        // Exactly the sessions whose path holds the blob refuse to start.
+        for t in 0..model.task_count() {
+            let info = model.task(t).unwrap();
+            let on_path = model.path_blobs(&info).any(|x| x.index as usize == i);
+            let mut arena = AlignedArena::new(info.arena_bytes);
+            let r = Session::new(&model, t, arena.as_mut_slice());
+            assert_eq!(r.is_err(), on_path, "task {t}, blob {i}");
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let b = package();
+    let data_off = rd64(&b, 48) as usize;
+    let step = 1;
+    for len in (0..data_off + 64).step_by(step).chain((data_off..b.len()).step_by(509)) {
+        let a = AlignedArena::from_bytes(&b[..len]);
+        let e = Package::parse(a.as_slice()).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { .. } | FormatError::BadMagic), "len {len}: {e}");
+    }
+}
+
+#[test]
+fn no_word_of_the_metadata_panics_anything() {
+    // Every 32-bit word of the metadata set to hostile values, resealed.
+    let b = package();
+    let data_off = rd64(&b, 48) as usize;
+    let mut accepted = 0;
+    for at in (128..data_off).step_by(4) {
+        let orig = rd32(&b, at);
+        for v in [0, 1, orig.wrapping_add(1), orig.wrapping_sub(1), u32::MAX, 0x8000_0000, orig ^ 0x100] {
+            let mut m = b.clone();
+            wr32(&mut m, at, v);
+            reseal(&mut m);
+            if exercise(&m).is_ok() {
+                accepted += 1;
+            }
+        }
+    }
+    // Names and float weights-free fields can legitimately change; most must not pass.
+    assert!(accepted > 0);
+}
+
+#[test]
+fn misaligned_bytes_are_refused() {
+    let b = package();
+    let mut a = AlignedArena::new(b.len() + 4);
+    a.as_mut_slice()[4..].copy_from_slice(&b);
+    let e = Package::parse(&a.as_slice()[4..]).unwrap_err();
+    assert!(matches!(e, FormatError::Misaligned { required: 16 }));
+}
