@@ -82,7 +82,7 @@ impl ModelConfig {
         );
         ensure!(self.d_model > 0, "model.json: d_model must be > 0");
         ensure!(
-            self.heads > 0 && self.d_model % self.heads == 0,
+            self.heads > 0 && self.d_model.is_multiple_of(self.heads),
             "model.json: heads ({}) must divide d_model ({})",
             self.heads,
             self.d_model

@@ -176,7 +176,8 @@ pub fn random_checkpoint(spec: &RandomSpec, seed: u64) -> Checkpoint {
     for (name, shape, lr) in config.expected_tensors() {
         let is_ln_gain = name.ends_with(".g");
         let is_bias = name.ends_with(".b") || name.ends_with(".pos");
-        let low_rank = lr && spec.rank > 0 && (name.starts_with("enc.") || !name.contains(".0."));
+        let component = name.split('.').nth(2);
+        let low_rank = lr && spec.rank > 0 && (name.starts_with("enc.") || component != Some("0"));
         let fan_in = *shape.last().unwrap_or(&1) as f32;
         let mut fill = |shape: Vec<usize>, scale: f32, offset: f32| {
             let n = shape.iter().product();
