@@ -2,11 +2,13 @@
 //! (`taskpath-flame`), the random generator and the packer. See docs/CHECKPOINT.md.
 
 pub mod checkpoint;
+pub mod dataset;
 pub mod random;
 
 pub use checkpoint::{
     Checkpoint, Gating, Matrix, ModalityConfig, ModelConfig, TaskConfig, Tensor, CHECKPOINT_FORMAT,
 };
+pub use dataset::{Dataset, Sample, DATASET_FORMAT};
 pub use random::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
 
 use std::io::Write;

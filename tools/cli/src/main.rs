@@ -1,1 +1,92 @@
-fn main() {}
+//! `taskpath`: generate, pack, inspect, verify, run and evaluate Taskpath models.
+//!
+//! Every subcommand reports failures as one `error: ...` line (with the chain
+//! of what was being done) and exit status 1; output files are always written
+//! atomically (a temporary file renamed into place).
+#![warn(missing_docs)]
+
+mod demo;
+mod eval;
+mod gen;
+mod inspect;
+mod npy;
+mod pack;
+mod run;
+mod util;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Taskpath: an ahead-of-time packer and runtime for mixture-of-experts models
+/// on edge devices.
+#[derive(Debug, Parser)]
+#[command(name = "taskpath", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a seeded random checkpoint and random datasets for each task.
+    GenRandom(gen::GenArgs),
+    /// Pack a checkpoint directory into a .tpk package.
+    Pack(pack::PackArgs),
+    /// Pack what a later-stage checkpoint adds to a package as a delta pack.
+    AddTask(pack::AddTaskArgs),
+    /// Print a package's header, sections, architecture, tasks and blobs.
+    Inspect(inspect::InspectArgs),
+    /// Check every blob checksum and every task's op program.
+    Verify(verify::VerifyArgs),
+    /// Run one task on inputs from JSON, a dataset file or .npy files.
+    Run(run::RunArgs),
+    /// Evaluate tasks on their test sets (accuracy, agreement, latency).
+    Eval(eval::EvalArgs),
+    /// Pack, verify and evaluate the reference model end to end.
+    Demo(demo::DemoArgs),
+}
+
+/// Paths of delta packs applied on top of a base package, in chain order.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct DeltaArgs {
+    /// Delta packs (.tpkd) to apply on top of the base, in order.
+    #[arg(long = "deltas", value_name = "DELTA", num_args = 1..)]
+    deltas: Vec<PathBuf>,
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::GenRandom(a) => gen::main(&a),
+        Command::Pack(a) => pack::main(&a),
+        Command::AddTask(a) => pack::add_task(&a),
+        Command::Inspect(a) => inspect::main(&a),
+        Command::Verify(a) => verify::main(&a),
+        Command::Run(a) => run::main(&a),
+        Command::Eval(a) => eval::main(&a),
+        Command::Demo(a) => demo::main(&a),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `taskpath inspect FILE | head`: the reader left, nothing to report.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
