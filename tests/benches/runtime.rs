@@ -31,16 +31,25 @@ fn drop_cache(path: &Path) {
 fn main() {
     let arg = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = arg.map(PathBuf::from).unwrap_or_else(|| root.join("models/reference/stage3"));
+    let dir = arg
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("models/reference/stage3"));
     let (ck, name) = match Checkpoint::load(&dir) {
         Ok(ck) => (ck, dir.display().to_string()),
-        Err(_) => (random_checkpoint(&RandomSpec::reference(), 1), "random reference-shaped (seed 1)".to_string()),
+        Err(_) => (
+            random_checkpoint(&RandomSpec::reference(), 1),
+            "random reference-shaped (seed 1)".to_string(),
+        ),
     };
     let bytes = pack(&ck, &PackOptions::default()).unwrap();
     let tmp = std::env::temp_dir().join(format!("taskpath-bench-{}.tpk", std::process::id()));
     taskpath_checkpoint::write_atomic(&tmp, &bytes).unwrap();
 
-    println!("model: {name}; package {} bytes, {} tasks", bytes.len(), ck.config.tasks.len());
+    println!(
+        "model: {name}; package {} bytes, {} tasks",
+        bytes.len(),
+        ck.config.tasks.len()
+    );
     println!();
     println!("| open | median | runs |");
     println!("|---|---:|---:|");
@@ -59,7 +68,11 @@ fn main() {
         let s = Session::new(&model, 0, arena.as_mut_slice()).unwrap();
         std::hint::black_box(&s);
         let dt = t0.elapsed();
-        if i % 2 == 0 { cold.push(dt) } else { warm.push(dt) }
+        if i % 2 == 0 {
+            cold.push(dt)
+        } else {
+            warm.push(dt)
+        }
     }
     let aligned = AlignedArena::from_bytes(&bytes);
     let mut parse = Vec::new();
@@ -69,7 +82,10 @@ fn main() {
         parse.push(t0.elapsed());
     }
     println!("| mmap + validate + first session (task 0, path checksums), cold page cache | {:.1} us | {runs} |", median(cold).as_secs_f64() * 1e6);
-    println!("| mmap + validate + first session (task 0, path checksums), warm | {:.1} us | {runs} |", median(warm).as_secs_f64() * 1e6);
+    println!(
+        "| mmap + validate + first session (task 0, path checksums), warm | {:.1} us | {runs} |",
+        median(warm).as_secs_f64() * 1e6
+    );
     println!("| Model::from_bytes (header + tables + metadata checksum), in memory | {:.1} us | {runs} |", median(parse).as_secs_f64() * 1e6);
     println!();
 
@@ -80,8 +96,12 @@ fn main() {
     for t in 0..model.task_count() {
         let info = model.task(t).unwrap();
         let mut arena = AlignedArena::new(info.arena_bytes);
-        let mut s = Session::with_options(&model, t, arena.as_mut_slice(), SessionOptions::default()).unwrap();
-        let inputs: Vec<Vec<Vec<f32>>> = (0..32).map(|_| random_inputs(&ck.config, t, &mut rng)).collect();
+        let mut s =
+            Session::with_options(&model, t, arena.as_mut_slice(), SessionOptions::default())
+                .unwrap();
+        let inputs: Vec<Vec<Vec<f32>>> = (0..32)
+            .map(|_| random_inputs(&ck.config, t, &mut rng))
+            .collect();
         let mut out = vec![0f32; info.outputs];
         let mut rt = Vec::new();
         for round in 0..20 {

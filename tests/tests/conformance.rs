@@ -1,7 +1,9 @@
 //! The runtime's f32 outputs against the independent scalar reference
 //! (tests/src/reference.rs), for random checkpoints of several shapes.
 
-use taskpath_checkpoint::{random_checkpoint, random_inputs, Checkpoint, Gating, RandomSpec, SplitMix64};
+use taskpath_checkpoint::{
+    random_checkpoint, random_inputs, Checkpoint, Gating, RandomSpec, SplitMix64,
+};
 use taskpath_pack::{pack, PackOptions};
 use taskpath_runtime::{AlignedArena, Model, Session};
 use taskpath_tests::reference;
@@ -43,7 +45,10 @@ fn reference_shape_n5_top2_three_stages() {
 #[test]
 fn small_two_stages_low_rank_components() {
     let ck = random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 2);
-    assert!(ck.tensors.keys().any(|k| k.ends_with(".u")), "spec must exercise low-rank factors");
+    assert!(
+        ck.tensors.keys().any(|k| k.ends_with(".u")),
+        "spec must exercise low-rank factors"
+    );
     let err = check(&ck, 16, 12);
     assert!(err < 1e-5, "max relative error {err:e}");
 }

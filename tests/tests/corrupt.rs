@@ -9,7 +9,11 @@ use taskpath_pack::{pack, PackOptions};
 use taskpath_runtime::{AlignedArena, Error, Model, Session};
 
 fn package() -> Vec<u8> {
-    pack(&random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 5), &PackOptions::default()).unwrap()
+    pack(
+        &random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 5),
+        &PackOptions::default(),
+    )
+    .unwrap()
 }
 
 fn rd32(b: &[u8], at: usize) -> u32 {
@@ -56,7 +60,9 @@ fn exercise(bytes: &[u8]) -> Result<(), Error> {
     for t in 0..model.task_count() {
         let info = model.task(t)?;
         let mut arena = AlignedArena::new(info.arena_bytes.min(1 << 24));
-        let Ok(mut s) = Session::new(&model, t, arena.as_mut_slice()) else { continue };
+        let Ok(mut s) = Session::new(&model, t, arena.as_mut_slice()) else {
+            continue;
+        };
         let x = random_inputs(&ck.config, t.min(ck.config.tasks.len() - 1), &mut rng);
         let refs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
         let mut out = vec![0f32; info.outputs];
@@ -128,7 +134,16 @@ fn header_fields_each_get_their_own_error() {
         let mut m = b.clone();
         m[at] ^= 0x10;
         let e = format_err(&m);
-        assert!(matches!(e, FormatError::Checksum { field: "header", .. }), "byte {at}: {e}");
+        assert!(
+            matches!(
+                e,
+                FormatError::Checksum {
+                    field: "header",
+                    ..
+                }
+            ),
+            "byte {at}: {e}"
+        );
     }
 }
 
@@ -145,7 +160,13 @@ fn table_fields_each_get_their_own_error() {
         (s::HPARAMS, 12, 4, 6, "hparams.top_k"),
         (s::HPARAMS, 24, 4, 0, "hparams.stages"),
         (s::HPARAMS, 28, 4, 7, "hparams.gating"),
-        (s::HPARAMS, 32, 4, u64::from(f32::NAN.to_bits()), "hparams.ln_eps"),
+        (
+            s::HPARAMS,
+            32,
+            4,
+            u64::from(f32::NAN.to_bits()),
+            "hparams.ln_eps",
+        ),
         (s::HPARAMS, 36, 4, 1, "hparams.tensor_base"),
         (s::MODALITIES, 0, 4, 1 << 30, "modalities.name"),
         (s::MODALITIES, 8, 4, 0, "modalities.tokens"),
@@ -206,7 +227,12 @@ fn table_fields_each_get_their_own_error() {
         }
         reseal(&mut m);
         let e = format_err(&m);
-        assert_eq!(e.field(), field, "section {kind} +{} = {v}: got {e}", at - off);
+        assert_eq!(
+            e.field(),
+            field,
+            "section {kind} +{} = {v}: got {e}",
+            at - off
+        );
     }
 }
 
@@ -215,15 +241,16 @@ fn section_table_entries_are_checked() {
     let b = package();
     let st = rd64(&b, 32) as usize;
     let data_off = rd64(&b, 48);
-    let mut cases = Vec::new();
     // Offset into the header, past the metadata, overlapping the section table,
     // a duplicate kind, an unknown required kind, and unknown flags.
-    cases.push((st + 8, 8, 16u64, "sections.offset"));
-    cases.push((st + 8, 8, data_off, "sections.len"));
-    cases.push((st + 8, 8, st as u64, "sections.offset"));
-    cases.push((st + 24, 4, 1, "sections.kind"));
-    cases.push((st + 24, 4, 77, "sections.kind"));
-    cases.push((st + 4, 4, 6, "sections.flags"));
+    let cases = [
+        (st + 8, 8, 16u64, "sections.offset"),
+        (st + 8, 8, data_off, "sections.len"),
+        (st + 8, 8, st as u64, "sections.offset"),
+        (st + 24, 4, 1, "sections.kind"),
+        (st + 24, 4, 77, "sections.kind"),
+        (st + 4, 4, 6, "sections.flags"),
+    ];
     for (at, w, v, field) in cases {
         let mut m = b.clone();
         if w == 4 {
@@ -238,11 +265,17 @@ fn section_table_entries_are_checked() {
     // A required section missing: rename the tasks section to an unknown, optional kind.
     let mut m = b.clone();
     let n = rd32(&m, 40) as usize;
-    let e = (0..n).map(|i| st + 24 * i).find(|&e| rd32(&m, e) == 6).unwrap();
+    let e = (0..n)
+        .map(|i| st + 24 * i)
+        .find(|&e| rd32(&m, e) == 6)
+        .unwrap();
     wr32(&mut m, e, 200);
     wr32(&mut m, e + 4, 0);
     reseal(&mut m);
-    assert!(matches!(format_err(&m), FormatError::MissingSection { section: "tasks" }));
+    assert!(matches!(
+        format_err(&m),
+        FormatError::MissingSection { section: "tasks" }
+    ));
 }
 
 #[test]
@@ -258,7 +291,10 @@ fn blob_corruption_is_caught_by_checksum_and_names_the_blob() {
         // Metadata is intact, so the model opens; verification names the blob.
         let model = Model::from_bytes(a.as_slice()).unwrap();
         let e = model.verify().unwrap_err();
-        assert!(matches!(e, Error::Format(FormatError::Checksum { field: "blobs", index: Some(x), .. }) if x as usize == i), "{e}");
+        assert!(
+            matches!(e, Error::Format(FormatError::Checksum { field: "blobs", index: Some(x), .. }) if x as usize == i),
+            "{e}"
+        );
         assert!(e.to_string().contains(&format!("blobs[{i}]")), "{e}");
         // Exactly the sessions whose path holds the blob refuse to start.
         for t in 0..model.task_count() {
@@ -276,10 +312,16 @@ fn every_truncation_is_an_error() {
     let b = package();
     let data_off = rd64(&b, 48) as usize;
     let step = 1;
-    for len in (0..data_off + 64).step_by(step).chain((data_off..b.len()).step_by(509)) {
+    for len in (0..data_off + 64)
+        .step_by(step)
+        .chain((data_off..b.len()).step_by(509))
+    {
         let a = AlignedArena::from_bytes(&b[..len]);
         let e = Package::parse(a.as_slice()).unwrap_err();
-        assert!(matches!(e, FormatError::Truncated { .. } | FormatError::BadMagic), "len {len}: {e}");
+        assert!(
+            matches!(e, FormatError::Truncated { .. } | FormatError::BadMagic),
+            "len {len}: {e}"
+        );
     }
 }
 
@@ -291,7 +333,15 @@ fn no_word_of_the_metadata_panics_anything() {
     let mut accepted = 0;
     for at in (128..data_off).step_by(4) {
         let orig = rd32(&b, at);
-        for v in [0, 1, orig.wrapping_add(1), orig.wrapping_sub(1), u32::MAX, 0x8000_0000, orig ^ 0x100] {
+        for v in [
+            0,
+            1,
+            orig.wrapping_add(1),
+            orig.wrapping_sub(1),
+            u32::MAX,
+            0x8000_0000,
+            orig ^ 0x100,
+        ] {
             let mut m = b.clone();
             wr32(&mut m, at, v);
             reseal(&mut m);

@@ -26,17 +26,35 @@ fn narrowed() -> (Checkpoint, PackOptions) {
     let ck = random_checkpoint(&spec, 21);
     let mut rng = SplitMix64::new(5);
     let inputs: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
-        .map(|t| (0..24).map(|_| random_inputs(&ck.config, t, &mut rng)).collect())
+        .map(|t| {
+            (0..24)
+                .map(|_| random_inputs(&ck.config, t, &mut rng))
+                .collect()
+        })
         .collect();
     let stats = route_statistics(&ck, &inputs).unwrap();
     let masks = derive_paths(&stats, 0.6, ck.config.top_k);
-    assert!(masks.values().any(|m| m.count_ones() < 16), "coverage 0.6 must narrow some path");
-    (ck, PackOptions { masks, stats: Some(stats), ..Default::default() })
+    assert!(
+        masks.values().any(|m| m.count_ones() < 16),
+        "coverage 0.6 must narrow some path"
+    );
+    (
+        ck,
+        PackOptions {
+            masks,
+            stats: Some(stats),
+            ..Default::default()
+        },
+    )
 }
 
 /// The path as the model definition says it should be, from the checkpoint
 /// config and masks alone: (kind, modality, expert, component, task) keys.
-fn expected_path(ck: &Checkpoint, opts: &PackOptions, t: usize) -> BTreeSet<(u8, u16, u16, u16, u16)> {
+fn expected_path(
+    ck: &Checkpoint,
+    opts: &PackOptions,
+    t: usize,
+) -> BTreeSet<(u8, u16, u16, u16, u16)> {
     let c = &ck.config;
     let task = &c.tasks[t];
     let mods = c.task_modalities(task);
@@ -70,10 +88,21 @@ fn running_a_task_reads_only_its_path_which_is_exactly_its_parts() {
         let path: BTreeSet<u32> = model.path_blobs(&info).map(|b| b.index).collect();
         let keys: BTreeSet<_> = model
             .path_blobs(&info)
-            .map(|b| (b.rec.kind, b.rec.modality, b.rec.expert, b.rec.component, b.rec.task))
+            .map(|b| {
+                (
+                    b.rec.kind,
+                    b.rec.modality,
+                    b.rec.expert,
+                    b.rec.component,
+                    b.rec.task,
+                )
+            })
             .collect();
         assert_eq!(keys, expected_path(&ck, &opts, t), "path of {}", info.name);
-        assert!(path.len() < model.blob_count(), "a task's path is not the whole model");
+        assert!(
+            path.len() < model.blob_count(),
+            "a task's path is not the whole model"
+        );
 
         let mut arena = AlignedArena::new(info.arena_bytes);
         let mut s = Session::new(&model, t, arena.as_mut_slice()).unwrap();
@@ -85,10 +114,21 @@ fn running_a_task_reads_only_its_path_which_is_exactly_its_parts() {
             s.run_traced(&refs, &mut out, &mut reads).unwrap();
         }
         let outside: Vec<_> = reads.0.difference(&path).collect();
-        assert!(outside.is_empty(), "task {} read blobs outside its path: {outside:?}", info.name);
+        assert!(
+            outside.is_empty(),
+            "task {} read blobs outside its path: {outside:?}",
+            info.name
+        );
         // Its trunks, routers and head are always read.
-        for b in model.path_blobs(&info).filter(|b| b.rec.kind != blob_kind::EXPERT) {
-            assert!(reads.0.contains(&b.index), "blob {} on the path was never read", b.index);
+        for b in model
+            .path_blobs(&info)
+            .filter(|b| b.rec.kind != blob_kind::EXPERT)
+        {
+            assert!(
+                reads.0.contains(&b.index),
+                "blob {} on the path was never read",
+                b.index
+            );
         }
     }
 }
@@ -113,7 +153,8 @@ fn mincore_shows_only_path_pages_resident_after_a_run() {
     let resident = || -> Vec<bool> {
         let mut v = vec![0u8; pages];
         // SAFETY: the range is our live mapping; `v` holds one byte per page.
-        let r = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, map.len(), v.as_mut_ptr()) };
+        let r =
+            unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, map.len(), v.as_mut_ptr()) };
         assert_eq!(r, 0, "mincore failed");
         v.iter().map(|b| b & 1 == 1).collect()
     };
@@ -125,9 +166,26 @@ fn mincore_shows_only_path_pages_resident_after_a_run() {
         // Drop the file from the page cache and turn readahead off on the mapping.
         // SAFETY: plain syscalls on our own file descriptor and mapping.
         unsafe {
-            assert_eq!(libc::madvise(map.as_ptr() as *mut libc::c_void, map.len(), libc::MADV_DONTNEED), 0);
-            assert_eq!(libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED), 0);
-            assert_eq!(libc::madvise(map.as_ptr() as *mut libc::c_void, map.len(), libc::MADV_RANDOM), 0);
+            assert_eq!(
+                libc::madvise(
+                    map.as_ptr() as *mut libc::c_void,
+                    map.len(),
+                    libc::MADV_DONTNEED
+                ),
+                0
+            );
+            assert_eq!(
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED),
+                0
+            );
+            assert_eq!(
+                libc::madvise(
+                    map.as_ptr() as *mut libc::c_void,
+                    map.len(),
+                    libc::MADV_RANDOM
+                ),
+                0
+            );
         }
         let before = resident();
         if before[data_off / page..].iter().all(|&r| r) {
@@ -135,7 +193,13 @@ fn mincore_shows_only_path_pages_resident_after_a_run() {
             return;
         }
         let mut arena = AlignedArena::new(info.arena_bytes);
-        let mut s = Session::with_options(&model, t, arena.as_mut_slice(), SessionOptions { verify_path: false }).unwrap();
+        let mut s = Session::with_options(
+            &model,
+            t,
+            arena.as_mut_slice(),
+            SessionOptions { verify_path: false },
+        )
+        .unwrap();
         let x = random_inputs(&ck.config, t, &mut rng);
         let refs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
         let mut out = vec![0f32; info.outputs];
@@ -144,16 +208,21 @@ fn mincore_shows_only_path_pages_resident_after_a_run() {
         let mut allowed = vec![false; pages];
         for b in model.path_blobs(&info) {
             let start = data_off + b.rec.offset as usize;
-            for p in start / page..(start + b.rec.len as usize).div_ceil(page) {
-                allowed[p] = true;
-            }
+            allowed[start / page..(start + b.rec.len as usize).div_ceil(page)].fill(true);
         }
         let mut touched_path = 0;
         for p in data_off / page..pages {
-            assert!(!after[p] || allowed[p], "task {}: page {p} outside the path is resident", info.name);
+            assert!(
+                !after[p] || allowed[p],
+                "task {}: page {p} outside the path is resident",
+                info.name
+            );
             touched_path += usize::from(after[p]);
         }
-        assert!(touched_path > 0, "mincore saw no path page: the check would be vacuous");
+        assert!(
+            touched_path > 0,
+            "mincore saw no path page: the check would be vacuous"
+        );
         checked += 1;
     }
     assert_eq!(checked, model.task_count());

@@ -31,7 +31,13 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn model_bytes() -> AlignedArena {
-    AlignedArena::from_bytes(&pack(&random_checkpoint(&RandomSpec::reference(), 9), &PackOptions::default()).unwrap())
+    AlignedArena::from_bytes(
+        &pack(
+            &random_checkpoint(&RandomSpec::reference(), 9),
+            &PackOptions::default(),
+        )
+        .unwrap(),
+    )
 }
 
 #[test]
@@ -45,7 +51,13 @@ fn bad_calls_get_their_own_errors() {
 
     let mut small = AlignedArena::new(info.arena_bytes - 4);
     let e = Session::new(&model, t, small.as_mut_slice()).unwrap_err();
-    assert_eq!(e, Error::ArenaTooSmall { need: info.arena_bytes, have: info.arena_bytes - 4 });
+    assert_eq!(
+        e,
+        Error::ArenaTooSmall {
+            need: info.arena_bytes,
+            have: info.arena_bytes - 4
+        }
+    );
     assert!(e.to_string().contains("arena too small"));
 
     let mut big = AlignedArena::new(info.arena_bytes + 8);
@@ -58,12 +70,31 @@ fn bad_calls_get_their_own_errors() {
     let x = random_inputs(&ck.config, t, &mut SplitMix64::new(1));
     let mut out = vec![0f32; info.outputs];
     let e = s.run(&[&x[0]], &mut out).unwrap_err();
-    assert_eq!(e, Error::InputCount { expected: 2, got: 1 });
+    assert_eq!(
+        e,
+        Error::InputCount {
+            expected: 2,
+            got: 1
+        }
+    );
     let e = s.run(&[&x[0], &x[1][1..]], &mut out).unwrap_err();
-    assert_eq!(e, Error::InputShape { index: 1, expected: 6, got: 5 });
+    assert_eq!(
+        e,
+        Error::InputShape {
+            index: 1,
+            expected: 6,
+            got: 5
+        }
+    );
     assert!(e.to_string().contains("input 1 needs 6 values"), "{e}");
     let e = s.run(&[&x[0], &x[1]], &mut out[..1]).unwrap_err();
-    assert_eq!(e, Error::OutputShape { expected: 2, got: 1 });
+    assert_eq!(
+        e,
+        Error::OutputShape {
+            expected: 2,
+            got: 1
+        }
+    );
     s.run(&[&x[0], &x[1]], &mut out).unwrap();
 }
 
@@ -77,7 +108,10 @@ fn stated_arena_is_exactly_what_a_session_needs_and_nothing_allocates() {
         let info = model.task(t).unwrap();
         // One byte less fails, the stated size works, and that is what the session holds.
         let mut less = AlignedArena::new(info.arena_bytes - 1);
-        assert!(matches!(Session::new(&model, t, less.as_mut_slice()), Err(Error::ArenaTooSmall { .. })));
+        assert!(matches!(
+            Session::new(&model, t, less.as_mut_slice()),
+            Err(Error::ArenaTooSmall { .. })
+        ));
         let mut arena = AlignedArena::new(info.arena_bytes + 4096);
         let x = random_inputs(&ck.config, t, &mut rng);
         let refs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
@@ -87,7 +121,11 @@ fn stated_arena_is_exactly_what_a_session_needs_and_nothing_allocates() {
         let s = Session::new(&model, t, arena.as_mut_slice());
         ARMED.with(|a| a.set(false));
         let mut s = s.unwrap();
-        assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "session creation allocated");
+        assert_eq!(
+            ALLOCS.load(Ordering::Relaxed),
+            0,
+            "session creation allocated"
+        );
         assert_eq!(s.arena_bytes(), info.arena_bytes);
         s.run(&refs, &mut out).unwrap();
         let before = out.clone();
@@ -99,7 +137,6 @@ fn stated_arena_is_exactly_what_a_session_needs_and_nothing_allocates() {
         assert_eq!(ALLOCS.load(Ordering::Relaxed), 0, "run allocated");
         assert_eq!(before, out, "runs are deterministic");
         // Bytes past the stated arena are never written.
-        drop(s);
         assert!(arena.as_slice()[info.arena_bytes..].iter().all(|&b| b == 0));
     }
 }

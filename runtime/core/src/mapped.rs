@@ -71,7 +71,10 @@ impl Model<'static> {
         MappedModel::open(path)
     }
     /// Maps a base and its deltas; see [`MappedModel::open_with_deltas`].
-    pub fn open_with_deltas<P: AsRef<Path>>(base: impl AsRef<Path>, deltas: &[P]) -> Result<MappedModel> {
+    pub fn open_with_deltas<P: AsRef<Path>>(
+        base: impl AsRef<Path>,
+        deltas: &[P],
+    ) -> Result<MappedModel> {
         MappedModel::open_with_deltas(base, deltas)
     }
 }
@@ -91,7 +94,10 @@ struct Line([u8; 64]);
 impl AlignedArena {
     /// `len` zero bytes.
     pub fn new(len: usize) -> Self {
-        Self { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
+        Self {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
     }
     /// A copy of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Self {

@@ -1,6 +1,8 @@
 //! A model: a base package plus any chain of delta packs, validated once.
 
-use taskpath_format::records::{blob_kind, BlobRec, ExpertRec, HParams, TaskRec, TensorRec, layout};
+use taskpath_format::records::{
+    blob_kind, layout, BlobRec, ExpertRec, HParams, TaskRec, TensorRec,
+};
 use taskpath_format::Package;
 
 use crate::error::{Error, Result};
@@ -105,7 +107,9 @@ impl<'a> Model<'a> {
     /// A model over an already validated base package.
     pub fn from_package(p: Package<'a>) -> Result<Self> {
         if p.is_delta() {
-            return Err(Error::DeltaMismatch { why: "a delta pack cannot be opened without its base" });
+            return Err(Error::DeltaMismatch {
+                why: "a delta pack cannot be opened without its base",
+            });
         }
         let mut parts = [None; MAX_CHAIN];
         parts[0] = Some(p);
@@ -149,7 +153,8 @@ impl<'a> Model<'a> {
         {
             return mismatch("modalities differ");
         }
-        let count = |f: fn(&Package<'a>) -> usize| self.parts().map(|p| f(&p)).sum::<usize>() as u32;
+        let count =
+            |f: fn(&Package<'a>) -> usize| self.parts().map(|p| f(&p)).sum::<usize>() as u32;
         if hd.tensor_base != count(|p| p.tensors().len())
             || hd.blob_base != count(|p| p.blobs().len())
             || hd.task_base != count(|p| p.tasks().len())
@@ -225,7 +230,11 @@ impl<'a> Model<'a> {
     pub fn modality(&self, m: usize) -> Option<(&'a str, usize, usize)> {
         let b = self.base();
         let r = b.modalities().get(m)?;
-        Some((b.str(r.name_off, r.name_len), r.tokens as usize, r.features as usize))
+        Some((
+            b.str(r.name_off, r.name_len),
+            r.tokens as usize,
+            r.features as usize,
+        ))
     }
     /// Number of modalities.
     pub fn modality_count(&self) -> usize {
@@ -243,7 +252,8 @@ impl<'a> Model<'a> {
 
     /// Tensor by global index.
     pub fn tensor_rec(&self, global: u32) -> Option<(Package<'a>, TensorRec)> {
-        self.parts().find_map(|p| p.local_tensor(global).map(|t| (p, t)))
+        self.parts()
+            .find_map(|p| p.local_tensor(global).map(|t| (p, t)))
     }
     /// Tensor by global index, borrowed from the package bytes.
     pub fn tensor(&self, global: u32) -> Option<TensorView<'a>> {
@@ -254,7 +264,11 @@ impl<'a> Model<'a> {
             cols: t.cols as usize,
             a,
             b,
-            rank: if t.layout == layout::LOW_RANK { t.rank as usize } else { 0 },
+            rank: if t.layout == layout::LOW_RANK {
+                t.rank as usize
+            } else {
+                0
+            },
             blob: t.blob,
         })
     }
@@ -267,8 +281,15 @@ impl<'a> Model<'a> {
     pub fn blob(&self, global: u32) -> Option<BlobView<'a>> {
         for (part, p) in self.parts().enumerate() {
             if let Some(local) = global.checked_sub(p.hparams().blob_base) {
-                if let (Some(rec), Some(bytes)) = (p.blobs().get(local as usize), p.blob_bytes(local as usize)) {
-                    return Some(BlobView { index: global, part, rec, bytes });
+                if let (Some(rec), Some(bytes)) =
+                    (p.blobs().get(local as usize), p.blob_bytes(local as usize))
+                {
+                    return Some(BlobView {
+                        index: global,
+                        part,
+                        rec,
+                        bytes,
+                    });
                 }
             }
         }
@@ -283,16 +304,24 @@ impl<'a> Model<'a> {
                 }
             }
         }
-        Err(Error::InvalidProgram { op: 0, why: "blob index out of range" })
+        Err(Error::InvalidProgram {
+            op: 0,
+            why: "blob index out of range",
+        })
     }
     /// Checks every blob checksum of every package.
     pub fn verify(&self) -> Result<()> {
-        self.parts().try_for_each(|p| p.verify_all().map_err(Error::from))
+        self.parts()
+            .try_for_each(|p| p.verify_all().map_err(Error::from))
     }
 
     /// Component `c` of expert slot `j`.
     pub fn expert(&self, j: usize, c: usize) -> Option<ExpertRec> {
-        self.parts().find_map(|p| p.experts().iter().find(|e| usize::from(e.expert) == j && usize::from(e.component) == c))
+        self.parts().find_map(|p| {
+            p.experts()
+                .iter()
+                .find(|e| usize::from(e.expert) == j && usize::from(e.component) == c)
+        })
     }
 
     /// Whether blob `b` is on the path of `task`: the trunks and router heads
@@ -304,8 +333,13 @@ impl<'a> Model<'a> {
             blob_kind::TRUNK => mod_ok(b.modality),
             blob_kind::ROUTER => mod_ok(b.modality) && usize::from(b.component) <= task.stage,
             blob_kind::EXPERT => {
-                let union = task.modalities().filter_map(|m| self.path_mask(task, m)).fold(0u64, |a, m| a | m);
-                usize::from(b.component) <= task.stage && b.expert < 64 && union & (1 << b.expert) != 0
+                let union = task
+                    .modalities()
+                    .filter_map(|m| self.path_mask(task, m))
+                    .fold(0u64, |a, m| a | m);
+                usize::from(b.component) <= task.stage
+                    && b.expert < 64
+                    && union & (1 << b.expert) != 0
             }
             blob_kind::HEAD => usize::from(b.task) == task.index,
             _ => false,
@@ -313,8 +347,13 @@ impl<'a> Model<'a> {
     }
 
     /// Global indices of the blobs on `task`'s path, in file order.
-    pub fn path_blobs<'s>(&'s self, task: &'s TaskInfo<'a>) -> impl Iterator<Item = BlobView<'a>> + 's {
-        (0..self.blob_count() as u32).filter_map(|i| self.blob(i)).filter(move |b| self.on_path(task, &b.rec))
+    pub fn path_blobs<'s>(
+        &'s self,
+        task: &'s TaskInfo<'a>,
+    ) -> impl Iterator<Item = BlobView<'a>> + 's {
+        (0..self.blob_count() as u32)
+            .filter_map(|i| self.blob(i))
+            .filter(move |b| self.on_path(task, &b.rec))
     }
 
     /// Bytes of weights on `task`'s path.
@@ -322,4 +361,3 @@ impl<'a> Model<'a> {
         self.path_blobs(task).map(|b| b.bytes.len()).sum()
     }
 }
-

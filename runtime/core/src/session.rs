@@ -43,15 +43,70 @@ type R = Range<usize>;
 
 #[derive(Debug)]
 enum Step<'a> {
-    Encode { input: usize, y: R, w: TensorView<'a>, b: TensorView<'a>, pos: TensorView<'a>, tmp: R },
-    LayerNorm { x: R, y: R, g: TensorView<'a>, b: TensorView<'a>, scale: f32 },
-    Linear { x: R, y: R, w: TensorView<'a>, b: Option<TensorView<'a>>, rows: usize, tmp: R },
-    Attention { q: R, k: R, v: R, out: R, l: usize, heads: usize, scratch: R },
-    AttnPool { u: R, query: TensorView<'a>, out: R, scratch: R },
-    Gate { p: R, gate: TensorView<'a>, logits: R, acc: bool, scale: f32, tmp: R },
-    Route { logits: R, modality: u32, mask: u64, route: R },
-    Moe { u: R, route: R, stage: usize, token: usize, out: R, scratch: R },
-    Copy { src: R, dst: R },
+    Encode {
+        input: usize,
+        y: R,
+        w: TensorView<'a>,
+        b: TensorView<'a>,
+        pos: TensorView<'a>,
+        tmp: R,
+    },
+    LayerNorm {
+        x: R,
+        y: R,
+        g: TensorView<'a>,
+        b: TensorView<'a>,
+        scale: f32,
+    },
+    Linear {
+        x: R,
+        y: R,
+        w: TensorView<'a>,
+        b: Option<TensorView<'a>>,
+        rows: usize,
+        tmp: R,
+    },
+    Attention {
+        q: R,
+        k: R,
+        v: R,
+        out: R,
+        l: usize,
+        heads: usize,
+        scratch: R,
+    },
+    AttnPool {
+        u: R,
+        query: TensorView<'a>,
+        out: R,
+        scratch: R,
+    },
+    Gate {
+        p: R,
+        gate: TensorView<'a>,
+        logits: R,
+        acc: bool,
+        scale: f32,
+        tmp: R,
+    },
+    Route {
+        logits: R,
+        modality: u32,
+        mask: u64,
+        route: R,
+    },
+    Moe {
+        u: R,
+        route: R,
+        stage: usize,
+        token: usize,
+        out: R,
+        scratch: R,
+    },
+    Copy {
+        src: R,
+        dst: R,
+    },
 }
 
 fn bad(op: u32, why: &'static str) -> Error {
@@ -102,20 +157,39 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     /// [`Session::new`] with options.
-    pub fn with_options(model: &'m Model<'a>, task: usize, arena: &'m mut [u8], opts: SessionOptions) -> Result<Self> {
+    pub fn with_options(
+        model: &'m Model<'a>,
+        task: usize,
+        arena: &'m mut [u8],
+        opts: SessionOptions,
+    ) -> Result<Self> {
         let task = model.task(task)?;
         let part = model.part(task.part).ok_or(Error::UnknownTask)?;
         if arena.len() < task.arena_bytes {
-            return Err(Error::ArenaTooSmall { need: task.arena_bytes, have: arena.len() });
+            return Err(Error::ArenaTooSmall {
+                need: task.arena_bytes,
+                have: arena.len(),
+            });
         }
         let arena: &mut [f32] = bytemuck::try_cast_slice_mut(&mut arena[..task.arena_bytes])
             .map_err(|_| Error::ArenaMisaligned)?;
-        let path_union = task.modalities().filter_map(|m| model.path_mask(&task, m)).fold(0, |a, b| a | b);
-        let s = Self { model, task, part, arena, path_union };
+        let path_union = task
+            .modalities()
+            .filter_map(|m| model.path_mask(&task, m))
+            .fold(0, |a, b| a | b);
+        let s = Self {
+            model,
+            task,
+            part,
+            arena,
+            path_union,
+        };
         for i in 0..task.rec.program_len {
             s.step(i)?;
         }
-        let out = s.slot(task.rec.output_slot, 0).map_err(|_| bad(0, "output slot"))?;
+        let out = s
+            .slot(task.rec.output_slot, 0)
+            .map_err(|_| bad(0, "output slot"))?;
         if out.len() < task.outputs {
             return Err(bad(0, "output slot smaller than the task's outputs"));
         }
@@ -144,7 +218,11 @@ impl<'m, 'a> Session<'m, 'a> {
         if id >= self.task.rec.slot_count {
             return Err(bad(op, "slot index beyond the task's plan"));
         }
-        let s = self.part.slots().get((self.task.rec.slot_start + id) as usize).ok_or(bad(op, "slot table"))?;
+        let s = self
+            .part
+            .slots()
+            .get((self.task.rec.slot_start + id) as usize)
+            .ok_or(bad(op, "slot table"))?;
         let r = s.offset as usize..s.offset as usize + s.len as usize;
         if r.end > self.arena.len() {
             return Err(bad(op, "slot outside the arena"));
@@ -176,7 +254,10 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     fn op(&self, i: u32) -> Result<OpRec> {
-        self.part.program().get((self.task.rec.program_start + i) as usize).ok_or(bad(i, "program range"))
+        self.part
+            .program()
+            .get((self.task.rec.program_start + i) as usize)
+            .ok_or(bad(i, "program range"))
     }
 
     /// Decodes and checks op `i`.
@@ -195,7 +276,11 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(match opcode {
             Opcode::Encode => {
                 let input = o.a0 as usize;
-                let m = self.task.modalities().nth(input).ok_or(bad(i, "input index beyond the task's modalities"))?;
+                let m = self
+                    .task
+                    .modalities()
+                    .nth(input)
+                    .ok_or(bad(i, "input index beyond the task's modalities"))?;
                 let (_, l, f) = self.model.modality(m).ok_or(bad(i, "modality"))?;
                 let w = self.tensor(o.a2, d, f, i)?;
                 Step::Encode {
@@ -211,9 +296,15 @@ impl<'m, 'a> Session<'m, 'a> {
                 let g = self.model.tensor(o.a2).ok_or(bad(i, "no such tensor"))?;
                 let c = g.cols;
                 let rows = o.a5 as usize;
-                let (x, y) = (self.slot_min(o.a0, rows * c, i)?, self.slot_min(o.a1, rows * c, i)?);
+                let (x, y) = (
+                    self.slot_min(o.a0, rows * c, i)?,
+                    self.slot_min(o.a1, rows * c, i)?,
+                );
                 if x != y && x.start < y.end && y.start < x.end {
-                    return Err(bad(i, "layernorm input and output overlap without being equal"));
+                    return Err(bad(
+                        i,
+                        "layernorm input and output overlap without being equal",
+                    ));
                 }
                 Step::LayerNorm {
                     x,
@@ -227,7 +318,11 @@ impl<'m, 'a> Session<'m, 'a> {
                 let w = self.model.tensor(o.a2).ok_or(bad(i, "no such tensor"))?;
                 let (out, inp, rows) = (w.rows, w.cols, o.a4 as usize);
                 let w = self.tensor(o.a2, out, inp, i)?;
-                let b = if o.a3 == NONE { None } else { Some(self.tensor(o.a3, 1, out, i)?) };
+                let b = if o.a3 == NONE {
+                    None
+                } else {
+                    Some(self.tensor(o.a3, 1, out, i)?)
+                };
                 Step::Linear {
                     x: self.slot_min(o.a0, rows * inp, i)?,
                     y: self.slot_min(o.a1, rows * out, i)?,
@@ -270,7 +365,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 tmp: self.slot_min(o.a5, n, i)?,
             },
             Opcode::Route => {
-                let mask = self.model.path_mask(&self.task, o.a1 as usize).ok_or(bad(i, "route for a modality outside the task"))?;
+                let mask = self
+                    .model
+                    .path_mask(&self.task, o.a1 as usize)
+                    .ok_or(bad(i, "route for a modality outside the task"))?;
                 Step::Route {
                     logits: self.slot_min(o.a0, n, i)?,
                     modality: o.a1,
@@ -289,7 +387,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 let mut max_rank = 0;
                 for j in (0..n).filter(|j| self.path_union & (1 << j) != 0) {
                     for c in 0..=stage {
-                        let e = self.model.expert(j, c).ok_or(bad(i, "missing expert component"))?;
+                        let e = self
+                            .model
+                            .expert(j, c)
+                            .ok_or(bad(i, "missing expert component"))?;
                         for t in [e.conv_w, e.fc1_w, e.fc2_w] {
                             let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
                             max_rank = max_rank.max(t.rank);
@@ -302,7 +403,11 @@ impl<'m, 'a> Session<'m, 'a> {
                     stage,
                     token,
                     out: self.slot_min(o.a5, d, i)?,
-                    scratch: self.slot_min(o.a6, 2 * d + hp.ffn_hidden as usize + 2 * max_rank, i)?,
+                    scratch: self.slot_min(
+                        o.a6,
+                        2 * d + hp.ffn_hidden as usize + 2 * max_rank,
+                        i,
+                    )?,
                 }
             }
             Opcode::Copy => {
@@ -311,7 +416,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 if so + len > src.len() || dof + len > dst.len() {
                     return Err(bad(i, "copy range outside its slots"));
                 }
-                Step::Copy { src: src.start + so..src.start + so + len, dst: dst.start + dof..dst.start + dof + len }
+                Step::Copy {
+                    src: src.start + so..src.start + so + len,
+                    dst: dst.start + dof..dst.start + dof + len,
+                }
             }
         })
     }
@@ -323,19 +431,34 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     /// [`Session::run`] reporting to a tracer.
-    pub fn run_traced<T: Tracer>(&mut self, inputs: &[&[f32]], outputs: &mut [f32], tracer: &mut T) -> Result<RunStats> {
+    pub fn run_traced<T: Tracer>(
+        &mut self,
+        inputs: &[&[f32]],
+        outputs: &mut [f32],
+        tracer: &mut T,
+    ) -> Result<RunStats> {
         let n_in = self.task.modality_mask.count_ones() as usize;
         if inputs.len() != n_in {
-            return Err(Error::InputCount { expected: n_in, got: inputs.len() });
+            return Err(Error::InputCount {
+                expected: n_in,
+                got: inputs.len(),
+            });
         }
         for (index, (m, x)) in self.task.modalities().zip(inputs).enumerate() {
             let (_, l, f) = self.model.modality(m).ok_or(Error::UnknownTask)?;
             if x.len() != l * f {
-                return Err(Error::InputShape { index, expected: l * f, got: x.len() });
+                return Err(Error::InputShape {
+                    index,
+                    expected: l * f,
+                    got: x.len(),
+                });
             }
         }
         if outputs.len() != self.task.outputs {
-            return Err(Error::OutputShape { expected: self.task.outputs, got: outputs.len() });
+            return Err(Error::OutputShape {
+                expected: self.task.outputs,
+                got: outputs.len(),
+            });
         }
         let mut stats = RunStats::default();
         for i in 0..self.task.rec.program_len {
@@ -351,7 +474,14 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(stats)
     }
 
-    fn exec<T: Tracer>(&mut self, i: u32, step: Step<'a>, inputs: &[&[f32]], tracer: &mut T, stats: &mut RunStats) -> Result<()> {
+    fn exec<T: Tracer>(
+        &mut self,
+        i: u32,
+        step: Step<'a>,
+        inputs: &[&[f32]],
+        tracer: &mut T,
+        stats: &mut RunStats,
+    ) -> Result<()> {
         let hp = self.model.hparams();
         let d = hp.d_model as usize;
         let overlap = || bad(i, "slots overlap");
@@ -360,7 +490,14 @@ impl<'m, 'a> Session<'m, 'a> {
             stats.weight_bytes += t.bytes();
         };
         match step {
-            Step::Encode { input, y, w, b, pos, tmp } => {
+            Step::Encode {
+                input,
+                y,
+                w,
+                b,
+                pos,
+                tmp,
+            } => {
                 [&w, &b, &pos].into_iter().for_each(&mut read);
                 let x = inputs.get(input).ok_or(bad(i, "input"))?;
                 let rows = pos.rows;
@@ -377,7 +514,14 @@ impl<'m, 'a> Session<'m, 'a> {
                     k::layernorm(xs, g.a, b.a, hp.ln_eps, scale, ys);
                 }
             }
-            Step::Linear { x, y, w, b, rows, tmp } => {
+            Step::Linear {
+                x,
+                y,
+                w,
+                b,
+                rows,
+                tmp,
+            } => {
                 read(&w);
                 if let Some(b) = &b {
                     read(b);
@@ -385,18 +529,40 @@ impl<'m, 'a> Session<'m, 'a> {
                 let [xs, ys, tmp] = carve(self.arena, [&x, &y, &tmp]).ok_or_else(overlap)?;
                 linear(&w, xs, b.map(|b| b.a), rows, tmp, ys);
             }
-            Step::Attention { q, k: kr, v, out, l, heads, scratch } => {
-                let [q, kr, v, out, s] = carve(self.arena, [&q, &kr, &v, &out, &scratch]).ok_or_else(overlap)?;
+            Step::Attention {
+                q,
+                k: kr,
+                v,
+                out,
+                l,
+                heads,
+                scratch,
+            } => {
+                let [q, kr, v, out, s] =
+                    carve(self.arena, [&q, &kr, &v, &out, &scratch]).ok_or_else(overlap)?;
                 k::attention(q, kr, v, l, heads, s, out);
             }
-            Step::AttnPool { u, query, out, scratch } => {
+            Step::AttnPool {
+                u,
+                query,
+                out,
+                scratch,
+            } => {
                 read(&query);
                 let [u, out, s] = carve(self.arena, [&u, &out, &scratch]).ok_or_else(overlap)?;
                 k::attention_pool(u, query.a, s, out);
             }
-            Step::Gate { p, gate, logits, acc, scale, tmp } => {
+            Step::Gate {
+                p,
+                gate,
+                logits,
+                acc,
+                scale,
+                tmp,
+            } => {
                 read(&gate);
-                let [p, logits, tmp] = carve(self.arena, [&p, &logits, &tmp]).ok_or_else(overlap)?;
+                let [p, logits, tmp] =
+                    carve(self.arena, [&p, &logits, &tmp]).ok_or_else(overlap)?;
                 if hp.gating == gating::SOFTMAX {
                     k::dot_logits(p, gate.a, tmp);
                 } else {
@@ -407,7 +573,12 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
                 k::axpy(scale, tmp, logits);
             }
-            Step::Route { logits, modality, mask, route } => {
+            Step::Route {
+                logits,
+                modality,
+                mask,
+                route,
+            } => {
                 let kk = hp.top_k as usize;
                 let mut idx = [0u32; 64];
                 let mut gate = [0f32; 64];
@@ -420,10 +591,18 @@ impl<'m, 'a> Session<'m, 'a> {
                     route[1 + kk + j] = g;
                 }
             }
-            Step::Moe { u, route, stage, token, out, scratch } => {
+            Step::Moe {
+                u,
+                route,
+                stage,
+                token,
+                out,
+                scratch,
+            } => {
                 let kk = hp.top_k as usize;
                 let (model, path_union) = (self.model, self.path_union);
-                let [u, route, out, s] = carve(self.arena, [&u, &route, &out, &scratch]).ok_or_else(overlap)?;
+                let [u, route, out, s] =
+                    carve(self.arena, [&u, &route, &out, &scratch]).ok_or_else(overlap)?;
                 out.fill(0.0);
                 let got = route[0] as usize;
                 if got > kk {
@@ -435,7 +614,9 @@ impl<'m, 'a> Session<'m, 'a> {
                         return Err(bad(i, "route names an expert outside the task's path"));
                     }
                     for c in 0..=stage {
-                        let rec = model.expert(e as usize, c).ok_or(bad(i, "missing expert component"))?;
+                        let rec = model
+                            .expert(e as usize, c)
+                            .ok_or(bad(i, "missing expert component"))?;
                         expert_component(model, i, &rec, u, token, g, s, out, &mut read)?;
                         stats.expert_components += 1;
                     }
@@ -449,58 +630,72 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         Ok(())
     }
-
 }
 
 /// `out += g * fc2(GELU(fc1(LN(u_t + GELU(conv(u)_t)))))` for one component.
 #[allow(clippy::too_many_arguments)]
 fn expert_component<'a>(
-        model: &Model<'a>,
-        i: u32,
-        e: &ExpertRec,
-        u: &[f32],
-        token: usize,
-        g: f32,
-        scratch: &mut [f32],
-        out: &mut [f32],
-        read: &mut impl FnMut(&TensorView<'a>),
-    ) -> Result<()> {
-        let hp = model.hparams();
-        let (d, h) = (hp.d_model as usize, hp.ffn_hidden as usize);
-        let t = |id: u32| model.tensor(id).ok_or(bad(i, "no such tensor"));
-        let (cw, cb, lg, lb, w1, b1, w2, b2) =
-            (t(e.conv_w)?, t(e.conv_b)?, t(e.ln_g)?, t(e.ln_b)?, t(e.fc1_w)?, t(e.fc1_b)?, t(e.fc2_w)?, t(e.fc2_b)?);
-        for x in [&cw, &cb, &lg, &lb, &w1, &b1, &w2, &b2] {
-            read(x);
-        }
-        let (hbuf, rest) = scratch.split_at_mut(d);
-        let (mid, rest) = rest.split_at_mut(h);
-        let (obuf, rest) = rest.split_at_mut(d);
-        let max_rank = rest.len() / 2;
-        if [cw.rank, w1.rank, w2.rank].iter().any(|&r| r > max_rank) {
-            return Err(bad(i, "scratch too small for an expert's rank"));
-        }
-        let (tmp, zeros) = rest.split_at_mut(max_rank);
-        if cw.is_low_rank() {
-            let z = &mut zeros[..cw.rank];
-            z.fill(0.0);
-            k::conv3_at(cw.b, z, u, d, token, &mut tmp[..cw.rank]);
-            k::matvec(cw.a, &tmp[..cw.rank], Some(cb.a), hbuf);
-        } else {
-            k::conv3_at(cw.a, cb.a, u, d, token, hbuf);
-        }
-        k::gelu(hbuf);
-        k::add(&u[token * d..(token + 1) * d], hbuf);
-        k::layernorm_inplace(hbuf, lg.a, lb.a, hp.ln_eps, 1.0);
-        linear(&w1, hbuf, Some(b1.a), 1, tmp, mid);
-        k::gelu(mid);
-        linear(&w2, mid, Some(b2.a), 1, tmp, obuf);
-        k::axpy(g, obuf, out);
-        Ok(())
+    model: &Model<'a>,
+    i: u32,
+    e: &ExpertRec,
+    u: &[f32],
+    token: usize,
+    g: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+    read: &mut impl FnMut(&TensorView<'a>),
+) -> Result<()> {
+    let hp = model.hparams();
+    let (d, h) = (hp.d_model as usize, hp.ffn_hidden as usize);
+    let t = |id: u32| model.tensor(id).ok_or(bad(i, "no such tensor"));
+    let (cw, cb, lg, lb, w1, b1, w2, b2) = (
+        t(e.conv_w)?,
+        t(e.conv_b)?,
+        t(e.ln_g)?,
+        t(e.ln_b)?,
+        t(e.fc1_w)?,
+        t(e.fc1_b)?,
+        t(e.fc2_w)?,
+        t(e.fc2_b)?,
+    );
+    for x in [&cw, &cb, &lg, &lb, &w1, &b1, &w2, &b2] {
+        read(x);
+    }
+    let (hbuf, rest) = scratch.split_at_mut(d);
+    let (mid, rest) = rest.split_at_mut(h);
+    let (obuf, rest) = rest.split_at_mut(d);
+    let max_rank = rest.len() / 2;
+    if [cw.rank, w1.rank, w2.rank].iter().any(|&r| r > max_rank) {
+        return Err(bad(i, "scratch too small for an expert's rank"));
+    }
+    let (tmp, zeros) = rest.split_at_mut(max_rank);
+    if cw.is_low_rank() {
+        let z = &mut zeros[..cw.rank];
+        z.fill(0.0);
+        k::conv3_at(cw.b, z, u, d, token, &mut tmp[..cw.rank]);
+        k::matvec(cw.a, &tmp[..cw.rank], Some(cb.a), hbuf);
+    } else {
+        k::conv3_at(cw.a, cb.a, u, d, token, hbuf);
+    }
+    k::gelu(hbuf);
+    k::add(&u[token * d..(token + 1) * d], hbuf);
+    k::layernorm_inplace(hbuf, lg.a, lb.a, hp.ln_eps, 1.0);
+    linear(&w1, hbuf, Some(b1.a), 1, tmp, mid);
+    k::gelu(mid);
+    linear(&w2, mid, Some(b2.a), 1, tmp, obuf);
+    k::axpy(g, obuf, out);
+    Ok(())
 }
 
 /// `y = W x + b` over `rows` rows, through `tmp` for a low-rank `W = U V`.
-fn linear(w: &TensorView<'_>, x: &[f32], b: Option<&[f32]>, rows: usize, tmp: &mut [f32], y: &mut [f32]) {
+fn linear(
+    w: &TensorView<'_>,
+    x: &[f32],
+    b: Option<&[f32]>,
+    rows: usize,
+    tmp: &mut [f32],
+    y: &mut [f32],
+) {
     let x = &x[..rows * w.cols];
     let y = &mut y[..rows * w.rows];
     if w.is_low_rank() {

@@ -74,8 +74,18 @@ pub enum FormatError {
 }
 
 impl FormatError {
-    pub(crate) fn invalid(field: &'static str, index: Option<u32>, value: u64, why: &'static str) -> Self {
-        Self::Invalid { field, index, value, why }
+    pub(crate) fn invalid(
+        field: &'static str,
+        index: Option<u32>,
+        value: u64,
+        why: &'static str,
+    ) -> Self {
+        Self::Invalid {
+            field,
+            index,
+            value,
+            why,
+        }
     }
 
     /// The field this error is about.
@@ -113,20 +123,39 @@ impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Truncated { field, need, have } => {
-                write!(f, "truncated package: {field} needs {need} bytes, file has {have}")
+                write!(
+                    f,
+                    "truncated package: {field} needs {need} bytes, file has {have}"
+                )
             }
             Self::BadMagic => f.write_str("not a Taskpath package: bad magic in header.magic"),
             Self::Unsupported { field, value } => write!(f, "{field}: unsupported value {value}"),
-            Self::Invalid { field, index, value, why } => {
+            Self::Invalid {
+                field,
+                index,
+                value,
+                why,
+            } => {
                 write!(f, "{}: invalid value {value}: {why}", At(field, index))
             }
-            Self::OutOfBounds { field, index, offset, len, bound } => write!(
+            Self::OutOfBounds {
+                field,
+                index,
+                offset,
+                len,
+                bound,
+            } => write!(
                 f,
                 "{}: range {offset}..{} is outside 0..{bound}",
                 At(field, index),
                 offset.saturating_add(len)
             ),
-            Self::Checksum { field, index, expected, actual } => write!(
+            Self::Checksum {
+                field,
+                index,
+                expected,
+                actual,
+            } => write!(
                 f,
                 "{}: checksum mismatch (stored {expected:#018x}, computed {actual:#018x})",
                 At(field, index)

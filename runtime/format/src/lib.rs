@@ -8,7 +8,9 @@
 #![warn(missing_docs)]
 
 #[cfg(target_endian = "big")]
-compile_error!("taskpath-format borrows little-endian f32 data in place; big-endian targets are not supported");
+compile_error!(
+    "taskpath-format borrows little-endian f32 data in place; big-endian targets are not supported"
+);
 
 mod error;
 mod package;

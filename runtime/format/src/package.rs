@@ -125,7 +125,10 @@ impl<R> core::fmt::Debug for Table<'_, R> {
 
 impl<'a, R: Record + 'a> Table<'a, R> {
     fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, _r: PhantomData }
+        Self {
+            bytes,
+            _r: PhantomData,
+        }
     }
     /// Number of records.
     pub fn len(&self) -> usize {
@@ -212,7 +215,13 @@ tables! {
 }
 
 fn oob(field: &'static str, index: Option<u32>, offset: u64, len: u64, bound: u64) -> FormatError {
-    FormatError::OutOfBounds { field, index, offset, len, bound }
+    FormatError::OutOfBounds {
+        field,
+        index,
+        offset,
+        len,
+        bound,
+    }
 }
 
 fn idx(i: usize) -> Option<u32> {
@@ -231,69 +240,143 @@ impl<'a> Package<'a> {
     /// Parses and validates a package. `bytes` may be longer than the package
     /// (trailing erased flash); it must start on a [`BASE_ALIGN`] boundary.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        if (bytes.as_ptr() as usize) % BASE_ALIGN != 0 {
-            return Err(FormatError::Misaligned { required: BASE_ALIGN as u32 });
+        if !(bytes.as_ptr() as usize).is_multiple_of(BASE_ALIGN) {
+            return Err(FormatError::Misaligned {
+                required: BASE_ALIGN as u32,
+            });
         }
         let have = bytes.len() as u64;
         let Some(hb) = bytes.first_chunk::<HEADER_LEN>() else {
             if bytes.len() >= 8 && bytes[..8] != MAGIC {
                 return Err(FormatError::BadMagic);
             }
-            return Err(FormatError::Truncated { field: "header", need: HEADER_LEN as u64, have });
+            return Err(FormatError::Truncated {
+                field: "header",
+                need: HEADER_LEN as u64,
+                have,
+            });
         };
         if hb[..8] != MAGIC {
             return Err(FormatError::BadMagic);
         }
         let h = Header::decode(hb);
         if h.version_major != VERSION_MAJOR {
-            return Err(FormatError::Unsupported { field: "header.version_major", value: h.version_major.into() });
+            return Err(FormatError::Unsupported {
+                field: "header.version_major",
+                value: h.version_major.into(),
+            });
         }
         let actual = xxhash_rust::xxh3::xxh3_64(&hb[..120]);
         if actual != h.header_checksum {
-            return Err(FormatError::Checksum { field: "header", index: None, expected: h.header_checksum, actual });
+            return Err(FormatError::Checksum {
+                field: "header",
+                index: None,
+                expected: h.header_checksum,
+                actual,
+            });
         }
         if hb[44..48] != [0; 4] || hb[80..120].iter().any(|&b| b != 0) {
-            return Err(FormatError::invalid("header.reserved", None, 0, "reserved header bytes must be zero"));
+            return Err(FormatError::invalid(
+                "header.reserved",
+                None,
+                0,
+                "reserved header bytes must be zero",
+            ));
         }
         if (h.header_len as usize) < HEADER_LEN {
-            return Err(FormatError::invalid("header.header_len", None, h.header_len.into(), "must be >= 128"));
+            return Err(FormatError::invalid(
+                "header.header_len",
+                None,
+                h.header_len.into(),
+                "must be >= 128",
+            ));
         }
         if h.flags & !FLAG_DELTA != 0 {
-            return Err(FormatError::Unsupported { field: "header.flags", value: h.flags.into() });
+            return Err(FormatError::Unsupported {
+                field: "header.flags",
+                value: h.flags.into(),
+            });
         }
         let is_delta = h.flags & FLAG_DELTA != 0;
         if is_delta == (h.base_id == 0) {
-            return Err(FormatError::invalid("header.base_id", None, h.base_id, "must be non-zero exactly when the delta flag is set"));
+            return Err(FormatError::invalid(
+                "header.base_id",
+                None,
+                h.base_id,
+                "must be non-zero exactly when the delta flag is set",
+            ));
         }
         if !(MIN_ALIGN_LOG2..=MAX_ALIGN_LOG2).contains(&h.align_log2) {
-            return Err(FormatError::invalid("header.align_log2", None, h.align_log2.into(), "blob alignment must be 4 KiB..16 MiB"));
+            return Err(FormatError::invalid(
+                "header.align_log2",
+                None,
+                h.align_log2.into(),
+                "blob alignment must be 4 KiB..16 MiB",
+            ));
         }
         if h.file_len > have {
-            return Err(FormatError::Truncated { field: "header.file_len", need: h.file_len, have });
+            return Err(FormatError::Truncated {
+                field: "header.file_len",
+                need: h.file_len,
+                have,
+            });
         }
         let bytes = &bytes[..h.file_len as usize];
         let file_len = h.file_len;
-        if h.data_off < u64::from(h.header_len) || h.data_off % h.align() != 0 {
-            return Err(FormatError::invalid("header.data_off", None, h.data_off, "must be blob-aligned and after the header"));
+        if h.data_off < u64::from(h.header_len) || !h.data_off.is_multiple_of(h.align()) {
+            return Err(FormatError::invalid(
+                "header.data_off",
+                None,
+                h.data_off,
+                "must be blob-aligned and after the header",
+            ));
         }
         let data_end = end("header.data_len", None, h.data_off, h.data_len, file_len)?;
         if data_end != file_len {
-            return Err(FormatError::invalid("header.data_len", None, h.data_len, "data region must end the file"));
+            return Err(FormatError::invalid(
+                "header.data_len",
+                None,
+                h.data_len,
+                "data region must end the file",
+            ));
         }
         let meta_end = h.data_off;
         if h.section_count > MAX_SECTIONS {
-            return Err(FormatError::invalid("header.section_count", None, h.section_count.into(), "more than 64 sections"));
+            return Err(FormatError::invalid(
+                "header.section_count",
+                None,
+                h.section_count.into(),
+                "more than 64 sections",
+            ));
         }
         if h.section_table_off < u64::from(h.header_len) {
-            return Err(oob("header.section_table_off", None, h.section_table_off, 0, meta_end));
+            return Err(oob(
+                "header.section_table_off",
+                None,
+                h.section_table_off,
+                0,
+                meta_end,
+            ));
         }
-        let st_end = end("header.section_table_off", None, h.section_table_off, u64::from(h.section_count) * SectionRec::SIZE as u64, meta_end)?;
+        let st_end = end(
+            "header.section_table_off",
+            None,
+            h.section_table_off,
+            u64::from(h.section_count) * SectionRec::SIZE as u64,
+            meta_end,
+        )?;
         let meta = &bytes[h.header_len as usize..meta_end as usize];
         let actual = xxhash_rust::xxh3::xxh3_64(meta);
         if actual != h.meta_checksum {
-            return Err(FormatError::Checksum { field: "metadata", index: None, expected: h.meta_checksum, actual });
+            return Err(FormatError::Checksum {
+                field: "metadata",
+                index: None,
+                expected: h.meta_checksum,
+                actual,
+            });
         }
-        let sections: Table<'_, SectionRec> = Table::new(&bytes[h.section_table_off as usize..st_end as usize]);
+        let sections: Table<'_, SectionRec> =
+            Table::new(&bytes[h.section_table_off as usize..st_end as usize]);
 
         // Locate each known section once; refuse duplicates and unknown required ones.
         const KINDS: usize = 13;
@@ -304,33 +387,62 @@ impl<'a> Package<'a> {
                 return Err(oob("sections.offset", idx(i), s.offset, s.len, meta_end));
             }
             if s.offset < st_end && s_end > h.section_table_off {
-                return Err(FormatError::invalid("sections.offset", idx(i), s.offset, "section overlaps the section table"));
+                return Err(FormatError::invalid(
+                    "sections.offset",
+                    idx(i),
+                    s.offset,
+                    "section overlaps the section table",
+                ));
             }
             if s.flags & !section::FLAG_REQUIRED != 0 {
-                return Err(FormatError::invalid("sections.flags", idx(i), s.flags.into(), "unknown flag bits"));
+                return Err(FormatError::invalid(
+                    "sections.flags",
+                    idx(i),
+                    s.flags.into(),
+                    "unknown flag bits",
+                ));
             }
             let k = s.kind as usize;
             if k == 0 || k >= KINDS {
                 if s.flags & section::FLAG_REQUIRED != 0 {
-                    return Err(FormatError::Unsupported { field: "sections.kind", value: s.kind.into() });
+                    return Err(FormatError::Unsupported {
+                        field: "sections.kind",
+                        value: s.kind.into(),
+                    });
                 }
                 continue;
             }
             if found[k].is_some() {
-                return Err(FormatError::invalid("sections.kind", idx(i), s.kind.into(), "section kind listed twice"));
+                return Err(FormatError::invalid(
+                    "sections.kind",
+                    idx(i),
+                    s.kind.into(),
+                    "section kind listed twice",
+                ));
             }
             found[k] = Some((s.offset as usize, s_end as usize));
         }
         let sect = |kind: u32, name: &'static str, rec: usize| -> Result<&'a [u8]> {
-            let (a, b) = found[kind as usize].ok_or(FormatError::MissingSection { section: name })?;
+            let (a, b) =
+                found[kind as usize].ok_or(FormatError::MissingSection { section: name })?;
             if (b - a) % rec != 0 {
-                return Err(FormatError::invalid(name, None, (b - a) as u64, "section length is not a multiple of its record size"));
+                return Err(FormatError::invalid(
+                    name,
+                    None,
+                    (b - a) as u64,
+                    "section length is not a multiple of its record size",
+                ));
             }
             Ok(&bytes[a..b])
         };
         let hp = sect(section::HPARAMS, "hparams", HParams::SIZE)?;
         if hp.len() != HParams::SIZE {
-            return Err(FormatError::invalid("hparams", None, hp.len() as u64, "exactly one record expected"));
+            return Err(FormatError::invalid(
+                "hparams",
+                None,
+                hp.len() as u64,
+                "exactly one record expected",
+            ));
         }
         let stats = match found[section::ROUTE_STATS as usize] {
             Some(r) => {
@@ -376,38 +488,88 @@ impl<'a> Package<'a> {
                 return Err(inv(f, None, v.into(), "must be in 1..=65536"));
             }
         }
-        if hp.d_model % hp.heads != 0 {
-            return Err(inv("hparams.heads", None, hp.heads.into(), "must divide d_model"));
+        if !hp.d_model.is_multiple_of(hp.heads) {
+            return Err(inv(
+                "hparams.heads",
+                None,
+                hp.heads.into(),
+                "must divide d_model",
+            ));
         }
         if hp.experts == 0 || hp.experts > MAX_EXPERTS {
-            return Err(inv("hparams.experts", None, hp.experts.into(), "must be in 1..=64"));
+            return Err(inv(
+                "hparams.experts",
+                None,
+                hp.experts.into(),
+                "must be in 1..=64",
+            ));
         }
         if hp.top_k == 0 || hp.top_k > hp.experts {
-            return Err(inv("hparams.top_k", None, hp.top_k.into(), "must be in 1..=experts"));
+            return Err(inv(
+                "hparams.top_k",
+                None,
+                hp.top_k.into(),
+                "must be in 1..=experts",
+            ));
         }
         if hp.stages == 0 || hp.stages > 255 {
-            return Err(inv("hparams.stages", None, hp.stages.into(), "must be in 1..=255"));
+            return Err(inv(
+                "hparams.stages",
+                None,
+                hp.stages.into(),
+                "must be in 1..=255",
+            ));
         }
         if hp.gating > gating::SOFTMAX {
-            return Err(inv("hparams.gating", None, hp.gating.into(), "unknown gate function"));
+            return Err(inv(
+                "hparams.gating",
+                None,
+                hp.gating.into(),
+                "unknown gate function",
+            ));
         }
         if !(hp.ln_eps.is_finite() && hp.ln_eps > 0.0) {
-            return Err(inv("hparams.ln_eps", None, u64::from(hp.ln_eps.to_bits()), "must be finite and > 0"));
+            return Err(inv(
+                "hparams.ln_eps",
+                None,
+                u64::from(hp.ln_eps.to_bits()),
+                "must be finite and > 0",
+            ));
         }
         if hp.reserved0 != 0 || hp.reserved1 != 0 {
             return Err(inv("hparams.reserved", None, 0, "must be zero"));
         }
         let is_delta = self.is_delta();
-        let bases = [hp.tensor_base, hp.blob_base, hp.task_base, hp.expert_base, hp.router_base];
+        let bases = [
+            hp.tensor_base,
+            hp.blob_base,
+            hp.task_base,
+            hp.expert_base,
+            hp.router_base,
+        ];
         if !is_delta && bases.iter().any(|&b| b != 0) {
-            return Err(inv("hparams.tensor_base", None, 0, "index bases must be zero in a base package"));
+            return Err(inv(
+                "hparams.tensor_base",
+                None,
+                0,
+                "index bases must be zero in a base package",
+            ));
         }
         for (n, b) in [
-            ("hparams.tensor_base", (hp.tensor_base, self.tensors().len())),
+            (
+                "hparams.tensor_base",
+                (hp.tensor_base, self.tensors().len()),
+            ),
             ("hparams.blob_base", (hp.blob_base, self.blobs().len())),
             ("hparams.task_base", (hp.task_base, self.tasks().len())),
-            ("hparams.expert_base", (hp.expert_base, self.experts().len())),
-            ("hparams.router_base", (hp.router_base, self.routers().len())),
+            (
+                "hparams.expert_base",
+                (hp.expert_base, self.experts().len()),
+            ),
+            (
+                "hparams.router_base",
+                (hp.router_base, self.routers().len()),
+            ),
         ] {
             if u64::from(b.0) + b.1 as u64 >= u64::from(u32::MAX) {
                 return Err(inv(n, None, b.0.into(), "global indices overflow u32"));
@@ -416,15 +578,30 @@ impl<'a> Package<'a> {
 
         let n_mod = self.modalities().len();
         if n_mod == 0 || n_mod > MAX_MODALITIES {
-            return Err(inv("modalities", None, n_mod as u64, "need 1..=32 modalities"));
+            return Err(inv(
+                "modalities",
+                None,
+                n_mod as u64,
+                "need 1..=32 modalities",
+            ));
         }
         for (i, m) in self.modalities().iter().enumerate() {
             self.check_str("modalities.name", i, m.name_off, m.name_len)?;
             if m.tokens == 0 || m.tokens > MAX_DIM {
-                return Err(inv("modalities.tokens", idx(i), m.tokens.into(), "must be in 1..=65536"));
+                return Err(inv(
+                    "modalities.tokens",
+                    idx(i),
+                    m.tokens.into(),
+                    "must be in 1..=65536",
+                ));
             }
             if m.features == 0 || m.features > MAX_DIM {
-                return Err(inv("modalities.features", idx(i), m.features.into(), "must be in 1..=65536"));
+                return Err(inv(
+                    "modalities.features",
+                    idx(i),
+                    m.features.into(),
+                    "must be in 1..=65536",
+                ));
             }
         }
 
@@ -435,31 +612,64 @@ impl<'a> Package<'a> {
         let n_tasks_global = u64::from(hp.task_base) + self.tasks().len() as u64;
         for (i, b) in self.blobs().iter().enumerate() {
             if b.offset % align != 0 {
-                return Err(inv("blobs.offset", idx(i), b.offset, "not aligned to the blob alignment"));
+                return Err(inv(
+                    "blobs.offset",
+                    idx(i),
+                    b.offset,
+                    "not aligned to the blob alignment",
+                ));
             }
             let e = end("blobs.len", idx(i), b.offset, b.len, data_len)?;
             if b.offset < prev_end {
-                return Err(inv("blobs.offset", idx(i), b.offset, "blobs must be in ascending order without overlap"));
+                return Err(inv(
+                    "blobs.offset",
+                    idx(i),
+                    b.offset,
+                    "blobs must be in ascending order without overlap",
+                ));
             }
             prev_end = e;
             if !(blob_kind::TRUNK..=blob_kind::HEAD).contains(&b.kind) {
-                return Err(inv("blobs.kind", idx(i), b.kind.into(), "unknown blob kind"));
+                return Err(inv(
+                    "blobs.kind",
+                    idx(i),
+                    b.kind.into(),
+                    "unknown blob kind",
+                ));
             }
             if u16::from(b.format) != format::F32 {
-                return Err(FormatError::Unsupported { field: "blobs.format", value: b.format.into() });
+                return Err(FormatError::Unsupported {
+                    field: "blobs.format",
+                    value: b.format.into(),
+                });
             }
             if b.reserved0 != 0 || b.reserved1 != 0 {
                 return Err(inv("blobs.reserved", idx(i), 0, "must be zero"));
             }
             let opt = |v: u16, bound: u64| v == NONE16 || u64::from(v) < bound;
             if !opt(b.modality, n_mod as u64) {
-                return Err(inv("blobs.modality", idx(i), b.modality.into(), "no such modality"));
+                return Err(inv(
+                    "blobs.modality",
+                    idx(i),
+                    b.modality.into(),
+                    "no such modality",
+                ));
             }
             if !opt(b.expert, hp.experts.into()) {
-                return Err(inv("blobs.expert", idx(i), b.expert.into(), "no such expert"));
+                return Err(inv(
+                    "blobs.expert",
+                    idx(i),
+                    b.expert.into(),
+                    "no such expert",
+                ));
             }
             if !opt(b.component, hp.stages.into()) {
-                return Err(inv("blobs.component", idx(i), b.component.into(), "beyond the last stage"));
+                return Err(inv(
+                    "blobs.component",
+                    idx(i),
+                    b.component.into(),
+                    "beyond the last stage",
+                ));
             }
             if !opt(b.task, n_tasks_global) {
                 return Err(inv("blobs.task", idx(i), b.task.into(), "no such task"));
@@ -468,50 +678,100 @@ impl<'a> Package<'a> {
 
         for (i, t) in self.tensors().iter().enumerate() {
             self.check_str("tensors.name", i, t.name_off, t.name_len)?;
-            let blob = self.local_blob(t.blob).ok_or(inv("tensors.blob", idx(i), t.blob.into(), "not a blob of this package"))?;
+            let blob = self.local_blob(t.blob).ok_or(inv(
+                "tensors.blob",
+                idx(i),
+                t.blob.into(),
+                "not a blob of this package",
+            ))?;
             if t.format != format::F32 {
-                return Err(FormatError::Unsupported { field: "tensors.format", value: t.format.into() });
+                return Err(FormatError::Unsupported {
+                    field: "tensors.format",
+                    value: t.format.into(),
+                });
             }
             if t.rows == 0 || t.cols == 0 {
                 return Err(inv("tensors.rows", idx(i), 0, "empty tensor"));
             }
             if t.reserved != 0 {
-                return Err(inv("tensors.reserved", idx(i), t.reserved.into(), "must be zero"));
+                return Err(inv(
+                    "tensors.reserved",
+                    idx(i),
+                    t.reserved.into(),
+                    "must be zero",
+                ));
             }
             let (rows, cols, rank) = (u64::from(t.rows), u64::from(t.cols), u64::from(t.rank));
             let check_range = |field, off: u32, elems: u64| -> Result<()> {
-                if off % 16 != 0 {
-                    return Err(inv(field, idx(i), off.into(), "tensor data must be 16-byte aligned"));
+                if !off.is_multiple_of(16) {
+                    return Err(inv(
+                        field,
+                        idx(i),
+                        off.into(),
+                        "tensor data must be 16-byte aligned",
+                    ));
                 }
                 end(field, idx(i), off.into(), elems * 4, blob.len).map(|_| ())
             };
             match t.layout {
                 layout::DENSE => {
                     if t.rank != 0 || t.offset2 != 0 {
-                        return Err(inv("tensors.rank", idx(i), t.rank.into(), "dense tensors have rank 0"));
+                        return Err(inv(
+                            "tensors.rank",
+                            idx(i),
+                            t.rank.into(),
+                            "dense tensors have rank 0",
+                        ));
                     }
                     check_range("tensors.offset", t.offset, rows * cols)?;
                 }
                 layout::LOW_RANK => {
                     if t.rank == 0 || t.rank > MAX_DIM {
-                        return Err(inv("tensors.rank", idx(i), t.rank.into(), "low-rank tensors need rank in 1..=65536"));
+                        return Err(inv(
+                            "tensors.rank",
+                            idx(i),
+                            t.rank.into(),
+                            "low-rank tensors need rank in 1..=65536",
+                        ));
                     }
                     check_range("tensors.offset", t.offset, rows * rank)?;
                     check_range("tensors.offset2", t.offset2, rank * cols)?;
                 }
-                other => return Err(inv("tensors.layout", idx(i), other.into(), "unknown layout")),
+                other => {
+                    return Err(inv(
+                        "tensors.layout",
+                        idx(i),
+                        other.into(),
+                        "unknown layout",
+                    ))
+                }
             }
         }
 
         let (d, n, hdim) = (hp.d_model, hp.experts, hp.ffn_hidden);
         for (i, e) in self.experts().iter().enumerate() {
             if u32::from(e.expert) >= n {
-                return Err(inv("experts.expert", idx(i), e.expert.into(), "no such expert slot"));
+                return Err(inv(
+                    "experts.expert",
+                    idx(i),
+                    e.expert.into(),
+                    "no such expert slot",
+                ));
             }
             if u32::from(e.component) >= hp.stages {
-                return Err(inv("experts.component", idx(i), e.component.into(), "beyond the last stage"));
+                return Err(inv(
+                    "experts.component",
+                    idx(i),
+                    e.component.into(),
+                    "beyond the last stage",
+                ));
             }
-            self.local_blob(e.blob).ok_or(inv("experts.blob", idx(i), e.blob.into(), "not a blob of this package"))?;
+            self.local_blob(e.blob).ok_or(inv(
+                "experts.blob",
+                idx(i),
+                e.blob.into(),
+                "not a blob of this package",
+            ))?;
             for (f, t, r, c) in [
                 ("experts.conv_w", e.conv_w, d, 3 * d),
                 ("experts.conv_b", e.conv_b, 1, d),
@@ -527,122 +787,297 @@ impl<'a> Package<'a> {
         }
         for (i, r) in self.routers().iter().enumerate() {
             if usize::from(r.modality) >= n_mod {
-                return Err(inv("routers.modality", idx(i), r.modality.into(), "no such modality"));
+                return Err(inv(
+                    "routers.modality",
+                    idx(i),
+                    r.modality.into(),
+                    "no such modality",
+                ));
             }
             if u32::from(r.head) >= hp.stages {
-                return Err(inv("routers.head", idx(i), r.head.into(), "beyond the last stage"));
+                return Err(inv(
+                    "routers.head",
+                    idx(i),
+                    r.head.into(),
+                    "beyond the last stage",
+                ));
             }
-            self.local_blob(r.blob).ok_or(inv("routers.blob", idx(i), r.blob.into(), "not a blob of this package"))?;
+            self.local_blob(r.blob).ok_or(inv(
+                "routers.blob",
+                idx(i),
+                r.blob.into(),
+                "not a blob of this package",
+            ))?;
             self.check_tensor("routers.query", i, r.query, r.blob, 1, d)?;
             self.check_tensor("routers.gate", i, r.gate, r.blob, n, d)?;
         }
         for (i, p) in self.paths().iter().enumerate() {
             if u64::from(p.task) < u64::from(hp.task_base) || u64::from(p.task) >= n_tasks_global {
-                return Err(inv("paths.task", idx(i), p.task.into(), "not a task of this package"));
+                return Err(inv(
+                    "paths.task",
+                    idx(i),
+                    p.task.into(),
+                    "not a task of this package",
+                ));
             }
             if p.modality as usize >= n_mod {
-                return Err(inv("paths.modality", idx(i), p.modality.into(), "no such modality"));
+                return Err(inv(
+                    "paths.modality",
+                    idx(i),
+                    p.modality.into(),
+                    "no such modality",
+                ));
             }
             let valid = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
             if p.mask == 0 || p.mask & !valid != 0 {
-                return Err(inv("paths.mask", idx(i), p.mask, "must name at least one expert and no expert beyond N"));
+                return Err(inv(
+                    "paths.mask",
+                    idx(i),
+                    p.mask,
+                    "must name at least one expert and no expert beyond N",
+                ));
             }
         }
         for (i, s) in self.slots().iter().enumerate() {
-            end("slots.len", idx(i), s.offset.into(), s.len.into(), u32::MAX.into())?;
+            end(
+                "slots.len",
+                idx(i),
+                s.offset.into(),
+                s.len.into(),
+                u32::MAX.into(),
+            )?;
         }
         for (i, o) in self.program().iter().enumerate() {
             if Opcode::from_u16(o.opcode).is_none() {
-                return Err(inv("program.opcode", idx(i), o.opcode.into(), "unknown opcode"));
+                return Err(inv(
+                    "program.opcode",
+                    idx(i),
+                    o.opcode.into(),
+                    "unknown opcode",
+                ));
             }
             if o.flags != 0 {
                 return Err(inv("program.flags", idx(i), o.flags.into(), "must be zero"));
             }
         }
-        let mod_bits = if n_mod == 32 { u32::MAX } else { (1u32 << n_mod) - 1 };
+        let mod_bits = if n_mod == 32 {
+            u32::MAX
+        } else {
+            (1u32 << n_mod) - 1
+        };
         for (i, t) in self.tasks().iter().enumerate() {
             self.check_str("tasks.name", i, t.name_off, t.name_len)?;
             if t.stage >= hp.stages {
-                return Err(inv("tasks.stage", idx(i), t.stage.into(), "beyond the last stage"));
+                return Err(inv(
+                    "tasks.stage",
+                    idx(i),
+                    t.stage.into(),
+                    "beyond the last stage",
+                ));
             }
             if t.outputs == 0 || t.outputs > MAX_DIM {
-                return Err(inv("tasks.outputs", idx(i), t.outputs.into(), "must be in 1..=65536"));
+                return Err(inv(
+                    "tasks.outputs",
+                    idx(i),
+                    t.outputs.into(),
+                    "must be in 1..=65536",
+                ));
             }
             if t.modality_mask == 0 || t.modality_mask & !mod_bits != 0 {
-                return Err(inv("tasks.modality_mask", idx(i), t.modality_mask.into(), "must name 1+ existing modalities"));
+                return Err(inv(
+                    "tasks.modality_mask",
+                    idx(i),
+                    t.modality_mask.into(),
+                    "must name 1+ existing modalities",
+                ));
             }
-            let hb = self.local_blob(t.head_blob).ok_or(inv("tasks.head_blob", idx(i), t.head_blob.into(), "not a blob of this package"))?;
+            let hb = self.local_blob(t.head_blob).ok_or(inv(
+                "tasks.head_blob",
+                idx(i),
+                t.head_blob.into(),
+                "not a blob of this package",
+            ))?;
             if hb.kind != blob_kind::HEAD {
-                return Err(inv("tasks.head_blob", idx(i), t.head_blob.into(), "not a head blob"));
+                return Err(inv(
+                    "tasks.head_blob",
+                    idx(i),
+                    t.head_blob.into(),
+                    "not a head blob",
+                ));
             }
-            end("tasks.program_len", idx(i), t.program_start.into(), t.program_len.into(), self.program().len() as u64)?;
-            end("tasks.slot_count", idx(i), t.slot_start.into(), t.slot_count.into(), self.slots().len() as u64)?;
-            end("tasks.path_len", idx(i), t.path_start.into(), t.path_len.into(), self.paths().len() as u64)?;
+            end(
+                "tasks.program_len",
+                idx(i),
+                t.program_start.into(),
+                t.program_len.into(),
+                self.program().len() as u64,
+            )?;
+            end(
+                "tasks.slot_count",
+                idx(i),
+                t.slot_start.into(),
+                t.slot_count.into(),
+                self.slots().len() as u64,
+            )?;
+            end(
+                "tasks.path_len",
+                idx(i),
+                t.path_start.into(),
+                t.path_len.into(),
+                self.paths().len() as u64,
+            )?;
             if t.output_slot >= t.slot_count {
-                return Err(inv("tasks.output_slot", idx(i), t.output_slot.into(), "not a slot of the task"));
+                return Err(inv(
+                    "tasks.output_slot",
+                    idx(i),
+                    t.output_slot.into(),
+                    "not a slot of the task",
+                ));
             }
             if t.reserved != 0 {
-                return Err(inv("tasks.reserved", idx(i), t.reserved.into(), "must be zero"));
+                return Err(inv(
+                    "tasks.reserved",
+                    idx(i),
+                    t.reserved.into(),
+                    "must be zero",
+                ));
             }
             if t.path_len != t.modality_mask.count_ones() {
-                return Err(inv("tasks.path_len", idx(i), t.path_len.into(), "must equal the number of the task's modalities"));
+                return Err(inv(
+                    "tasks.path_len",
+                    idx(i),
+                    t.path_len.into(),
+                    "must equal the number of the task's modalities",
+                ));
             }
             let global = u64::from(hp.task_base) + i as u64;
             let mut seen = 0u32;
             for k in 0..t.path_len {
-                let p = self.paths().get((t.path_start + k) as usize).ok_or(oob("tasks.path_start", idx(i), t.path_start.into(), t.path_len.into(), self.paths().len() as u64))?;
+                let p = self.paths().get((t.path_start + k) as usize).ok_or(oob(
+                    "tasks.path_start",
+                    idx(i),
+                    t.path_start.into(),
+                    t.path_len.into(),
+                    self.paths().len() as u64,
+                ))?;
                 let bit = 1u32 << p.modality;
                 if u64::from(p.task) != global || t.modality_mask & bit == 0 || seen & bit != 0 {
-                    return Err(inv("tasks.path_start", idx(i), t.path_start.into(), "path entries must be one per task modality"));
+                    return Err(inv(
+                        "tasks.path_start",
+                        idx(i),
+                        t.path_start.into(),
+                        "path entries must be one per task modality",
+                    ));
                 }
                 seen |= bit;
             }
             let arena_elems = t.arena_bytes / 4;
             if t.arena_bytes % 4 != 0 || t.arena_bytes > u64::from(u32::MAX) {
-                return Err(inv("tasks.arena_bytes", idx(i), t.arena_bytes, "must be a multiple of 4 below 4 GiB"));
+                return Err(inv(
+                    "tasks.arena_bytes",
+                    idx(i),
+                    t.arena_bytes,
+                    "must be a multiple of 4 below 4 GiB",
+                ));
             }
             for k in 0..t.slot_count {
-                let s = self.slots().get((t.slot_start + k) as usize).ok_or(oob("tasks.slot_start", idx(i), t.slot_start.into(), t.slot_count.into(), self.slots().len() as u64))?;
-                end("tasks.arena_bytes", idx(i), s.offset.into(), s.len.into(), arena_elems)?;
+                let s = self.slots().get((t.slot_start + k) as usize).ok_or(oob(
+                    "tasks.slot_start",
+                    idx(i),
+                    t.slot_start.into(),
+                    t.slot_count.into(),
+                    self.slots().len() as u64,
+                ))?;
+                end(
+                    "tasks.arena_bytes",
+                    idx(i),
+                    s.offset.into(),
+                    s.len.into(),
+                    arena_elems,
+                )?;
             }
         }
         for (i, s) in self.stats().iter().enumerate() {
-            if u64::from(s.task) >= n_tasks_global || s.modality as usize >= n_mod || s.expert >= n || s.picks > s.samples || !(0.0..=1.0).contains(&s.mass) {
-                return Err(inv("route_stats.task", idx(i), s.task.into(), "statistics entry out of range"));
+            if u64::from(s.task) >= n_tasks_global
+                || s.modality as usize >= n_mod
+                || s.expert >= n
+                || s.picks > s.samples
+                || !(0.0..=1.0).contains(&s.mass)
+            {
+                return Err(inv(
+                    "route_stats.task",
+                    idx(i),
+                    s.task.into(),
+                    "statistics entry out of range",
+                ));
             }
         }
         Ok(())
     }
 
     fn check_str(&self, field: &'static str, i: usize, off: u32, len: u32) -> Result<()> {
-        let e = end(field, idx(i), off.into(), len.into(), self.strings().len() as u64)?;
+        let e = end(
+            field,
+            idx(i),
+            off.into(),
+            len.into(),
+            self.strings().len() as u64,
+        )?;
         if len == 0 || core::str::from_utf8(&self.strings()[off as usize..e as usize]).is_err() {
-            return Err(FormatError::invalid(field, idx(i), off.into(), "empty or not UTF-8"));
+            return Err(FormatError::invalid(
+                field,
+                idx(i),
+                off.into(),
+                "empty or not UTF-8",
+            ));
         }
         Ok(())
     }
 
     /// Tensor `t` (global) must be a local tensor of shape `[rows, cols]` in blob `blob`.
-    fn check_tensor(&self, field: &'static str, i: usize, t: u32, blob: u32, rows: u32, cols: u32) -> Result<()> {
-        let rec = self
-            .local_tensor(t)
-            .ok_or(FormatError::invalid(field, idx(i), t.into(), "not a tensor of this package"))?;
+    fn check_tensor(
+        &self,
+        field: &'static str,
+        i: usize,
+        t: u32,
+        blob: u32,
+        rows: u32,
+        cols: u32,
+    ) -> Result<()> {
+        let rec = self.local_tensor(t).ok_or(FormatError::invalid(
+            field,
+            idx(i),
+            t.into(),
+            "not a tensor of this package",
+        ))?;
         if rec.blob != blob {
-            return Err(FormatError::invalid(field, idx(i), t.into(), "tensor lies outside the record's blob"));
+            return Err(FormatError::invalid(
+                field,
+                idx(i),
+                t.into(),
+                "tensor lies outside the record's blob",
+            ));
         }
         if rec.rows != rows || rec.cols != cols {
-            return Err(FormatError::invalid(field, idx(i), u64::from(rec.rows) << 32 | u64::from(rec.cols), "tensor shape does not match the hyper-parameters"));
+            return Err(FormatError::invalid(
+                field,
+                idx(i),
+                u64::from(rec.rows) << 32 | u64::from(rec.cols),
+                "tensor shape does not match the hyper-parameters",
+            ));
         }
         Ok(())
     }
 
     fn local_blob(&self, global: u32) -> Option<BlobRec> {
-        self.blobs().get(global.checked_sub(self.layout.hparams.blob_base)? as usize)
+        self.blobs()
+            .get(global.checked_sub(self.layout.hparams.blob_base)? as usize)
     }
 
     /// Tensor by global index, if it belongs to this package.
     pub fn local_tensor(&self, global: u32) -> Option<TensorRec> {
-        self.tensors().get(global.checked_sub(self.layout.hparams.tensor_base)? as usize)
+        self.tensors()
+            .get(global.checked_sub(self.layout.hparams.tensor_base)? as usize)
     }
 
     /// The header.
@@ -684,7 +1119,10 @@ impl<'a> Package<'a> {
     /// A validated string (empty on a bad reference, which validation rules out).
     pub fn str(&self, off: u32, len: u32) -> &'a str {
         let (a, b) = (off as usize, off as usize + len as usize);
-        self.strings().get(a..b).and_then(|s| core::str::from_utf8(s).ok()).unwrap_or("")
+        self.strings()
+            .get(a..b)
+            .and_then(|s| core::str::from_utf8(s).ok())
+            .unwrap_or("")
     }
     /// Bytes of blob `local` (local index), unchecked against its checksum.
     pub fn blob_bytes(&self, local: usize) -> Option<&'a [u8]> {
@@ -698,11 +1136,21 @@ impl<'a> Package<'a> {
     }
     /// Checks blob `local`'s checksum.
     pub fn verify_blob(&self, local: usize) -> Result<()> {
-        let rec = self.blobs().get(local).ok_or(FormatError::invalid("blobs", None, local as u64, "no such blob"))?;
+        let rec = self.blobs().get(local).ok_or(FormatError::invalid(
+            "blobs",
+            None,
+            local as u64,
+            "no such blob",
+        ))?;
         let bytes = self.blob_bytes(local).unwrap_or(&[]);
         let actual = xxhash_rust::xxh3::xxh3_64(bytes);
         if actual != rec.checksum {
-            return Err(FormatError::Checksum { field: "blobs", index: idx(local), expected: rec.checksum, actual });
+            return Err(FormatError::Checksum {
+                field: "blobs",
+                index: idx(local),
+                expected: rec.checksum,
+                actual,
+            });
         }
         Ok(())
     }
@@ -713,13 +1161,29 @@ impl<'a> Package<'a> {
     /// The f32 values of a local tensor's first factor (`U` for low-rank, the
     /// whole tensor for dense) and second factor (`V`, empty for dense).
     pub fn tensor_f32(&self, t: &TensorRec) -> Result<(&'a [f32], &'a [f32])> {
-        let local = t
-            .blob
-            .checked_sub(self.layout.hparams.blob_base)
-            .ok_or(FormatError::invalid("tensors.blob", None, t.blob.into(), "not a blob of this package"))?;
-        let blob = self.blob_bytes(local as usize).ok_or(FormatError::invalid("tensors.blob", None, t.blob.into(), "no such blob"))?;
+        let local =
+            t.blob
+                .checked_sub(self.layout.hparams.blob_base)
+                .ok_or(FormatError::invalid(
+                    "tensors.blob",
+                    None,
+                    t.blob.into(),
+                    "not a blob of this package",
+                ))?;
+        let blob = self.blob_bytes(local as usize).ok_or(FormatError::invalid(
+            "tensors.blob",
+            None,
+            t.blob.into(),
+            "no such blob",
+        ))?;
         let cast = |off: u32, elems: u64| -> Result<&'a [f32]> {
-            let e = end("tensors.offset", None, off.into(), elems * 4, blob.len() as u64)?;
+            let e = end(
+                "tensors.offset",
+                None,
+                off.into(),
+                elems * 4,
+                blob.len() as u64,
+            )?;
             bytemuck::try_cast_slice(&blob[off as usize..e as usize])
                 .map_err(|_| FormatError::Misaligned { required: 4 })
         };

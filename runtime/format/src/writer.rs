@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::vec::Vec;
 
 use crate::records::*;
-use crate::{Header, HEADER_LEN, MIN_ALIGN_LOG2, VERSION_MAJOR, VERSION_MINOR, FLAG_DELTA};
+use crate::{Header, FLAG_DELTA, HEADER_LEN, MIN_ALIGN_LOG2, VERSION_MAJOR, VERSION_MINOR};
 
 /// Collects tables and blobs, then lays out a package.
 #[derive(Debug, Default)]
@@ -94,8 +94,17 @@ impl PackageWriter {
         let mut entries = Vec::new();
         for (kind, bytes) in &sections {
             cursor = align_up(cursor, 8);
-            let flags = if *kind == section::ROUTE_STATS { 0 } else { section::FLAG_REQUIRED };
-            entries.push(SectionRec { kind: *kind, flags, offset: cursor, len: bytes.len() as u64 });
+            let flags = if *kind == section::ROUTE_STATS {
+                0
+            } else {
+                section::FLAG_REQUIRED
+            };
+            entries.push(SectionRec {
+                kind: *kind,
+                flags,
+                offset: cursor,
+                len: bytes.len() as u64,
+            });
             cursor += bytes.len() as u64;
         }
         let data_off = align_up(cursor, align);

@@ -12,11 +12,14 @@ use anyhow::{ensure, Context, Result};
 use taskpath_checkpoint::Checkpoint;
 use taskpath_runtime::{AlignedArena, Model, Session, SessionOptions, Tracer};
 
+/// Per expert of one (task, modality): (times picked, summed gate).
+pub type ExpertTally = Vec<(u32, f64)>;
+
 /// Per (task, modality): samples seen, and per expert (times picked, summed gate).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouteStats {
     /// `(task, modality) -> (samples, [(picks, gate mass)] per expert)`.
-    pub table: BTreeMap<(usize, usize), (u32, Vec<(u32, f64)>)>,
+    pub table: BTreeMap<(usize, usize), (u32, ExpertTally)>,
 }
 
 impl RouteStats {
@@ -25,7 +28,11 @@ impl RouteStats {
         match self.table.get(&(task, modality)) {
             Some((samples, v)) if *samples > 0 => {
                 let (p, m) = v.get(expert).copied().unwrap_or((0, 0.0));
-                (p, (m / f64::from(*samples)).clamp(0.0, 1.0) as f32, *samples)
+                (
+                    p,
+                    (m / f64::from(*samples)).clamp(0.0, 1.0) as f32,
+                    *samples,
+                )
             }
             _ => (0, 0.0, 0),
         }
@@ -62,7 +69,12 @@ impl Tracer for Recorder<'_> {
 /// records the routing.
 pub fn route_statistics(ck: &Checkpoint, inputs: &[Vec<Vec<Vec<f32>>>]) -> Result<RouteStats> {
     let c = &ck.config;
-    ensure!(inputs.len() == c.tasks.len(), "calibration data has {} tasks, model has {}", inputs.len(), c.tasks.len());
+    ensure!(
+        inputs.len() == c.tasks.len(),
+        "calibration data has {} tasks, model has {}",
+        inputs.len(),
+        c.tasks.len()
+    );
     let bytes = AlignedArena::from_bytes(&crate::pack(ck, &crate::PackOptions::default())?);
     let model = Model::from_bytes(bytes.as_slice())?;
     let mut stats = RouteStats::default();
@@ -71,14 +83,27 @@ pub fn route_statistics(ck: &Checkpoint, inputs: &[Vec<Vec<Vec<f32>>>]) -> Resul
     for (t, samples) in inputs.iter().enumerate() {
         let info = model.task(t)?;
         let mut arena = AlignedArena::new(info.arena_bytes);
-        let mut session = Session::with_options(&model, t, arena.as_mut_slice(), SessionOptions { verify_path: false })?;
+        let mut session = Session::with_options(
+            &model,
+            t,
+            arena.as_mut_slice(),
+            SessionOptions { verify_path: false },
+        )?;
         let mut out = vec![0f32; info.outputs];
-        let mut per_mod: BTreeMap<usize, Vec<(u32, f64)>> =
-            info.modalities().map(|m| (m, vec![(0, 0.0); c.experts])).collect();
+        let mut per_mod: BTreeMap<usize, Vec<(u32, f64)>> = info
+            .modalities()
+            .map(|m| (m, vec![(0, 0.0); c.experts]))
+            .collect();
         for (i, s) in samples.iter().enumerate() {
             let refs: Vec<&[f32]> = s.iter().map(|v| v.as_slice()).collect();
             session
-                .run_traced(&refs, &mut out, &mut Recorder { modality_slot: &mut per_mod })
+                .run_traced(
+                    &refs,
+                    &mut out,
+                    &mut Recorder {
+                        modality_slot: &mut per_mod,
+                    },
+                )
                 .with_context(|| format!("calibration sample {i} of task {}", info.name))?;
             bar.inc(1);
         }
@@ -92,7 +117,11 @@ pub fn route_statistics(ck: &Checkpoint, inputs: &[Vec<Vec<Vec<f32>>>]) -> Resul
 
 /// Per (task, modality), the fewest experts (by gate mass, ties to the lower
 /// index) whose mass reaches `coverage` of the total, and at least `top_k`.
-pub fn derive_paths(stats: &RouteStats, coverage: f64, top_k: usize) -> BTreeMap<(usize, usize), u64> {
+pub fn derive_paths(
+    stats: &RouteStats,
+    coverage: f64,
+    top_k: usize,
+) -> BTreeMap<(usize, usize), u64> {
     let mut out = BTreeMap::new();
     for (&key, (_, v)) in &stats.table {
         let total: f64 = v.iter().map(|x| x.1).sum();
@@ -120,7 +149,13 @@ mod tests {
     fn paths_keep_the_fewest_experts_reaching_coverage_but_at_least_top_k() {
         let mut s = RouteStats::default();
         // Mass 50, 30, 15, 4, 1 on experts 3, 0, 4, 1, 2.
-        s.table.insert((0, 0), (100, vec![(60, 30.0), (8, 4.0), (2, 1.0), (100, 50.0), (30, 15.0)]));
+        s.table.insert(
+            (0, 0),
+            (
+                100,
+                vec![(60, 30.0), (8, 4.0), (2, 1.0), (100, 50.0), (30, 15.0)],
+            ),
+        );
         let at = |c| derive_paths(&s, c, 2)[&(0, 0)];
         assert_eq!(at(0.5), 0b01001, "top_k floor: experts 3 and 0");
         assert_eq!(at(0.9), 0b11001, "3, 0, 4 carry 95%");

@@ -57,20 +57,50 @@ impl BlobBuild {
     }
     fn vector(&mut self, name: &str, ck: &Checkpoint) {
         let t = ck.tensor(name);
-        let (rows, cols) = if t.shape.len() == 2 { (t.shape[0], t.shape[1]) } else { (1, t.shape[0]) };
+        let (rows, cols) = if t.shape.len() == 2 {
+            (t.shape[0], t.shape[1])
+        } else {
+            (1, t.shape[0])
+        };
         let offset = self.put(&t.data);
-        self.tensors.push((name.to_string(), TensorRec { format: format::F32, layout: layout::DENSE, offset, rows: rows as u32, cols: cols as u32, ..Default::default() }));
+        self.tensors.push((
+            name.to_string(),
+            TensorRec {
+                format: format::F32,
+                layout: layout::DENSE,
+                offset,
+                rows: rows as u32,
+                cols: cols as u32,
+                ..Default::default()
+            },
+        ));
     }
     fn matrix(&mut self, name: &str, ck: &Checkpoint) {
         let rec = match ck.matrix(name) {
             Matrix::Full(w) => {
                 let offset = self.put(&w.data);
-                TensorRec { format: format::F32, layout: layout::DENSE, offset, rows: w.shape[0] as u32, cols: w.shape[1] as u32, ..Default::default() }
+                TensorRec {
+                    format: format::F32,
+                    layout: layout::DENSE,
+                    offset,
+                    rows: w.shape[0] as u32,
+                    cols: w.shape[1] as u32,
+                    ..Default::default()
+                }
             }
             Matrix::LowRank(u, v) => {
                 let offset = self.put(&u.data);
                 let offset2 = self.put(&v.data);
-                TensorRec { format: format::F32, layout: layout::LOW_RANK, offset, offset2, rows: u.shape[0] as u32, cols: v.shape[1] as u32, rank: u.shape[1] as u32, ..Default::default() }
+                TensorRec {
+                    format: format::F32,
+                    layout: layout::LOW_RANK,
+                    offset,
+                    offset2,
+                    rows: u.shape[0] as u32,
+                    cols: v.shape[1] as u32,
+                    rank: u.shape[1] as u32,
+                    ..Default::default()
+                }
             }
         };
         self.tensors.push((name.to_string(), rec));
@@ -130,7 +160,11 @@ struct Lowering {
 
 impl Lowering {
     fn buf(&mut self, len: usize) -> u32 {
-        self.bufs.push(plan::Buffer { len, first: usize::MAX, last: 0 });
+        self.bufs.push(plan::Buffer {
+            len,
+            first: usize::MAX,
+            last: 0,
+        });
         (self.bufs.len() - 1) as u32
     }
     /// Appends an op; `uses` are the buffers it reads or writes.
@@ -142,7 +176,17 @@ impl Lowering {
             b.last = b.last.max(at);
         }
         let [a0, a1, a2, a3, a4, a5, a6] = a;
-        self.ops.push(OpRec { opcode: opcode as u16, flags: 0, a0, a1, a2, a3, a4, a5, a6 });
+        self.ops.push(OpRec {
+            opcode: opcode as u16,
+            flags: 0,
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+        });
     }
 }
 
@@ -154,7 +198,10 @@ struct Names<'n> {
 
 impl Names<'_> {
     fn id(&self, name: &str) -> Result<u32> {
-        self.ids.get(name).copied().with_context(|| format!("tensor {name} is in neither the package nor its base"))
+        self.ids
+            .get(name)
+            .copied()
+            .with_context(|| format!("tensor {name} is in neither the package nor its base"))
     }
     fn rank(&self, name: &str) -> usize {
         self.ranks.get(name).copied().unwrap_or(0) as usize
@@ -168,11 +215,18 @@ fn lower_task(ck: &Checkpoint, t: usize, names: &Names<'_>) -> Result<Lowering> 
     let (d, n, k) = (c.d_model, c.experts, c.top_k);
     let stage = task.stage;
     let mods = c.task_modalities(task);
-    let mut lw = Lowering { ops: Vec::new(), bufs: Vec::new() };
+    let mut lw = Lowering {
+        ops: Vec::new(),
+        bufs: Vec::new(),
+    };
     let z = lw.buf(mods.len() * d);
     let none = NONE;
     let max_rank = (0..n)
-        .flat_map(|j| (0..=stage).flat_map(move |cc| ["conv", "fc1", "fc2"].map(move |p| format!("expert.{j}.{cc}.{p}.w"))))
+        .flat_map(|j| {
+            (0..=stage).flat_map(move |cc| {
+                ["conv", "fc1", "fc2"].map(move |p| format!("expert.{j}.{cc}.{p}.w"))
+            })
+        })
         .map(|nm| names.rank(&nm))
         .max()
         .unwrap_or(0);
@@ -182,46 +236,198 @@ fn lower_task(ck: &Checkpoint, t: usize, names: &Names<'_>) -> Result<Lowering> 
         let id = |s: String| names.id(&s);
         let x = lw.buf(l * d);
         let enc_rank = names.rank(&format!("enc.{nm}.w"));
-        let tmp = if enc_rank > 0 { lw.buf(l * enc_rank) } else { none };
+        let tmp = if enc_rank > 0 {
+            lw.buf(l * enc_rank)
+        } else {
+            none
+        };
         let uses: Vec<u32> = [x, tmp].into_iter().filter(|&b| b != none).collect();
-        lw.op(Opcode::Encode, [slot as u32, x, id(format!("enc.{nm}.w"))?, id(format!("enc.{nm}.b"))?, id(format!("enc.{nm}.pos"))?, tmp, 0], &uses);
+        lw.op(
+            Opcode::Encode,
+            [
+                slot as u32,
+                x,
+                id(format!("enc.{nm}.w"))?,
+                id(format!("enc.{nm}.b"))?,
+                id(format!("enc.{nm}.pos"))?,
+                tmp,
+                0,
+            ],
+            &uses,
+        );
         let sqrt_d = (d as f32).sqrt();
-        lw.op(Opcode::LayerNorm, [x, x, id(format!("blk.{nm}.ln0.g"))?, id(format!("blk.{nm}.ln0.b"))?, sqrt_d.to_bits(), l as u32, 0], &[x]);
+        lw.op(
+            Opcode::LayerNorm,
+            [
+                x,
+                x,
+                id(format!("blk.{nm}.ln0.g"))?,
+                id(format!("blk.{nm}.ln0.b"))?,
+                sqrt_d.to_bits(),
+                l as u32,
+                0,
+            ],
+            &[x],
+        );
         let t1 = lw.buf(l * d);
-        lw.op(Opcode::LayerNorm, [x, t1, id(format!("blk.{nm}.ln1.g"))?, id(format!("blk.{nm}.ln1.b"))?, 1f32.to_bits(), l as u32, 0], &[x, t1]);
+        lw.op(
+            Opcode::LayerNorm,
+            [
+                x,
+                t1,
+                id(format!("blk.{nm}.ln1.g"))?,
+                id(format!("blk.{nm}.ln1.b"))?,
+                1f32.to_bits(),
+                l as u32,
+                0,
+            ],
+            &[x, t1],
+        );
         let mut qkv = [0u32; 3];
         for (i, p) in ["q", "k", "v"].iter().enumerate() {
             qkv[i] = lw.buf(l * d);
-            lw.op(Opcode::Linear, [t1, qkv[i], id(format!("blk.{nm}.attn.{p}.w"))?, id(format!("blk.{nm}.attn.{p}.b"))?, l as u32, none, 0], &[t1, qkv[i]]);
+            lw.op(
+                Opcode::Linear,
+                [
+                    t1,
+                    qkv[i],
+                    id(format!("blk.{nm}.attn.{p}.w"))?,
+                    id(format!("blk.{nm}.attn.{p}.b"))?,
+                    l as u32,
+                    none,
+                    0,
+                ],
+                &[t1, qkv[i]],
+            );
         }
         let att = lw.buf(l * d);
         let scr = lw.buf(l);
-        lw.op(Opcode::Attention, [qkv[0], qkv[1], qkv[2], att, l as u32, c.heads as u32, scr], &[qkv[0], qkv[1], qkv[2], att, scr]);
+        lw.op(
+            Opcode::Attention,
+            [qkv[0], qkv[1], qkv[2], att, l as u32, c.heads as u32, scr],
+            &[qkv[0], qkv[1], qkv[2], att, scr],
+        );
         let a = lw.buf(l * d);
-        lw.op(Opcode::Linear, [att, a, id(format!("blk.{nm}.attn.o.w"))?, id(format!("blk.{nm}.attn.o.b"))?, l as u32, none, 0], &[att, a]);
+        lw.op(
+            Opcode::Linear,
+            [
+                att,
+                a,
+                id(format!("blk.{nm}.attn.o.w"))?,
+                id(format!("blk.{nm}.attn.o.b"))?,
+                l as u32,
+                none,
+                0,
+            ],
+            &[att, a],
+        );
         let u = lw.buf(l * d);
-        lw.op(Opcode::LayerNorm, [a, u, id(format!("blk.{nm}.ln2.g"))?, id(format!("blk.{nm}.ln2.b"))?, 1f32.to_bits(), l as u32, 0], &[a, u]);
+        lw.op(
+            Opcode::LayerNorm,
+            [
+                a,
+                u,
+                id(format!("blk.{nm}.ln2.g"))?,
+                id(format!("blk.{nm}.ln2.b"))?,
+                1f32.to_bits(),
+                l as u32,
+                0,
+            ],
+            &[a, u],
+        );
         let p = lw.buf(d);
         let logits = lw.buf(n);
         let gtmp = lw.buf(n);
         let pscr = lw.buf(l);
         let scale = 1.0 / (stage as f32 + 1.0);
         for h in 0..=stage {
-            lw.op(Opcode::AttnPool, [u, l as u32, id(format!("router.{nm}.{h}.query"))?, p, pscr, 0, 0], &[u, p, pscr]);
-            lw.op(Opcode::Gate, [p, id(format!("router.{nm}.{h}.gate"))?, logits, u32::from(h > 0), scale.to_bits(), gtmp, 0], &[p, logits, gtmp]);
+            lw.op(
+                Opcode::AttnPool,
+                [
+                    u,
+                    l as u32,
+                    id(format!("router.{nm}.{h}.query"))?,
+                    p,
+                    pscr,
+                    0,
+                    0,
+                ],
+                &[u, p, pscr],
+            );
+            lw.op(
+                Opcode::Gate,
+                [
+                    p,
+                    id(format!("router.{nm}.{h}.gate"))?,
+                    logits,
+                    u32::from(h > 0),
+                    scale.to_bits(),
+                    gtmp,
+                    0,
+                ],
+                &[p, logits, gtmp],
+            );
         }
         let route = lw.buf(1 + 2 * k);
-        lw.op(Opcode::Route, [logits, m as u32, route, 0, 0, 0, 0], &[logits, route]);
+        lw.op(
+            Opcode::Route,
+            [logits, m as u32, route, 0, 0, 0, 0],
+            &[logits, route],
+        );
         let y = lw.buf(d);
         let mscr = lw.buf(2 * d + c.ffn_hidden + 2 * max_rank);
-        lw.op(Opcode::Moe, [u, l as u32, route, stage as u32, (l - 1) as u32, y, mscr], &[u, route, y, mscr]);
-        lw.op(Opcode::LayerNorm, [y, y, id(format!("blk.{nm}.lnf.g"))?, id(format!("blk.{nm}.lnf.b"))?, 1f32.to_bits(), 1, 0], &[y]);
-        lw.op(Opcode::Copy, [y, 0, z, (slot * d) as u32, d as u32, 0, 0], &[y, z]);
+        lw.op(
+            Opcode::Moe,
+            [u, l as u32, route, stage as u32, (l - 1) as u32, y, mscr],
+            &[u, route, y, mscr],
+        );
+        lw.op(
+            Opcode::LayerNorm,
+            [
+                y,
+                y,
+                id(format!("blk.{nm}.lnf.g"))?,
+                id(format!("blk.{nm}.lnf.b"))?,
+                1f32.to_bits(),
+                1,
+                0,
+            ],
+            &[y],
+        );
+        lw.op(
+            Opcode::Copy,
+            [y, 0, z, (slot * d) as u32, d as u32, 0, 0],
+            &[y, z],
+        );
     }
     let tn = &task.name;
-    lw.op(Opcode::LayerNorm, [z, z, names.id(&format!("head.{tn}.ln.g"))?, names.id(&format!("head.{tn}.ln.b"))?, 1f32.to_bits(), 1, 0], &[z]);
+    lw.op(
+        Opcode::LayerNorm,
+        [
+            z,
+            z,
+            names.id(&format!("head.{tn}.ln.g"))?,
+            names.id(&format!("head.{tn}.ln.b"))?,
+            1f32.to_bits(),
+            1,
+            0,
+        ],
+        &[z],
+    );
     let out = lw.buf(task.outputs);
-    lw.op(Opcode::Linear, [z, out, names.id(&format!("head.{tn}.w"))?, names.id(&format!("head.{tn}.b"))?, 1, none, 0], &[z, out]);
+    lw.op(
+        Opcode::Linear,
+        [
+            z,
+            out,
+            names.id(&format!("head.{tn}.w"))?,
+            names.id(&format!("head.{tn}.b"))?,
+            1,
+            none,
+            0,
+        ],
+        &[z, out],
+    );
     Ok(lw)
 }
 
@@ -268,15 +474,35 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     let mut base_stages = 0usize;
     if let Some(base) = base {
         let bh = base.hparams();
-        let same = bh.d_model == hp.d_model && bh.heads == hp.heads && bh.experts == hp.experts && bh.top_k == hp.top_k && bh.ffn_hidden == hp.ffn_hidden && bh.gating == hp.gating && bh.ln_eps.to_bits() == hp.ln_eps.to_bits();
-        ensure!(same, "checkpoint architecture differs from the base package's");
-        ensure!(base.modality_count() == c.modalities.len(), "checkpoint modalities differ from the base package's");
+        let same = bh.d_model == hp.d_model
+            && bh.heads == hp.heads
+            && bh.experts == hp.experts
+            && bh.top_k == hp.top_k
+            && bh.ffn_hidden == hp.ffn_hidden
+            && bh.gating == hp.gating
+            && bh.ln_eps.to_bits() == hp.ln_eps.to_bits();
+        ensure!(
+            same,
+            "checkpoint architecture differs from the base package's"
+        );
+        ensure!(
+            base.modality_count() == c.modalities.len(),
+            "checkpoint modalities differ from the base package's"
+        );
         for (m, mc) in c.modalities.iter().enumerate() {
             let (name, l, f) = base.modality(m).context("base modality")?;
-            ensure!(name == mc.name && l == mc.tokens && f == mc.features, "modality {} differs from the base package's {name}", mc.name);
+            ensure!(
+                name == mc.name && l == mc.tokens && f == mc.features,
+                "modality {} differs from the base package's {name}",
+                mc.name
+            );
         }
         base_stages = bh.stages as usize;
-        ensure!(c.stages > base_stages, "checkpoint has {} stages, base already has {base_stages}: nothing to add", c.stages);
+        ensure!(
+            c.stages > base_stages,
+            "checkpoint has {} stages, base already has {base_stages}: nothing to add",
+            c.stages
+        );
         for p in base.parts() {
             for (i, t) in p.tensors().iter().enumerate() {
                 let name = p.str(t.name_off, t.name_len).to_string();
@@ -284,8 +510,12 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
                 // Frozen weights must be exactly what the base holds.
                 let (a, b) = p.tensor_f32(&t)?;
                 let same = match ck.matrix(&name) {
-                    _ if ck.tensors.contains_key(&name) && t.layout == layout::DENSE => ck.tensor(&name).data == a,
-                    Matrix::LowRank(u, v) if t.layout == layout::LOW_RANK => u.data == a && v.data == b,
+                    _ if ck.tensors.contains_key(&name) && t.layout == layout::DENSE => {
+                        ck.tensor(&name).data == a
+                    }
+                    Matrix::LowRank(u, v) if t.layout == layout::LOW_RANK => {
+                        u.data == a && v.data == b
+                    }
                     _ => false,
                 };
                 ensure!(same, "base package tensor {name} differs from the checkpoint: this delta was not trained on that base");
@@ -295,8 +525,17 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         }
         for i in 0..base.task_count() {
             let t = base.task(i)?;
-            let cfg = c.tasks.iter().find(|x| x.name == t.name).with_context(|| format!("base task {} is missing from the checkpoint", t.name))?;
-            ensure!(cfg.stage == t.stage, "task {} has stage {} in the base and {} in the checkpoint", t.name, t.stage, cfg.stage);
+            let cfg =
+                c.tasks.iter().find(|x| x.name == t.name).with_context(|| {
+                    format!("base task {} is missing from the checkpoint", t.name)
+                })?;
+            ensure!(
+                cfg.stage == t.stage,
+                "task {} has stage {} in the base and {} in the checkpoint",
+                t.name,
+                t.stage,
+                cfg.stage
+            );
             base_tasks.push(t.name.to_string());
         }
         hp.tensor_base = ids.len() as u32;
@@ -305,11 +544,21 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         hp.expert_base = base.parts().map(|p| p.experts().len()).sum::<usize>() as u32;
         hp.router_base = base.parts().map(|p| p.routers().len()).sum::<usize>() as u32;
     }
-    let new_tasks: Vec<usize> = (0..c.tasks.len()).filter(|&t| !base_tasks.contains(&c.tasks[t].name)).collect();
+    let new_tasks: Vec<usize> = (0..c.tasks.len())
+        .filter(|&t| !base_tasks.contains(&c.tasks[t].name))
+        .collect();
     for &t in &new_tasks {
-        ensure!(c.tasks[t].stage >= base_stages, "task {} has stage {} but the base already covers stages 0..{base_stages}", c.tasks[t].name, c.tasks[t].stage);
+        ensure!(
+            c.tasks[t].stage >= base_stages,
+            "task {} has stage {} but the base already covers stages 0..{base_stages}",
+            c.tasks[t].name,
+            c.tasks[t].stage
+        );
     }
-    ensure!(!new_tasks.is_empty() || base.is_none(), "the checkpoint adds no task to the base");
+    ensure!(
+        !new_tasks.is_empty() || base.is_none(),
+        "the checkpoint adds no task to the base"
+    );
     let task_global = |t: usize| -> usize {
         // Base tasks keep their index; new tasks follow in checkpoint order.
         match base_tasks.iter().position(|n| n == &c.tasks[t].name) {
@@ -342,7 +591,13 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             }
         }
         let mut experts: Vec<(f64, usize)> = (0..c.experts)
-            .filter(|&j| mods.iter().any(|&m| opts.masks.get(&(t, m)).is_none_or(|mask| mask & (1 << j) != 0)))
+            .filter(|&j| {
+                mods.iter().any(|&m| {
+                    opts.masks
+                        .get(&(t, m))
+                        .is_none_or(|mask| mask & (1 << j) != 0)
+                })
+            })
             .map(|j| (opts.stats.as_ref().map_or(0.0, |s| s.expert_mass(t, j)), j))
             .collect();
         experts.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -385,7 +640,15 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             BlobKey::Expert(j, comp) => (blob_kind::EXPERT, none, j as u16, comp as u16, none),
             BlobKey::Head(t) => (blob_kind::HEAD, none, none, none, task_global(t) as u16),
         };
-        let rec = BlobRec { kind, format: format::F32 as u8, modality, expert, component, task, ..Default::default() };
+        let rec = BlobRec {
+            kind,
+            format: format::F32 as u8,
+            modality,
+            expert,
+            component,
+            task,
+            ..Default::default()
+        };
         w.blobs.push((rec, b.bytes));
         blob_of.insert(key, global_blob);
         progress.inc(1);
@@ -397,9 +660,17 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     }
     for mc in &c.modalities {
         let (name_off, name_len) = w.string(&mc.name);
-        w.modalities.push(ModalityRec { name_off, name_len, tokens: mc.tokens as u32, features: mc.features as u32 });
+        w.modalities.push(ModalityRec {
+            name_off,
+            name_len,
+            tokens: mc.tokens as u32,
+            features: mc.features as u32,
+        });
     }
-    let names = Names { ids: &ids, ranks: &ranks };
+    let names = Names {
+        ids: &ids,
+        ranks: &ranks,
+    };
     let id = |s: String| names.id(&s);
     for key in &order {
         match *key {
@@ -421,7 +692,13 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             }
             BlobKey::Router(m, h) => {
                 let nm = &c.modalities[m].name;
-                w.routers.push(RouterRec { modality: m as u16, head: h as u16, blob: blob_of[key], query: id(format!("router.{nm}.{h}.query"))?, gate: id(format!("router.{nm}.{h}.gate"))? });
+                w.routers.push(RouterRec {
+                    modality: m as u16,
+                    head: h as u16,
+                    blob: blob_of[key],
+                    query: id(format!("router.{nm}.{h}.query"))?,
+                    gate: id(format!("router.{nm}.{h}.gate"))?,
+                });
             }
             _ => {}
         }
@@ -453,20 +730,43 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             if b.first == usize::MAX {
                 bail!("internal: unused buffer in task {}", task.name);
             }
-            w.slots.push(SlotRec { offset: *off as u32, len: b.len as u32 });
+            w.slots.push(SlotRec {
+                offset: *off as u32,
+                len: b.len as u32,
+            });
         }
         w.program.extend(lw.ops);
-        let all = if c.experts == 64 { u64::MAX } else { (1u64 << c.experts) - 1 };
+        let all = if c.experts == 64 {
+            u64::MAX
+        } else {
+            (1u64 << c.experts) - 1
+        };
         for &m in &mods {
             let mask = opts.masks.get(&(t, m)).copied().unwrap_or(all);
-            ensure!(mask != 0 && mask & !all == 0, "path mask {mask:#x} of task {} is empty or names experts beyond {}", task.name, c.experts);
-            w.paths.push(PathRec { task: task_global(t) as u32, modality: m as u32, mask });
+            ensure!(
+                mask != 0 && mask & !all == 0,
+                "path mask {mask:#x} of task {} is empty or names experts beyond {}",
+                task.name,
+                c.experts
+            );
+            w.paths.push(PathRec {
+                task: task_global(t) as u32,
+                modality: m as u32,
+                mask,
+            });
         }
         if let Some(stats) = &opts.stats {
             for &m in &mods {
                 for j in 0..c.experts {
                     let (picks, mass, samples) = stats.get(t, m, j);
-                    w.stats.push(StatRec { task: task_global(t) as u32, modality: m as u32, expert: j as u32, picks, mass, samples });
+                    w.stats.push(StatRec {
+                        task: task_global(t) as u32,
+                        modality: m as u32,
+                        expert: j as u32,
+                        picks,
+                        mass,
+                        samples,
+                    });
                 }
             }
         }
@@ -479,10 +779,12 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     let check = taskpath_runtime::AlignedArena::from_bytes(&bytes);
     match base {
         None => {
-            Model::from_bytes(check.as_slice()).context("internal: packed model does not validate")?;
+            Model::from_bytes(check.as_slice())
+                .context("internal: packed model does not validate")?;
         }
         Some(b) => {
-            b.with_delta(check.as_slice()).context("internal: delta pack does not validate")?;
+            b.with_delta(check.as_slice())
+                .context("internal: delta pack does not validate")?;
         }
     }
     Ok(bytes)

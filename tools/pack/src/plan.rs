@@ -57,17 +57,39 @@ mod tests {
     #[test]
     fn live_buffers_never_share_bytes_and_dead_ones_are_reused() {
         let bufs = vec![
-            Buffer { len: 100, first: 0, last: 1 },
-            Buffer { len: 50, first: 1, last: 2 },
-            Buffer { len: 100, first: 2, last: 3 },
-            Buffer { len: 10, first: 0, last: 3 },
+            Buffer {
+                len: 100,
+                first: 0,
+                last: 1,
+            },
+            Buffer {
+                len: 50,
+                first: 1,
+                last: 2,
+            },
+            Buffer {
+                len: 100,
+                first: 2,
+                last: 3,
+            },
+            Buffer {
+                len: 10,
+                first: 0,
+                last: 3,
+            },
         ];
         let (off, total) = plan(&bufs);
         for i in 0..bufs.len() {
             for j in 0..i {
                 let live = bufs[i].first <= bufs[j].last && bufs[j].first <= bufs[i].last;
                 if live {
-                    assert!(!overlap((off[i], off[i] + bufs[i].len), (off[j], off[j] + bufs[j].len)), "{i} {j}");
+                    assert!(
+                        !overlap(
+                            (off[i], off[i] + bufs[i].len),
+                            (off[j], off[j] + bufs[j].len)
+                        ),
+                        "{i} {j}"
+                    );
                 }
             }
         }
