@@ -22,6 +22,8 @@ pub enum ErrorCode {
     ArenaTooSmall = 0x20,
     /// The arena is not aligned for f32.
     ArenaMisaligned = 0x21,
+    /// An expert budget too small for one expert blob.
+    BudgetTooSmall = 0x22,
     /// The package is malformed.
     Format = 0x30,
     /// A task's op program or memory plan is inconsistent.
@@ -69,8 +71,15 @@ pub enum Error {
         /// Bytes given.
         have: usize,
     },
-    /// The arena does not start on a 4-byte boundary.
+    /// The arena does not start on a 4-byte boundary (16 for a cache).
     ArenaMisaligned,
+    /// A residency budget that cannot hold what it must.
+    BudgetTooSmall {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
     /// The package is malformed.
     Format(FormatError),
     /// Op `op` of the task's program is inconsistent with the package.
@@ -101,6 +110,7 @@ impl Error {
             Self::OutputShape { .. } => ErrorCode::OutputShape,
             Self::ArenaTooSmall { .. } => ErrorCode::ArenaTooSmall,
             Self::ArenaMisaligned => ErrorCode::ArenaMisaligned,
+            Self::BudgetTooSmall { .. } => ErrorCode::BudgetTooSmall,
             Self::Format(_) => ErrorCode::Format,
             Self::InvalidProgram { .. } => ErrorCode::InvalidProgram,
             Self::DeltaMismatch { .. } => ErrorCode::DeltaMismatch,
@@ -134,6 +144,10 @@ impl fmt::Display for Error {
                 write!(f, "arena too small: the task needs {need} bytes, got {have}")
             }
             Self::ArenaMisaligned => f.write_str("arena must start on a 4-byte boundary"),
+            Self::BudgetTooSmall { need, have } => write!(
+                f,
+                "expert budget too small: needs at least {need} bytes (one expert blob), got {have}"
+            ),
             Self::Format(e) => write!(f, "corrupt package: {e}"),
             Self::InvalidProgram { op, why } => write!(f, "invalid op program at op {op}: {why}"),
             Self::DeltaMismatch { why } => write!(f, "delta pack does not match its base: {why}"),

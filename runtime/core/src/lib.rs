@@ -12,6 +12,7 @@ mod error;
 #[cfg(feature = "std")]
 mod mapped;
 mod model;
+mod residency;
 mod session;
 mod trace;
 
@@ -19,6 +20,7 @@ pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "std")]
 pub use mapped::{AlignedArena, MappedModel};
 pub use model::{BlobView, Model, TaskInfo, TensorView, MAX_CHAIN};
+pub use residency::{BlobSource, CacheStats, ResidencyCache, MAX_SLOTS};
 pub use session::{RunStats, Session, SessionOptions};
 pub use taskpath_format as format;
 pub use trace::{NoTrace, Tracer};

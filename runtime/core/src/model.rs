@@ -259,7 +259,18 @@ impl<'a> Model<'a> {
     pub fn tensor(&self, global: u32) -> Option<TensorView<'a>> {
         let (p, t) = self.tensor_rec(global)?;
         let (a, b) = p.tensor_f32(&t).ok()?;
-        Some(TensorView {
+        Some(Self::view(&t, a, b))
+    }
+
+    /// Tensor by global index, borrowed from `blob`: a RAM copy of its blob.
+    pub fn tensor_in<'b>(&self, global: u32, blob: &'b [u8]) -> Option<TensorView<'b>> {
+        let (_, t) = self.tensor_rec(global)?;
+        let (a, b) = taskpath_format::tensor_data(&t, blob).ok()?;
+        Some(Self::view(&t, a, b))
+    }
+
+    fn view<'b>(t: &TensorRec, a: &'b [f32], b: &'b [f32]) -> TensorView<'b> {
+        TensorView {
             rows: t.rows as usize,
             cols: t.cols as usize,
             a,
@@ -270,7 +281,7 @@ impl<'a> Model<'a> {
                 0
             },
             blob: t.blob,
-        })
+        }
     }
 
     /// Number of blobs across the chain.

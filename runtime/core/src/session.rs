@@ -8,11 +8,12 @@
 use core::ops::Range;
 
 use taskpath_cpu::f32 as k;
-use taskpath_format::records::{gating, ExpertRec, OpRec};
+use taskpath_format::records::{blob_kind, gating, ExpertRec, OpRec};
 use taskpath_format::{Opcode, Package, NONE};
 
 use crate::error::{Error, Result};
 use crate::model::{Model, TaskInfo, TensorView};
+use crate::residency::BlobSource;
 use crate::trace::{NoTrace, Tracer};
 
 /// What one `run` did.
@@ -140,13 +141,23 @@ fn carve<'s, const N: usize>(arena: &'s mut [f32], ranges: [&R; N]) -> Option<[&
 
 /// A session for one task. Holds the arena for its lifetime; `run` can be
 /// called any number of times and never allocates.
-#[derive(Debug)]
 pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
     task: TaskInfo<'a>,
     part: Package<'a>,
     arena: &'m mut [f32],
     path_union: u64,
+    source: Option<&'m mut dyn BlobSource>,
+}
+
+impl core::fmt::Debug for Session<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session")
+            .field("task", &self.task.name)
+            .field("arena_bytes", &(self.arena.len() * 4))
+            .field("blob_source", &self.source.is_some())
+            .finish()
+    }
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -183,6 +194,7 @@ impl<'m, 'a> Session<'m, 'a> {
             part,
             arena,
             path_union,
+            source: None,
         };
         for i in 0..task.rec.program_len {
             s.step(i)?;
@@ -199,6 +211,22 @@ impl<'m, 'a> Session<'m, 'a> {
             }
         }
         Ok(s)
+    }
+
+    /// Fetches expert blobs through `source` (e.g. a [`crate::ResidencyCache`])
+    /// instead of reading them in place. Fails when the source cannot hold one
+    /// of the task's expert blobs, so a budget too small is an error here, not in `run`.
+    pub fn with_blob_source(mut self, source: &'m mut dyn BlobSource) -> Result<Self> {
+        for b in self.model.path_blobs(&self.task) {
+            if b.rec.kind == blob_kind::EXPERT && !source.can_hold(b.bytes.len()) {
+                return Err(Error::BudgetTooSmall {
+                    need: b.bytes.len(),
+                    have: source.capacity(),
+                });
+            }
+        }
+        self.source = Some(source);
+        Ok(self)
     }
 
     /// The task this session runs.
@@ -485,7 +513,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let hp = self.model.hparams();
         let d = hp.d_model as usize;
         let overlap = || bad(i, "slots overlap");
-        let mut read = |t: &TensorView<'a>| {
+        let mut read = |t: &TensorView<'_>| {
             tracer.blob_read(t.blob, t.bytes());
             stats.weight_bytes += t.bytes();
         };
@@ -601,6 +629,7 @@ impl<'m, 'a> Session<'m, 'a> {
             } => {
                 let kk = hp.top_k as usize;
                 let (model, path_union) = (self.model, self.path_union);
+                let mut source = self.source.as_deref_mut();
                 let [u, route, out, s] =
                     carve(self.arena, [&u, &route, &out, &scratch]).ok_or_else(overlap)?;
                 out.fill(0.0);
@@ -617,7 +646,11 @@ impl<'m, 'a> Session<'m, 'a> {
                         let rec = model
                             .expert(e as usize, c)
                             .ok_or(bad(i, "missing expert component"))?;
-                        expert_component(model, i, &rec, u, token, g, s, out, &mut read)?;
+                        let bytes = match source.as_deref_mut() {
+                            Some(src) => src.fetch(model, rec.blob)?,
+                            None => model.blob(rec.blob).ok_or(bad(i, "no such blob"))?.bytes,
+                        };
+                        expert_component(model, i, &rec, bytes, u, token, g, s, out, &mut read)?;
                         stats.expert_components += 1;
                     }
                 }
@@ -634,20 +667,25 @@ impl<'m, 'a> Session<'m, 'a> {
 
 /// `out += g * fc2(GELU(fc1(LN(u_t + GELU(conv(u)_t)))))` for one component.
 #[allow(clippy::too_many_arguments)]
-fn expert_component<'a>(
-    model: &Model<'a>,
+fn expert_component(
+    model: &Model<'_>,
     i: u32,
     e: &ExpertRec,
+    blob: &[u8],
     u: &[f32],
     token: usize,
     g: f32,
     scratch: &mut [f32],
     out: &mut [f32],
-    read: &mut impl FnMut(&TensorView<'a>),
+    read: &mut impl FnMut(&TensorView<'_>),
 ) -> Result<()> {
     let hp = model.hparams();
     let (d, h) = (hp.d_model as usize, hp.ffn_hidden as usize);
-    let t = |id: u32| model.tensor(id).ok_or(bad(i, "no such tensor"));
+    let t = |id: u32| {
+        model
+            .tensor_in(id, blob)
+            .ok_or(bad(i, "expert tensor outside its blob"))
+    };
     let (cw, cb, lg, lb, w1, b1, w2, b2) = (
         t(e.conv_w)?,
         t(e.conv_b)?,

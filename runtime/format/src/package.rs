@@ -1100,6 +1100,13 @@ impl<'a> Package<'a> {
         let bytes = bytes.get(..layout.header.file_len as usize)?;
         Some(Self { bytes, layout })
     }
+    /// The section table.
+    pub fn sections(&self) -> Table<'a, SectionRec> {
+        let h = &self.layout.header;
+        let start = h.section_table_off as usize;
+        let len = h.section_count as usize * SectionRec::SIZE;
+        Table::new(self.bytes.get(start..start + len).unwrap_or(&[]))
+    }
     fn strings(&self) -> &'a [u8] {
         let (a, b) = self.layout.strings;
         self.bytes.get(a..b).unwrap_or(&[])
@@ -1176,22 +1183,29 @@ impl<'a> Package<'a> {
             t.blob.into(),
             "no such blob",
         ))?;
-        let cast = |off: u32, elems: u64| -> Result<&'a [f32]> {
-            let e = end(
-                "tensors.offset",
-                None,
-                off.into(),
-                elems * 4,
-                blob.len() as u64,
-            )?;
-            bytemuck::try_cast_slice(&blob[off as usize..e as usize])
-                .map_err(|_| FormatError::Misaligned { required: 4 })
-        };
-        let (rows, cols, rank) = (u64::from(t.rows), u64::from(t.cols), u64::from(t.rank));
-        if t.layout == layout::LOW_RANK {
-            Ok((cast(t.offset, rows * rank)?, cast(t.offset2, rank * cols)?))
-        } else {
-            Ok((cast(t.offset, rows * cols)?, &[]))
-        }
+        tensor_data(t, blob)
+    }
+}
+
+/// The f32 data of tensor `t` inside `blob` (its blob's bytes, from the
+/// package or from a RAM copy): `(dense or U, V or empty)`. Fails, never
+/// panics, when the ranges leave the blob or the bytes are misaligned.
+pub fn tensor_data<'b>(t: &TensorRec, blob: &'b [u8]) -> Result<(&'b [f32], &'b [f32])> {
+    let cast = |off: u32, elems: u64| -> Result<&'b [f32]> {
+        let e = end(
+            "tensors.offset",
+            None,
+            off.into(),
+            elems * 4,
+            blob.len() as u64,
+        )?;
+        bytemuck::try_cast_slice(&blob[off as usize..e as usize])
+            .map_err(|_| FormatError::Misaligned { required: 4 })
+    };
+    let (rows, cols, rank) = (u64::from(t.rows), u64::from(t.cols), u64::from(t.rank));
+    if t.layout == layout::LOW_RANK {
+        Ok((cast(t.offset, rows * rank)?, cast(t.offset2, rank * cols)?))
+    } else {
+        Ok((cast(t.offset, rows * cols)?, &[]))
     }
 }
