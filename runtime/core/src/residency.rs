@@ -87,7 +87,7 @@ impl<'r> ResidencyCache<'r> {
                 have: mem.len(),
             });
         }
-        if (mem.as_ptr() as usize) % 16 != 0 {
+        if !(mem.as_ptr() as usize).is_multiple_of(16) {
             return Err(Error::ArenaMisaligned);
         }
         let n_slots = (mem.len() / slot_bytes).min(MAX_SLOTS);
