@@ -405,6 +405,30 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The checkpoint as it was after stage `s`: stages `0..=s`, the tasks of
+    /// those stages, and only their tensors (what a continual trainer exports
+    /// after that stage, since later stages never change earlier weights).
+    pub fn stage_prefix(&self, s: usize) -> Result<Checkpoint> {
+        let mut config = self.config.clone();
+        config.stages = s + 1;
+        config.tasks.retain(|t| t.stage <= s);
+        let keep: std::collections::BTreeSet<String> = config
+            .expected_tensors()
+            .into_iter()
+            .flat_map(|(n, _, _)| [format!("{n}.u"), format!("{n}.v"), n])
+            .collect();
+        let tensors = self
+            .tensors
+            .iter()
+            .filter(|(n, _)| keep.contains(*n))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        let out = Checkpoint { config, tensors };
+        out.validate()
+            .with_context(|| format!("building the stage {s} checkpoint"))?;
+        Ok(out)
+    }
+
     /// A tensor that [`Checkpoint::validate`] guarantees exists.
     pub fn tensor(&self, name: &str) -> &Tensor {
         self.tensors

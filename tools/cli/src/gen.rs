@@ -119,27 +119,9 @@ impl GenArgs {
     }
 }
 
-/// The checkpoint as it was after stage `s`: stages `0..=s`, the tasks of
-/// those stages, and only their tensors.
+/// The checkpoint as it was after stage `s` (see [`Checkpoint::stage_prefix`]).
 pub fn stage_prefix(ck: &Checkpoint, s: usize) -> Result<Checkpoint> {
-    let mut config = ck.config.clone();
-    config.stages = s + 1;
-    config.tasks.retain(|t| t.stage <= s);
-    let keep: std::collections::BTreeSet<String> = config
-        .expected_tensors()
-        .into_iter()
-        .flat_map(|(n, _, _)| [format!("{n}.u"), format!("{n}.v"), n])
-        .collect();
-    let tensors = ck
-        .tensors
-        .iter()
-        .filter(|(n, _)| keep.contains(*n))
-        .map(|(n, t)| (n.clone(), t.clone()))
-        .collect();
-    let out = Checkpoint { config, tensors };
-    out.validate()
-        .with_context(|| format!("building the stage {s} checkpoint"))?;
-    Ok(out)
+    ck.stage_prefix(s)
 }
 
 /// Random datasets of every task of `ck` into `dir` (`{TASK}.train.json`,
