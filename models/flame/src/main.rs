@@ -1,0 +1,231 @@
+//! `taskpath-flame`: trains the reference model and its baselines, exports
+//! checkpoints and evaluation fixtures. See docs/TRAINING.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use taskpath_checkpoint::{write_atomic, Gating};
+use taskpath_flame::data;
+use taskpath_flame::export;
+use taskpath_flame::train::{self, Metrics, TrainConfig};
+
+const USAGE: &str = "usage:
+  taskpath-flame train     [--out DIR] [--seed N] [--experts N] [--gating laplace|softmax]
+                           [--epochs N] [--recover-epochs N] [--final-only] [--no-fixtures] [--quiet]
+  taskpath-flame joint     [--out DIR] [--seed N] [--experts N] [--quiet]   baseline (b)
+  taskpath-flame naive     [--out DIR] [--seed N] [--experts N] [--quiet]   baseline (c)
+  taskpath-flame dense     [--out DIR] [--seed N] [--hidden N] [--quiet]    baseline (d)
+  taskpath-flame split     [--seed N]                                       rewrite models/data/splits.json
+options: --data DIR (default models/data); --out defaults to models/reference";
+
+struct Args {
+    cmd: String,
+    out: PathBuf,
+    data: PathBuf,
+    tc: TrainConfig,
+    final_only: bool,
+    fixtures: bool,
+    verbose: bool,
+    hidden: usize,
+    split_seed: u64,
+}
+
+fn parse() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let cmd = it.next().context(USAGE)?;
+    let mut a = Args {
+        cmd,
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../reference"),
+        data: data::default_data_dir(),
+        tc: TrainConfig::default(),
+        final_only: false,
+        fixtures: true,
+        verbose: true,
+        hidden: 512,
+        split_seed: 20261126,
+    };
+    while let Some(flag) = it.next() {
+        let mut val = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--out" => a.out = PathBuf::from(val()?),
+            "--data" => a.data = PathBuf::from(val()?),
+            "--seed" => {
+                let s: u64 = val()?.parse()?;
+                a.tc.seed = s;
+                a.split_seed = s;
+            }
+            "--experts" => a.tc.experts = val()?.parse()?,
+            "--epochs" => a.tc.max_epochs = val()?.parse()?,
+            "--recover-epochs" => a.tc.recover_epochs = val()?.parse()?,
+            "--hidden" => a.hidden = val()?.parse()?,
+            "--gating" => {
+                a.tc.gating = match val()?.as_str() {
+                    "laplace" => Gating::Laplace,
+                    "softmax" => Gating::Softmax,
+                    g => bail!("unknown gating {g}"),
+                }
+            }
+            "--final-only" => a.final_only = true,
+            "--no-fixtures" => a.fixtures = false,
+            "--quiet" => a.verbose = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            f => bail!("unknown option {f}\n{USAGE}"),
+        }
+    }
+    Ok(a)
+}
+
+fn print_metrics(prefix: &str, ms: &[Metrics]) {
+    for m in ms {
+        println!(
+            "{prefix}{:<13} acc {:.4}  balanced acc {:.4}  (n={})",
+            m.task, m.accuracy, m.balanced_accuracy, m.n
+        );
+    }
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    write_atomic(path, (serde_json::to_string_pretty(v)? + "\n").as_bytes())
+}
+
+fn main() -> Result<()> {
+    let a = parse()?;
+    let start = Instant::now();
+    if a.cmd == "split" {
+        let s = data::make_splits(&a.data, a.split_seed)?;
+        let p = a.data.join("splits.json");
+        write_atomic(&p, (serde_json::to_string(&s)? + "\n").as_bytes())?;
+        println!("wrote {}", p.display());
+        return Ok(());
+    }
+    let tasks = data::load_tasks(&a.data)?;
+    let tc = &a.tc;
+    match a.cmd.as_str() {
+        "train" => {
+            let (model, reports) = train::train_continual(&tasks, tc, a.verbose, |s, m| {
+                if a.final_only && s + 1 < 3 {
+                    return Ok(());
+                }
+                let dir = a.out.join(format!("stage{}", s + 1));
+                export::save(m, &dir)?;
+                println!("exported {}", dir.display());
+                Ok(())
+            })?;
+            let wall = start.elapsed().as_secs_f64();
+            for r in &reports {
+                println!(
+                    "stage {} ({}): {} epochs (best {}), {:.1}s, max truncation error {:.4}",
+                    r.stage,
+                    r.tasks.join(", "),
+                    r.log.epochs,
+                    r.log.best_epoch,
+                    r.log.seconds,
+                    r.max_truncation_error
+                );
+                print_metrics("  before truncation  ", &r.before_truncation);
+                print_metrics("  truncated          ", &r.truncated);
+                if let Some(l) = &r.recovery {
+                    println!(
+                        "  recovery: {} epochs (best {}), {:.1}s",
+                        l.epochs, l.best_epoch, l.seconds
+                    );
+                }
+                print_metrics("  exported           ", &r.after);
+            }
+            let mut counts = Vec::new();
+            for s in 0..reports.len() {
+                let dir = a.out.join(format!("stage{}", s + 1));
+                if dir.join("model.json").exists() {
+                    let ck = taskpath_checkpoint::Checkpoint::load(&dir)?;
+                    let c = export::count_params(&ck);
+                    println!(
+                        "stage{} checkpoint: {} parameters; expert components per stage {:?} (full-rank pool {})",
+                        s + 1,
+                        c.total,
+                        c.expert_components,
+                        c.full_pool_per_stage
+                    );
+                    counts.push(json!({"stage": s + 1, "counts": c}));
+                }
+            }
+            if a.fixtures && !a.final_only {
+                export::write_fixtures(&model, &tasks, &a.out)?;
+                println!("wrote fixtures under {}", a.out.display());
+            }
+            println!("total wall time {wall:.1}s");
+            write_json(
+                &a.out.join("train-report.json"),
+                &json!({"command": std::env::args().collect::<Vec<_>>().join(" "),
+                        "config": tc, "stages": reports, "param_counts": counts,
+                        "wall_seconds": wall}),
+            )?;
+        }
+        "joint" => {
+            let (model, log) = train::train_joint(&tasks, tc, a.verbose)?;
+            let full = train::evaluate(&model, &tasks)?;
+            print_metrics("joint  ", &full);
+            println!(
+                "joint: {} epochs (best {}), {:.1}s",
+                log.epochs, log.best_epoch, log.seconds
+            );
+            write_json(
+                &a.out.join("baselines/joint.json"),
+                &json!({"config": tc, "log": log, "test": full,
+                        "wall_seconds": start.elapsed().as_secs_f64()}),
+            )?;
+        }
+        "naive" => {
+            let res = train::train_naive(&tasks, tc, a.verbose)?;
+            for (s, (log, ms)) in res.iter().enumerate() {
+                println!(
+                    "after stage {} ({} epochs, {:.1}s):",
+                    s + 1,
+                    log.epochs,
+                    log.seconds
+                );
+                print_metrics("  naive  ", ms);
+            }
+            let stages: Vec<_> = res
+                .iter()
+                .map(|(l, m)| json!({"log": l, "test": m}))
+                .collect();
+            write_json(
+                &a.out.join("baselines/naive.json"),
+                &json!({"config": tc, "stages": stages,
+                        "wall_seconds": start.elapsed().as_secs_f64()}),
+            )?;
+        }
+        "dense" => {
+            let mut rows = Vec::new();
+            for t in &tasks {
+                let (model, log, m) = train::train_dense(t, tc, a.hidden, a.verbose)?;
+                let params = model.params.count();
+                print_metrics("dense  ", std::slice::from_ref(&m));
+                println!(
+                    "  {} parameters, {} epochs, {:.1}s",
+                    params, log.epochs, log.seconds
+                );
+                rows.push(json!({"task": t.name, "parameters": params, "log": log, "test": m}));
+            }
+            write_json(
+                &a.out.join("baselines/dense.json"),
+                &json!({"config": tc, "ffn_hidden": a.hidden, "tasks": rows,
+                        "wall_seconds": start.elapsed().as_secs_f64()}),
+            )?;
+        }
+        c => bail!("unknown command {c}\n{USAGE}"),
+    }
+    println!("done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
