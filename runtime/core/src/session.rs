@@ -513,10 +513,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let hp = self.model.hparams();
         let d = hp.d_model as usize;
         let overlap = || bad(i, "slots overlap");
-        let mut read = |t: &TensorView<'_>| {
-            tracer.blob_read(t.blob, t.bytes());
-            stats.weight_bytes += t.bytes();
-        };
+        let mut m = Meter { tracer, stats };
         match step {
             Step::Encode {
                 input,
@@ -526,7 +523,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 pos,
                 tmp,
             } => {
-                [&w, &b, &pos].into_iter().for_each(&mut read);
+                [&w, &b, &pos].into_iter().for_each(|t| m.read(t));
                 let x = inputs.get(input).ok_or(bad(i, "input"))?;
                 let rows = pos.rows;
                 let [y, tmp] = carve(self.arena, [&y, &tmp]).ok_or_else(overlap)?;
@@ -534,7 +531,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 k::add(pos.a, y);
             }
             Step::LayerNorm { x, y, g, b, scale } => {
-                [&g, &b].into_iter().for_each(&mut read);
+                [&g, &b].into_iter().for_each(|t| m.read(t));
                 if x == y {
                     k::layernorm_inplace(&mut self.arena[x], g.a, b.a, hp.ln_eps, scale);
                 } else {
@@ -550,9 +547,9 @@ impl<'m, 'a> Session<'m, 'a> {
                 rows,
                 tmp,
             } => {
-                read(&w);
+                m.read(&w);
                 if let Some(b) = &b {
-                    read(b);
+                    m.read(b);
                 }
                 let [xs, ys, tmp] = carve(self.arena, [&x, &y, &tmp]).ok_or_else(overlap)?;
                 linear(&w, xs, b.map(|b| b.a), rows, tmp, ys);
@@ -576,7 +573,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 out,
                 scratch,
             } => {
-                read(&query);
+                m.read(&query);
                 let [u, out, s] = carve(self.arena, [&u, &out, &scratch]).ok_or_else(overlap)?;
                 k::attention_pool(u, query.a, s, out);
             }
@@ -588,7 +585,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 scale,
                 tmp,
             } => {
-                read(&gate);
+                m.read(&gate);
                 let [p, logits, tmp] =
                     carve(self.arena, [&p, &logits, &tmp]).ok_or_else(overlap)?;
                 if hp.gating == gating::SOFTMAX {
@@ -612,7 +609,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 let mut gate = [0f32; 64];
                 let [logits, route] = carve(self.arena, [&logits, &route]).ok_or_else(overlap)?;
                 let got = k::top_k_masked(logits, mask, kk, &mut idx[..kk], &mut gate[..kk]);
-                tracer.route(modality, &idx[..got], &gate[..got]);
+                m.tracer.route(modality, &idx[..got], &gate[..got]);
                 route[0] = got as f32;
                 for (j, (&e, &g)) in idx[..got].iter().zip(&gate[..got]).enumerate() {
                     route[1 + j] = e as f32;
@@ -646,12 +643,13 @@ impl<'m, 'a> Session<'m, 'a> {
                         let rec = model
                             .expert(e as usize, c)
                             .ok_or(bad(i, "missing expert component"))?;
+                        m.tracer.expert_fetch(rec.blob);
                         let bytes = match source.as_deref_mut() {
                             Some(src) => src.fetch(model, rec.blob)?,
                             None => model.blob(rec.blob).ok_or(bad(i, "no such blob"))?.bytes,
                         };
-                        expert_component(model, i, &rec, bytes, u, token, g, s, out, &mut read)?;
-                        stats.expert_components += 1;
+                        expert_component(model, i, &rec, bytes, u, token, g, s, out, &mut m)?;
+                        m.stats.expert_components += 1;
                     }
                 }
                 let _ = d;
@@ -662,6 +660,19 @@ impl<'m, 'a> Session<'m, 'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Forwards weight reads to the tracer and the run's counters.
+struct Meter<'t, T> {
+    tracer: &'t mut T,
+    stats: &'t mut RunStats,
+}
+
+impl<T: Tracer> Meter<'_, T> {
+    fn read(&mut self, t: &TensorView<'_>) {
+        self.tracer.blob_read(t.blob, t.bytes());
+        self.stats.weight_bytes += t.bytes();
     }
 }
 
@@ -677,7 +688,7 @@ fn expert_component(
     g: f32,
     scratch: &mut [f32],
     out: &mut [f32],
-    read: &mut impl FnMut(&TensorView<'_>),
+    m: &mut Meter<'_, impl Tracer>,
 ) -> Result<()> {
     let hp = model.hparams();
     let (d, h) = (hp.d_model as usize, hp.ffn_hidden as usize);
@@ -697,7 +708,7 @@ fn expert_component(
         t(e.fc2_b)?,
     );
     for x in [&cw, &cb, &lg, &lb, &w1, &b1, &w2, &b2] {
-        read(x);
+        m.read(x);
     }
     let (hbuf, rest) = scratch.split_at_mut(d);
     let (mid, rest) = rest.split_at_mut(h);

@@ -14,6 +14,10 @@ pub trait Tracer {
     /// `bytes` of weights were read from blob `blob` (global index).
     #[inline(always)]
     fn blob_read(&mut self, _blob: u32, _bytes: usize) {}
+    /// An expert component's blob (global index) is fetched for evaluation:
+    /// one event per (selected expert, component), in execution order.
+    #[inline(always)]
+    fn expert_fetch(&mut self, _blob: u32) {}
     /// The router of `modality` picked `experts` with `gates`.
     #[inline(always)]
     fn route(&mut self, _modality: u32, _experts: &[u32], _gates: &[f32]) {}

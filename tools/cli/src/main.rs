@@ -11,6 +11,7 @@ mod gen;
 mod inspect;
 mod npy;
 mod pack;
+mod residency;
 mod run;
 mod util;
 mod verify;
@@ -48,6 +49,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Pack, verify and evaluate the reference model end to end.
     Demo(demo::DemoArgs),
+    /// Expert-cache hit rates under RAM budgets: LRU + pinning vs Belady.
+    Residency(residency::ResidencyArgs),
 }
 
 /// Paths of delta packs applied on top of a base package, in chain order.
@@ -68,6 +71,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(a) => run::main(&a),
         Command::Eval(a) => eval::main(&a),
         Command::Demo(a) => demo::main(&a),
+        Command::Residency(a) => residency::main(&a),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod calibrate;
 pub mod plan;
+pub mod residency;
 
 use std::collections::{BTreeMap, HashMap};
 
