@@ -18,7 +18,8 @@ const USAGE: &str = "usage:
   taskpath-flame naive     [--out DIR] [--seed N] [--experts N] [--quiet]   baseline (c)
   taskpath-flame dense     [--out DIR] [--seed N] [--hidden N] [--quiet]    baseline (d)
   taskpath-flame split     [--seed N]                                       rewrite models/data/splits.json
-options: --data DIR (default models/data); --out defaults to models/reference";
+options: --data DIR (default models/data); --out defaults to models/reference;
+  --lr X, --weight-decay X, --batch N override the training defaults (docs/TRAINING.md)";
 
 struct Args {
     cmd: String,
@@ -62,6 +63,9 @@ fn parse() -> Result<Args> {
             "--experts" => a.tc.experts = val()?.parse()?,
             "--epochs" => a.tc.max_epochs = val()?.parse()?,
             "--recover-epochs" => a.tc.recover_epochs = val()?.parse()?,
+            "--lr" => a.tc.lr = val()?.parse()?,
+            "--weight-decay" => a.tc.weight_decay = val()?.parse()?,
+            "--batch" => a.tc.batch = val()?.parse()?,
             "--hidden" => a.hidden = val()?.parse()?,
             "--gating" => {
                 a.tc.gating = match val()?.as_str() {
@@ -88,6 +92,15 @@ fn print_metrics(prefix: &str, ms: &[Metrics]) {
         println!(
             "{prefix}{:<13} acc {:.4}  balanced acc {:.4}  (n={})",
             m.task, m.accuracy, m.balanced_accuracy, m.n
+        );
+    }
+}
+
+fn print_drift(ds: &[train::Drift]) {
+    for d in ds {
+        println!(
+            "  drift of {:<13} max |logit change| {:.3e}, changed predictions {:.4}",
+            d.task, d.max_abs_logit_change, d.changed_predictions
         );
     }
 }
@@ -142,6 +155,7 @@ fn main() -> Result<()> {
                     );
                 }
                 print_metrics("  exported           ", &r.after);
+                print_drift(&r.drift);
             }
             let mut counts = Vec::new();
             for s in 0..reports.len() {
@@ -187,7 +201,7 @@ fn main() -> Result<()> {
         }
         "naive" => {
             let res = train::train_naive(&tasks, tc, a.verbose)?;
-            for (s, (log, ms)) in res.iter().enumerate() {
+            for (s, (log, ms, drift)) in res.iter().enumerate() {
                 println!(
                     "after stage {} ({} epochs, {:.1}s):",
                     s + 1,
@@ -195,10 +209,11 @@ fn main() -> Result<()> {
                     log.seconds
                 );
                 print_metrics("  naive  ", ms);
+                print_drift(drift);
             }
             let stages: Vec<_> = res
                 .iter()
-                .map(|(l, m)| json!({"log": l, "test": m}))
+                .map(|(l, m, d)| json!({"log": l, "test": m, "drift": d}))
                 .collect();
             write_json(
                 &a.out.join("baselines/naive.json"),

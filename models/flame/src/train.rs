@@ -432,6 +432,8 @@ pub struct StageLog {
     pub epochs: usize,
     /// Epoch whose parameters were kept (1-based).
     pub best_epoch: usize,
+    /// Its mean validation error (1 - headline metric).
+    pub best_val_error: f64,
     /// Its mean validation loss.
     pub best_val_loss: f64,
     /// Trainable scalars.
@@ -454,27 +456,35 @@ fn task_loss(
     Ok((weighted_ce(&o.logits, &labels, weights)?, o.aux))
 }
 
-/// Mean over tasks of the class-weighted validation cross-entropy.
-pub fn val_loss(model: &Model, tasks: &[&TaskData]) -> Result<f64> {
-    let mut s = 0.0;
+/// Validation score of a stage: the mean over its tasks of the validation error
+/// (1 - headline metric: balanced accuracy for WDBC, DIAB, GSE-MET, accuracy
+/// otherwise) and of the class-weighted validation cross-entropy.
+pub fn val_score(model: &Model, tasks: &[&TaskData]) -> Result<(f64, f64)> {
+    let (mut err, mut loss) = (0.0, 0.0);
     for t in tasks {
         let w = class_weights(t);
-        let idx: Vec<usize> = (0..t.val.len()).collect();
-        let mut tot = 0.0;
-        for chunk in idx.chunks(256) {
-            let (l, _) = task_loss(model, t, &t.val, chunk, &w)?;
-            tot += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
+        let logits = predict(model, t, &t.val)?;
+        err += 1.0 - metrics(&t.name, &logits, &t.val.labels, t.outputs).headline();
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (l, &y) in logits.iter().zip(&t.val.labels) {
+            let mx = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let lse = l.iter().map(|&x| f64::from(x - mx).exp()).sum::<f64>().ln();
+            let wy = f64::from(w[y as usize]);
+            num += wy * (lse - f64::from(l[y as usize] - mx));
+            den += wy;
         }
-        s += tot / t.val.len() as f64;
+        loss += num / den;
     }
-    Ok(s / tasks.len() as f64)
+    let n = tasks.len() as f64;
+    Ok((err / n, loss / n))
 }
 
 /// Trains the model's trainable parameters on `tasks` jointly: each epoch
 /// shuffles all (task, sample) pairs of the stage and cuts them into mixed
 /// batches; a batch's loss is the sample-weighted mean of the per-task
 /// class-weighted cross-entropies plus `aux_coef` times the mean load-balancing
-/// loss. Early stopping keeps the epoch with the lowest mean validation loss.
+/// loss. Early stopping keeps the epoch with the lowest mean validation error
+/// (ties: lowest mean validation loss), the starting point included.
 pub fn train_stage(
     model: &Model,
     tasks: &[&TaskData],
@@ -496,9 +506,10 @@ pub fn train_stage(
     let weights: Vec<Vec<f32>> = tasks.iter().map(|t| class_weights(t)).collect();
     let mut rng = taskpath_checkpoint::SplitMix64::new(stage_seed);
     // epoch 0 (the starting point) competes too
-    let mut best = (val_loss(model, tasks)?, 0usize);
+    let (e0, l0) = val_score(model, tasks)?;
+    let mut best = (e0, l0, 0usize);
     if verbose {
-        eprintln!("    epoch   0  val {:.4}", best.0);
+        eprintln!("    epoch   0  val error {e0:.4} loss {l0:.4}");
     }
     let mut snap = model.params.snapshot()?;
     let mut epochs = 0;
@@ -541,26 +552,29 @@ pub fn train_stage(
             let total = (loss + (aux * (tc.aux_coef / ntasks as f64))?)?;
             opt.backward_step(&total)?;
         }
-        let vl = val_loss(model, tasks)?;
+        let (ve, vl) = val_score(model, tasks)?;
         if verbose {
             eprintln!(
-                "    epoch {epoch:3}  train {:.4}  val {vl:.4}  ({:.1}s)",
+                "    epoch {epoch:3}  train {:.4}  val error {ve:.4} loss {vl:.4}  ({:.1}s)",
                 train_loss / steps.max(1) as f64,
                 start.elapsed().as_secs_f64()
             );
         }
-        if vl < best.0 - 1e-5 {
-            best = (vl, epoch);
+        // lower validation error first, validation loss breaks ties
+        let better = ve < best.0 - 1e-9 || (ve <= best.0 + 1e-9 && vl < best.1 - 1e-5);
+        if better {
+            best = (ve, vl, epoch);
             snap = model.params.snapshot()?;
-        } else if epoch - best.1 >= tc.patience {
+        } else if epoch - best.2 >= tc.patience {
             break;
         }
     }
     model.params.restore(&snap)?;
     Ok(StageLog {
         epochs,
-        best_epoch: best.1,
-        best_val_loss: best.0,
+        best_epoch: best.2,
+        best_val_error: best.0,
+        best_val_loss: best.1,
         trainable,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -640,6 +654,46 @@ fn frob(t: &Tensor) -> Result<f64> {
     Ok(f64::from(t.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt())
 }
 
+/// How much a task's test outputs moved since the end of its own stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drift {
+    /// Task.
+    pub task: String,
+    /// Largest absolute change of a test logit.
+    pub max_abs_logit_change: f64,
+    /// Fraction of test samples whose predicted class changed.
+    pub changed_predictions: f64,
+}
+
+/// Drift of every task in `reference` (logits recorded after its own stage).
+pub fn drift(
+    model: &Model,
+    tasks: &[TaskData],
+    reference: &std::collections::BTreeMap<String, Vec<Vec<f32>>>,
+) -> Result<Vec<Drift>> {
+    let mut out = Vec::new();
+    for t in tasks {
+        let Some(r) = reference.get(&t.name) else {
+            continue;
+        };
+        let now = predict(model, t, &t.test)?;
+        let mut max = 0f64;
+        let mut changed = 0usize;
+        for (a, b) in r.iter().zip(&now) {
+            for (x, y) in a.iter().zip(b) {
+                max = max.max(f64::from((x - y).abs()));
+            }
+            changed += usize::from(argmax(a) != argmax(b));
+        }
+        out.push(Drift {
+            task: t.name.clone(),
+            max_abs_logit_change: max,
+            changed_predictions: changed as f64 / now.len().max(1) as f64,
+        });
+    }
+    Ok(out)
+}
+
 /// Per-stage record of the continual run.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageReport {
@@ -659,6 +713,8 @@ pub struct StageReport {
     pub max_truncation_error: f64,
     /// Test metrics of every task so far, from the exported weights.
     pub after: Vec<Metrics>,
+    /// Output drift of the tasks of earlier stages (exactly 0 by construction).
+    pub drift: Vec<Drift>,
 }
 
 /// Runs the continual stages. `on_stage` gets each stage's frozen, truncated model.
@@ -674,6 +730,7 @@ pub fn train_continual(
     };
     let nstages = tasks.iter().map(|t| t.stage).max().unwrap_or(0) + 1;
     let mut reports = Vec::new();
+    let mut reference = std::collections::BTreeMap::new();
     for s in 0..nstages {
         let st: Vec<&TaskData> = tasks.iter().filter(|t| t.stage == s).collect();
         let before: Vec<String> = model
@@ -741,6 +798,10 @@ pub fn train_continual(
         // evaluate what is exported: the model rebuilt from its checkpoint
         let exported = Model::from_checkpoint(&model.to_checkpoint()?)?;
         let after = evaluate(&exported, tasks)?;
+        let drift = drift(&exported, tasks, &reference)?;
+        for t in &st {
+            reference.insert(t.name.clone(), predict(&exported, t, &t.test)?);
+        }
         on_stage(s, &exported)?;
         reports.push(StageReport {
             stage: s + 1,
@@ -751,6 +812,7 @@ pub fn train_continual(
             recovery,
             max_truncation_error: err,
             after,
+            drift,
         });
     }
     Ok((model, reports))
@@ -791,7 +853,8 @@ pub fn train_naive(
     tasks: &[TaskData],
     tc: &TrainConfig,
     verbose: bool,
-) -> Result<Vec<(StageLog, Vec<Metrics>)>> {
+) -> Result<Vec<(StageLog, Vec<Metrics>, Vec<Drift>)>> {
+    let mut reference = std::collections::BTreeMap::new();
     let mut model = Model {
         cfg: tc.model_config(),
         params: Params::default(),
@@ -820,7 +883,11 @@ pub fn train_naive(
         }
         let log = train_stage(&model, &st, tc, stage_seed(tc.seed, 200 + s), verbose)?;
         model.params.freeze_all();
-        out.push((log, evaluate(&model, tasks)?));
+        let d = drift(&model, tasks, &reference)?;
+        for t in &st {
+            reference.insert(t.name.clone(), predict(&model, t, &t.test)?);
+        }
+        out.push((log, evaluate(&model, tasks)?, d));
     }
     Ok(out)
 }
