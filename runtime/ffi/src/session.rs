@@ -1,0 +1,448 @@
+//! `tp_session`: one task's session, living in caller-provided memory.
+
+use std::time::Instant;
+
+use taskpath_runtime::{Session, SessionOptions};
+
+use crate::model::{model_ref, out_handle, tp_model};
+use crate::status::{guard, tp_status, Fail, Res};
+use crate::{check_out_struct, read_versioned, write_out, TP_ARENA_ALIGN, TP_MAX_MODALITIES};
+
+/// Bytes at the start of the session memory that hold the `tp_session`
+/// itself; the task's planned arena follows. `tp_session_arena_size` and
+/// `tp_task_info.session_bytes` include it, so a firmware can reserve
+/// `TP_SESSION_OVERHEAD + arena_bytes` statically from `taskpath inspect`.
+/// (The object itself takes under 600 bytes on 64-bit targets; the rest is
+/// headroom so this value, part of the ABI, need not change as it grows.)
+pub const TP_SESSION_OVERHEAD: usize = 1024;
+
+/// `tp_session_config.flags`: skip checking the checksums of the task's
+/// blobs at creation (they are checked by default: one pass over the task's
+/// weights). For packages already verified (e.g. with `TP_MODEL_VERIFY`).
+pub const TP_SESSION_NO_VERIFY: u32 = 1;
+
+const SESSION_FLAGS: u32 = TP_SESSION_NO_VERIFY;
+
+/// Options for `tp_session_create`. Pass NULL for the defaults, or
+/// zero-initialise and set `struct_size`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct tp_session_config {
+    /// `sizeof(tp_session_config)`; any other value gives `TP_ERR_STRUCT_SIZE`.
+    pub struct_size: u32,
+    /// `TP_SESSION_*` bits; unknown bits give `TP_ERR_INVALID_ARGUMENT`.
+    pub flags: u32,
+}
+
+/// Counters of a session's runs. Set `struct_size = sizeof(tp_run_stats)`
+/// before `tp_session_stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct tp_run_stats {
+    /// In: `sizeof(tp_run_stats)`. Out: unchanged.
+    pub struct_size: u32,
+    /// Ops the last run executed.
+    pub ops: u32,
+    /// Expert components the last run evaluated (selected experts x
+    /// components, summed over modalities and tokens).
+    pub expert_components: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Bytes of weights the last run read.
+    pub weight_bytes: u64,
+    /// Successful runs since the session was created.
+    pub runs: u64,
+    /// Wall time of the last successful run, in nanoseconds (host clock).
+    pub last_run_ns: u64,
+    /// Wall time of all successful runs, in nanoseconds.
+    pub total_run_ns: u64,
+}
+
+const SESSION_TAG: u64 = u64::from_le_bytes(*b"tpSESSN1");
+
+/// A session for one task. Opaque. It lives in the first
+/// `TP_SESSION_OVERHEAD` bytes of the caller's session memory (the handle
+/// is the memory's address); the library allocates nothing for it.
+///
+/// One thread at a time may use a session; different sessions (of the same
+/// model or not) may run concurrently on different threads.
+pub struct tp_session {
+    tag: u64,
+    model: *const tp_model,
+    /// Borrows the model (kept open by its session count) and the caller's
+    /// arena after this header.
+    session: Session<'static, 'static>,
+    stats: tp_run_stats,
+}
+
+impl core::fmt::Debug for tp_session {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("tp_session")
+            .field("task", &self.session.task().name)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+const _: () = {
+    assert!(
+        core::mem::size_of::<tp_session>() <= TP_SESSION_OVERHEAD,
+        "tp_session outgrew TP_SESSION_OVERHEAD"
+    );
+    assert!(core::mem::align_of::<tp_session>() <= TP_ARENA_ALIGN);
+    assert!(TP_SESSION_OVERHEAD % TP_ARENA_ALIGN == 0);
+};
+
+/// Session memory a task with `arena_bytes` of plan needs.
+pub(crate) fn session_bytes(arena_bytes: usize) -> usize {
+    TP_SESSION_OVERHEAD.saturating_add(arena_bytes)
+}
+
+/// Checks a session handle: non-NULL, aligned, tagged as live.
+///
+/// # Safety
+/// `p` is NULL or a handle from `tp_session_create` whose memory is still
+/// the caller's session memory (destroyed sessions are recognised by their
+/// cleared tag while that memory is not reused).
+unsafe fn session_mut<'s>(p: *mut tp_session, arg: &str) -> Res<&'s mut tp_session> {
+    if p.is_null() {
+        return Err(Fail::null(arg));
+    }
+    if (p as usize) % TP_ARENA_ALIGN != 0 {
+        return Err(Fail::new(
+            tp_status::TP_ERR_INVALID_HANDLE,
+            format!("`{arg}` is not a tp_session handle (misaligned pointer)"),
+        ));
+    }
+    // SAFETY: non-null and aligned; by contract it is session memory
+    // written by tp_session_create: its tag field is read first, as a plain
+    // u64, before the rest is trusted.
+    let tag = unsafe {
+        p.cast::<u8>()
+            .add(core::mem::offset_of!(tp_session, tag))
+            .cast::<u64>()
+            .read()
+    };
+    if tag != SESSION_TAG {
+        return Err(Fail::new(
+            tp_status::TP_ERR_INVALID_HANDLE,
+            format!("`{arg}` is not a live tp_session handle (destroyed, or not a session)"),
+        ));
+    }
+    // SAFETY: tagged, so tp_session_create wrote a tp_session here; the
+    // caller guarantees no other thread uses it during this call.
+    Ok(unsafe { &mut *p })
+}
+
+fn create(
+    model: *const tp_model,
+    task: u32,
+    arena: *mut core::ffi::c_void,
+    len: usize,
+    config: *const tp_session_config,
+    out: *mut *mut tp_session,
+) -> Res {
+    // SAFETY: checked non-null; the caller guarantees it is writable.
+    let out = unsafe { out_handle(out)? };
+    // SAFETY: NULL or a live model handle, by contract.
+    let m: &'static tp_model = unsafe { model_ref(model, "model")? };
+    // SAFETY: NULL or a tp_session_config, by contract.
+    let cfg = unsafe { read_versioned(config, "tp_session_config")? };
+    let flags = cfg.map_or(0, |c| c.flags);
+    if flags & !SESSION_FLAGS != 0 {
+        return Err(Fail::invalid(format!(
+            "tp_session_config.flags has unknown bits {:#x} (known: TP_SESSION_NO_VERIFY)",
+            flags & !SESSION_FLAGS
+        )));
+    }
+    let info = m
+        .model()
+        .task(task as usize)
+        .map_err(|_| m.unknown_task(task))?;
+    if arena.is_null() {
+        return Err(Fail::null("arena"));
+    }
+    if (arena as usize) % TP_ARENA_ALIGN != 0 {
+        return Err(Fail::new(
+            tp_status::TP_ERR_ARENA_MISALIGNED,
+            format!(
+                "session memory at {:#x} is not {TP_ARENA_ALIGN}-byte aligned",
+                arena as usize
+            ),
+        ));
+    }
+    let need = session_bytes(info.arena_bytes);
+    if len < need {
+        return Err(Fail::new(
+            tp_status::TP_ERR_ARENA_TOO_SMALL,
+            format!(
+                "arena too small: task {:?} needs {need} bytes \
+                 (TP_SESSION_OVERHEAD {TP_SESSION_OVERHEAD} + planned arena {}), got {len}",
+                info.name, info.arena_bytes
+            ),
+        ));
+    }
+    let header = arena.cast::<tp_session>();
+    // SAFETY: the caller gives `len >= need` writable bytes at `arena`, kept
+    // for this session alone until tp_session_destroy; the bytes after the
+    // header are disjoint from it. The lifetime is the session's, enforced
+    // at run time (the handle's tag and the model's session count).
+    let work: &'static mut [u8] = unsafe {
+        std::slice::from_raw_parts_mut(
+            arena.cast::<u8>().add(TP_SESSION_OVERHEAD),
+            len - TP_SESSION_OVERHEAD,
+        )
+    };
+    let opts = SessionOptions {
+        verify_path: flags & TP_SESSION_NO_VERIFY == 0,
+    };
+    let session = Session::with_options(m.model(), task as usize, work, opts)
+        .map_err(|e| Fail::runtime(e, format!("creating a session for task {:?}", info.name)))?;
+    m.session_opened();
+    // SAFETY: `header` is TP_ARENA_ALIGN-aligned (>= align_of tp_session)
+    // and the first TP_SESSION_OVERHEAD >= size_of tp_session bytes of the
+    // caller's memory, disjoint from `work`.
+    unsafe {
+        header.write(tp_session {
+            tag: SESSION_TAG,
+            model,
+            session,
+            stats: tp_run_stats {
+                struct_size: core::mem::size_of::<tp_run_stats>() as u32,
+                ..Default::default()
+            },
+        })
+    };
+    *out = header;
+    Ok(())
+}
+
+/// Creates a session for task `task` in caller-provided memory.
+///
+/// - `arena`, `len`: the session memory, `TP_ARENA_ALIGN`-aligned
+///   (`TP_ERR_ARENA_MISALIGNED`), at least `tp_session_arena_size(model,
+///   task)` bytes (`TP_ERR_ARENA_TOO_SMALL`), e.g. a static array. The
+///   session keeps using it until `tp_session_destroy`: the caller must not
+///   read, write or free it meanwhile. Its first `TP_SESSION_OVERHEAD`
+///   bytes hold the session object, the rest is the task's working memory.
+/// - `config`: NULL for the defaults (blob checksums of the task's path are
+///   verified now), or options. Not retained.
+/// - `out`: receives the handle (equal to `arena`); set to NULL on failure.
+///
+/// Checks the task's whole op program against the package, so later runs
+/// meet no surprise. Allocates nothing. The model must stay open until the
+/// session is destroyed (`tp_model_close` returns `TP_ERR_BUSY` meanwhile).
+///
+/// # Safety
+/// `model` is NULL or a live model handle; `arena` is NULL or `len`
+/// writable bytes; `config` is NULL or a valid `tp_session_config`; `out`
+/// is writable.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_create(
+    model: *const tp_model,
+    task: u32,
+    arena: *mut core::ffi::c_void,
+    len: usize,
+    config: *const tp_session_config,
+    out: *mut *mut tp_session,
+) -> tp_status {
+    guard("tp_session_create", || {
+        create(model, task, arena, len, config, out)
+    })
+}
+
+/// Bytes of session memory task `task` needs, into `*size`:
+/// `TP_SESSION_OVERHEAD` plus the arena of the task's memory plan.
+///
+/// # Safety
+/// `model` is NULL or a live model handle; `size` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_arena_size(
+    model: *const tp_model,
+    task: u32,
+    size: *mut usize,
+) -> tp_status {
+    guard("tp_session_arena_size", || {
+        // SAFETY: NULL or a live model handle, by contract.
+        let m = unsafe { model_ref(model, "model")? };
+        if size.is_null() {
+            return Err(Fail::null("size"));
+        }
+        let info = m
+            .model()
+            .task(task as usize)
+            .map_err(|_| m.unknown_task(task))?;
+        // SAFETY: non-null and writable by contract.
+        unsafe { write_out(size, session_bytes(info.arena_bytes)) };
+        Ok(())
+    })
+}
+
+fn run(
+    session: *mut tp_session,
+    inputs: *const *const f32,
+    n_inputs: usize,
+    outputs: *mut f32,
+    n_outputs: usize,
+) -> Res {
+    // SAFETY: NULL or a live session handle, by contract.
+    let s = unsafe { session_mut(session, "session")? };
+    // SAFETY: the model outlives its sessions (tp_model_close refuses to
+    // close a model with live sessions).
+    let model = unsafe { &*s.model }.model();
+    let task = *s.session.task();
+    let expected = task.modality_mask.count_ones() as usize;
+    if n_inputs != expected {
+        return Err(Fail::new(
+            tp_status::TP_ERR_INPUT_COUNT,
+            format!(
+                "wrong number of inputs: task {:?} takes {expected}, got n_inputs = {n_inputs}",
+                task.name
+            ),
+        ));
+    }
+    if inputs.is_null() && n_inputs > 0 {
+        return Err(Fail::null("inputs"));
+    }
+    if outputs.is_null() {
+        return Err(Fail::null("outputs"));
+    }
+    if n_outputs != task.outputs {
+        return Err(Fail::new(
+            tp_status::TP_ERR_OUTPUT_SHAPE,
+            format!(
+                "wrong output count: task {:?} has {} outputs, got n_outputs = {n_outputs}",
+                task.name, task.outputs
+            ),
+        ));
+    }
+    if !outputs.is_aligned() {
+        return Err(Fail::invalid("`outputs` is not aligned for float"));
+    }
+    if !inputs.is_aligned() {
+        return Err(Fail::invalid("`inputs` is misaligned"));
+    }
+    let mut xs: [&[f32]; TP_MAX_MODALITIES] = [&[]; TP_MAX_MODALITIES];
+    for (i, m) in task.modalities().enumerate() {
+        // SAFETY: `inputs` holds n_inputs == expected pointers, by contract.
+        let p = unsafe { *inputs.add(i) };
+        if p.is_null() {
+            return Err(Fail::null(&format!("inputs[{i}]")));
+        }
+        if !p.is_aligned() {
+            return Err(Fail::invalid(format!(
+                "inputs[{i}] is not aligned for float"
+            )));
+        }
+        let (_, l, f) = model
+            .modality(m)
+            .ok_or_else(|| Fail::new(tp_status::TP_ERR_FORMAT, "task modality out of range"))?;
+        // SAFETY: by contract inputs[i] points to tokens[i] * features[i]
+        // readable floats (tp_task_info), not written during the call.
+        xs[i] = unsafe { std::slice::from_raw_parts(p, l * f) };
+    }
+    // SAFETY: non-null, aligned, n_outputs writable floats by contract,
+    // disjoint from the session memory and the inputs.
+    let out = unsafe { std::slice::from_raw_parts_mut(outputs, n_outputs) };
+    let started = Instant::now();
+    let st = s
+        .session
+        .run(&xs[..expected], out)
+        .map_err(|e| Fail::runtime(e, format!("running task {:?}", task.name)))?;
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let acc = &mut s.stats;
+    acc.ops = st.ops;
+    acc.expert_components = st.expert_components;
+    acc.weight_bytes = st.weight_bytes as u64;
+    acc.runs += 1;
+    acc.last_run_ns = ns;
+    acc.total_run_ns = acc.total_run_ns.saturating_add(ns);
+    Ok(())
+}
+
+/// Runs the session's task once.
+///
+/// - `inputs`: `n_inputs` pointers, one per task input in the order of
+///   `tp_task_info.modality`; `inputs[i]` points to `tokens[i] *
+///   features[i]` floats (token-major). Read only during the call.
+/// - `n_inputs`: must equal `tp_task_info.modality_count`
+///   (`TP_ERR_INPUT_COUNT`).
+/// - `outputs`, `n_outputs`: receives the task's logits; `n_outputs` must
+///   equal `tp_task_info.outputs` (`TP_ERR_OUTPUT_SHAPE`). Written only on
+///   success.
+///
+/// Allocates nothing; results are bit-identical to the Rust API's
+/// `Session::run` on the same inputs.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `inputs` holds `n_inputs` pointers to readable floats as above;
+/// `outputs` is NULL or `n_outputs` writable floats.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_run(
+    session: *mut tp_session,
+    inputs: *const *const f32,
+    n_inputs: usize,
+    outputs: *mut f32,
+    n_outputs: usize,
+) -> tp_status {
+    guard("tp_session_run", || {
+        run(session, inputs, n_inputs, outputs, n_outputs)
+    })
+}
+
+/// Copies the session's counters into `*stats` (zero before the first run).
+/// The caller sets `stats->struct_size = sizeof(tp_run_stats)` first.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `stats` is NULL or a writable `tp_run_stats` with `struct_size` set.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_stats(
+    session: *mut tp_session,
+    stats: *mut tp_run_stats,
+) -> tp_status {
+    guard("tp_session_stats", || {
+        // SAFETY: NULL or a live session handle, by contract.
+        let s = unsafe { session_mut(session, "session")? };
+        // SAFETY: NULL or a writable tp_run_stats with struct_size set.
+        unsafe { check_out_struct(stats, "stats", "tp_run_stats")? };
+        // SAFETY: checked non-null, aligned and of our size.
+        unsafe { write_out(stats, s.stats) };
+        Ok(())
+    })
+}
+
+/// Destroys a session and sets `*session` to NULL. The session memory
+/// belongs to the caller again (nothing is freed: nothing was allocated).
+///
+/// - `session == NULL`: `TP_ERR_NULL_ARGUMENT`.
+/// - `*session == NULL`: does nothing, returns `TP_OK`.
+///
+/// # Safety
+/// `session` is NULL or points to NULL or to a handle from
+/// `tp_session_create`, used by no other thread now.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_destroy(session: *mut *mut tp_session) -> tp_status {
+    guard("tp_session_destroy", || {
+        if session.is_null() {
+            return Err(Fail::null("session"));
+        }
+        // SAFETY: non-null; the caller guarantees it points to a handle slot.
+        let slot = unsafe { &mut *session };
+        if slot.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a handle from tp_session_create, by contract.
+        let s = unsafe { session_mut(*slot, "*session")? };
+        // SAFETY: the model outlives its sessions (see tp_model_close).
+        let m = unsafe { &*s.model };
+        s.tag = 0;
+        // SAFETY: `s` is a tp_session written by tp_session_create and not
+        // yet dropped (its tag was live); it is not used again (tag cleared).
+        unsafe { core::ptr::drop_in_place(s as *mut tp_session) };
+        m.session_closed();
+        *slot = core::ptr::null_mut();
+        Ok(())
+    })
+}
