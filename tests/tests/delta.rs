@@ -84,13 +84,24 @@ fn earlier_tasks_are_bit_identical_after_two_deltas_and_the_chain_equals_the_ful
             "{task}"
         );
     }
-    // A delta holds only what its stage adds.
-    assert!(
-        c.d1.as_slice().len() < c.base.as_slice().len() / 2,
-        "delta 1 is {} bytes, base {}",
+    // A delta holds only what its stage adds: stage-1 components, router heads
+    // of stage 1 (and of the modalities it brings), the new trunks and heads.
+    let d1 = chained.part(1).unwrap();
+    for b in d1.blobs().iter() {
+        use taskpath_format::records::blob_kind;
+        match b.kind {
+            blob_kind::EXPERT => assert_eq!(b.component, 1),
+            blob_kind::TRUNK => assert!(b.modality >= 5, "trunk of base modality {}", b.modality),
+            blob_kind::ROUTER => assert!(b.component == 1 || b.modality >= 5),
+            _ => assert!(b.task == 2 || b.task == 3),
+        }
+    }
+    let (lb, l1, lf) = (
+        c.base.as_slice().len(),
         c.d1.as_slice().len(),
-        c.base.as_slice().len()
+        full_bytes.as_slice().len(),
     );
+    assert!(l1 < lf - lb, "delta 1 is {l1} bytes; full {lf} - base {lb}");
     chained.verify().unwrap();
 }
 

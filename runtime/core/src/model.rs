@@ -142,16 +142,18 @@ impl<'a> Model<'a> {
         if hd.stages <= hl.stages {
             return mismatch("a delta must add at least one stage");
         }
-        let base_mods = self.base().modalities();
+        // A stage may bring new modalities (new trunks), appended after the
+        // chain's: the ones already there keep their index, shape and name.
+        let prev = last.modalities();
         let dm = d.modalities();
-        if dm.len() != base_mods.len()
-            || base_mods.iter().zip(dm.iter()).any(|(a, b)| {
+        if dm.len() < prev.len()
+            || prev.iter().zip(dm.iter()).any(|(a, b)| {
                 a.tokens != b.tokens
                     || a.features != b.features
-                    || self.base().str(a.name_off, a.name_len) != d.str(b.name_off, b.name_len)
+                    || last.str(a.name_off, a.name_len) != d.str(b.name_off, b.name_len)
             })
         {
-            return mismatch("modalities differ");
+            return mismatch("its modalities do not extend the chain's");
         }
         let count =
             |f: fn(&Package<'a>) -> usize| self.parts().map(|p| f(&p)).sum::<usize>() as u32;
@@ -228,7 +230,7 @@ impl<'a> Model<'a> {
     }
     /// Name and `(tokens, features)` of modality `m`.
     pub fn modality(&self, m: usize) -> Option<(&'a str, usize, usize)> {
-        let b = self.base();
+        let b = self.last();
         let r = b.modalities().get(m)?;
         Some((
             b.str(r.name_off, r.name_len),
@@ -238,7 +240,7 @@ impl<'a> Model<'a> {
     }
     /// Number of modalities.
     pub fn modality_count(&self) -> usize {
-        self.base().modalities().len()
+        self.last().modalities().len()
     }
 
     /// The expert mask of `(task, modality)`.

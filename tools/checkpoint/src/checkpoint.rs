@@ -406,12 +406,20 @@ impl Checkpoint {
     }
 
     /// The checkpoint as it was after stage `s`: stages `0..=s`, the tasks of
-    /// those stages, and only their tensors (what a continual trainer exports
+    /// those stages, the modalities up to the last one they use, and only their tensors (what a continual trainer exports
     /// after that stage, since later stages never change earlier weights).
     pub fn stage_prefix(&self, s: usize) -> Result<Checkpoint> {
         let mut config = self.config.clone();
         config.stages = s + 1;
         config.tasks.retain(|t| t.stage <= s);
+        // Modalities no kept task uses, after the last one used, arrive with a
+        // later stage (indices of the kept ones do not move).
+        let used = config
+            .modalities
+            .iter()
+            .rposition(|m| config.tasks.iter().any(|t| t.modalities.contains(&m.name)))
+            .map_or(0, |i| i + 1);
+        config.modalities.truncate(used);
         let keep: std::collections::BTreeSet<String> = config
             .expected_tensors()
             .into_iter()

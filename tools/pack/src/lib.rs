@@ -473,6 +473,7 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     let mut ranks: HashMap<String, u32> = HashMap::new();
     let mut base_tasks: Vec<String> = Vec::new();
     let mut base_stages = 0usize;
+    let mut base_mods = 0usize;
     if let Some(base) = base {
         let bh = base.hparams();
         let same = bh.d_model == hp.d_model
@@ -487,17 +488,19 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             "checkpoint architecture differs from the base package's"
         );
         ensure!(
-            base.modality_count() == c.modalities.len(),
-            "checkpoint modalities differ from the base package's"
+            base.modality_count() <= c.modalities.len(),
+            "checkpoint has fewer modalities than the base package"
         );
-        for (m, mc) in c.modalities.iter().enumerate() {
+        for m in 0..base.modality_count() {
             let (name, l, f) = base.modality(m).context("base modality")?;
+            let mc = &c.modalities[m];
             ensure!(
                 name == mc.name && l == mc.tokens && f == mc.features,
-                "modality {} differs from the base package's {name}",
-                mc.name
+                "modality {} ({}x{}) differs from the base package's {name} ({l}x{f}): new modalities must come after the base's",
+                mc.name, mc.tokens, mc.features
             );
         }
+        base_mods = base.modality_count();
         base_stages = bh.stages as usize;
         ensure!(
             c.stages > base_stages,
@@ -572,8 +575,9 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     let mut order: Vec<BlobKey> = Vec::new();
     let push = |k: BlobKey, order: &mut Vec<BlobKey>| {
         let is_new = match k {
-            BlobKey::Trunk(_) => base.is_none(),
-            BlobKey::Router(_, h) | BlobKey::Expert(_, h) => h >= base_stages,
+            BlobKey::Trunk(m) => m >= base_mods,
+            BlobKey::Router(m, h) => m >= base_mods || h >= base_stages,
+            BlobKey::Expert(_, h) => h >= base_stages,
             BlobKey::Head(t) => new_tasks.contains(&t),
         };
         if is_new && !order.contains(&k) {
