@@ -10,8 +10,23 @@
 //! - [`f32`](mod@f32): the portable f32 reference kernels. They are written so that
 //!   LLVM auto-vectorises the hot loops, and they are the ground truth that
 //!   later SIMD / lookup-table kernels (separate modules) are tested against.
+//! - [`quant`]: packed weight formats (f32, f16, int8 per row, int4/int2
+//!   group-wise): ids, byte layouts, quantisation and the dequantisation oracle.
+//! - [`qmatvec`]: matrix-vector kernels over packed weights behind one trait,
+//!   a generic reference per format plus AVX2 (x86-64) and NEON (aarch64)
+//!   kernels, chosen at run time through the [`qmatvec::Kernels`] table.
+//!
+//! Features: `std` (off by default) enables run-time CPU feature detection and
+//! the `TASKPATH_FORCE_GENERIC` environment variable; without it kernels are
+//! chosen from the compile-time target features. `unsafe` code lives only in
+//! the architecture modules (`qmatvec::x86_64`, `qmatvec::aarch64`).
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "std")]
+extern crate std;
+
 pub mod f32;
+pub mod qmatvec;
+pub mod quant;

@@ -1,0 +1,278 @@
+//! Portable reference kernels, one per format (safe Rust, no target features).
+//!
+//! These define the numerics: every SIMD kernel must produce bit-identical
+//! outputs. They are written for clarity first; LLVM vectorises the f32 and
+//! f16 loops on its own.
+
+use super::{
+    check_run, raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec,
+};
+use crate::quant::{
+    get_f16, get_f32, lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8,
+};
+
+/// The generic kernel of one format.
+#[derive(Debug)]
+pub struct Generic {
+    format: WeightFormat,
+    name: &'static str,
+}
+
+macro_rules! generic_kernels {
+    ($($f:ident => $name:literal),* $(,)?) => {
+        /// The generic kernel of every format, in id order (`KERNELS[id - 1]`).
+        pub static KERNELS: [Generic; crate::quant::ALL.len()] = [
+            $(Generic { format: WeightFormat::$f, name: $name }),*
+        ];
+    };
+}
+
+generic_kernels! {
+    F32 => "generic_f32",
+    F16 => "generic_f16",
+    I8Row => "generic_i8row",
+    I4G32 => "generic_i4g32",
+    I4G64 => "generic_i4g64",
+    I2G32 => "generic_i2g32",
+    I2G64 => "generic_i2g64",
+    I4G32Z => "generic_i4g32z",
+    I4G64Z => "generic_i4g64z",
+    I2G32Z => "generic_i2g32z",
+    I2G64Z => "generic_i2g64z",
+}
+
+impl QMatVec for Generic {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        &[]
+    }
+
+    fn run(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        match self.format {
+            WeightFormat::F32 => run_f32(rows, cols, packed, x, bias, y, scratch),
+            WeightFormat::F16 => run_f16(rows, cols, packed, x, bias, y, scratch, &mut f16_tiles),
+            WeightFormat::I8Row => run_i8(rows, cols, packed, x, bias, y, scratch, &mut i8_tile),
+            f => run_lut(
+                f,
+                rows,
+                cols,
+                packed,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut lut_tile_fn(f),
+            ),
+        }
+    }
+
+    fn integer_parts(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        scratch: &mut [u8],
+        out: &mut [i32],
+    ) -> bool {
+        match self.format {
+            WeightFormat::F32 | WeightFormat::F16 => false,
+            WeightFormat::I8Row => {
+                raw_i8(rows, cols, packed, x, scratch, out, &mut i8_tile);
+                true
+            }
+            f => {
+                raw_lut(f, rows, cols, packed, x, scratch, out, &mut lut_tile_fn(f));
+                true
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ f32
+
+/// f32: `y[r] = dot(W[r], x) + (bias[r] or 0)`, the dot with eight lanes over
+/// chunks of 8 plus a scalar tail, lanes summed left to right: bit-identical
+/// to [`crate::f32::matvec`].
+fn run_f32(
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) {
+    check_run(WeightFormat::F32, rows, cols, packed, x, bias, y, scratch);
+    for (r, yr) in y.iter_mut().enumerate() {
+        let w = &packed[4 * r * cols..4 * (r + 1) * cols];
+        let b = bias.map_or(0.0, |b| b[r]);
+        *yr = dot_le(w, x) + b;
+    }
+}
+
+/// `sum_i w_i x_i` with `w` as little-endian f32 bytes (same order as `f32::matvec`).
+#[inline]
+fn dot_le(w: &[u8], x: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let cw = w.chunks_exact(4 * LANES);
+    let cx = x.chunks_exact(LANES);
+    let (tw, tx) = (cw.remainder(), cx.remainder());
+    let mut acc = [0.0f32; LANES];
+    for (wb, xb) in cw.zip(cx) {
+        for (l, (s, &xv)) in acc.iter_mut().zip(xb).enumerate() {
+            *s += get_f32(wb, 4 * l) * xv;
+        }
+    }
+    let mut tail = 0.0f32;
+    for (wb, &xv) in tw.chunks_exact(4).zip(tx) {
+        tail += get_f32(wb, 0) * xv;
+    }
+    acc.iter().fold(0.0, |s, &a| s + a) + tail
+}
+
+// ------------------------------------------------------------------ f16
+
+/// f16 over `n` tiles: per row `acc = acc + w[c] * x[c]` for `c = 0, 1, ...`
+/// (separate multiply and add), starting from 0.
+fn f16_tiles(tiles: &[u8], n: usize, cols: usize, x: &[f32], out: &mut [f32; 4 * ROW_TILE_8]) {
+    let tb = WeightFormat::F16.tile_bytes(cols);
+    for t in 0..n {
+        let tile = &tiles[t * tb..(t + 1) * tb];
+        let mut acc = [0.0f32; ROW_TILE_8];
+        for (c, &xv) in x.iter().enumerate() {
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a += get_f16(tile, 2 * (c * ROW_TILE_8 + i)) * xv;
+            }
+        }
+        out[t * ROW_TILE_8..(t + 1) * ROW_TILE_8].copy_from_slice(&acc);
+    }
+}
+
+// ------------------------------------------------------------------ i8row
+
+/// i8row tile: per row and 32-column block `b` the exact `acc_b = sum wq * xq`
+/// (`|acc_b| <= 32 * 127 * 127 < 2^24`, so exact in i32 and in f32), then
+/// `ya = ya + acc_b * sx_b` for `b = 0, 1, ...` and `y = ya * s_row`.
+pub(crate) fn i8_tile(
+    tile: &[u8],
+    k: usize,
+    p: &I8Prep<'_>,
+    y: &mut [f32; ROW_TILE_8],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let nb = k / I8_BLOCK;
+    for (i, yi) in y.iter_mut().enumerate() {
+        let s = get_f32(tile, 4 * i);
+        let w = &tile[4 * ROW_TILE_8 + i * k..][..k];
+        let mut ya = 0.0f32;
+        for b in 0..nb {
+            let wb = &w[b * I8_BLOCK..(b + 1) * I8_BLOCK];
+            let xb = &p.xq[b * I8_BLOCK..(b + 1) * I8_BLOCK];
+            let acc: i32 = wb
+                .iter()
+                .zip(xb)
+                .map(|(&wv, &xv)| i32::from(wv as i8) * i32::from(xv as i8))
+                .sum();
+            if let Some(raw) = raw.as_deref_mut() {
+                if i < valid {
+                    raw[i * nb + b] = acc;
+                }
+            }
+            ya += acc as f32 * p.sx(b);
+        }
+        *yi = ya * s;
+    }
+}
+
+// ------------------------------------------------------------------ LUT (int4 / int2)
+
+/// The generic LUT tile kernel of `format`.
+#[allow(clippy::type_complexity)]
+fn lut_tile_fn(
+    format: WeightFormat,
+) -> impl FnMut(&[u8], &LutPrep<'_>, &mut [f32; LUT_ROW_TILE], Option<&mut [i32]>, usize) {
+    let (g, bits, zp) = lut_params(format);
+    move |tile, prep, y, raw, valid| match (bits, zp) {
+        (4, false) => lut_tile::<4, false>(g, tile, prep, y, raw, valid),
+        (4, true) => lut_tile::<4, true>(g, tile, prep, y, raw, valid),
+        (_, false) => lut_tile::<2, false>(g, tile, prep, y, raw, valid),
+        (_, true) => lut_tile::<2, true>(g, tile, prep, y, raw, valid),
+    }
+}
+
+/// One 16-row LUT tile. Per group, every row's `acc` is the sum over the
+/// group's 32-byte blocks of `Tq[lo] << j` and `Tq[hi] << j'` (int4: same
+/// table, `j' = j + 2`; int2: the next table, `j' = j`) for byte `p` of row
+/// `p / 2`, `j = p % 2`. Then, in f32 and this order:
+/// `t = acc * (ts/2)`; `t = t + (c - z) * xsum` (`…Z` only); `ya = ya + t * s`.
+fn lut_tile<const BITS: u32, const ZP: bool>(
+    g: usize,
+    tile: &[u8],
+    p: &LutPrep<'_>,
+    y: &mut [f32; LUT_ROW_TILE],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let ng = p.ng;
+    let wbytes = LUT_ROW_TILE * g * BITS as usize / 8;
+    let gb = wbytes + 32 + if ZP { 32 } else { 0 };
+    let tabs_per_group = g / 4;
+    let c = lut_center(BITS);
+    let mut ya = [0.0f32; LUT_ROW_TILE];
+    for gi in 0..ng {
+        let gbuf = &tile[gi * gb..(gi + 1) * gb];
+        let tabs = &p.tables[16 * gi * tabs_per_group..16 * (gi + 1) * tabs_per_group];
+        let mut acc = [0i32; LUT_ROW_TILE];
+        for (b, block) in gbuf[..wbytes].chunks_exact(32).enumerate() {
+            let (ta, tb, hi_shift) = if BITS == 4 {
+                (&tabs[16 * b..16 * b + 16], &tabs[16 * b..16 * b + 16], 2)
+            } else {
+                (
+                    &tabs[32 * b..32 * b + 16],
+                    &tabs[32 * b + 16..32 * b + 32],
+                    0,
+                )
+            };
+            for (pos, &byte) in block.iter().enumerate() {
+                let (i, j) = (pos / 2, pos % 2);
+                acc[i] += i32::from(ta[usize::from(byte & 15)] as i8) << j;
+                acc[i] += i32::from(tb[usize::from(byte >> 4)] as i8) << (j + hi_shift);
+            }
+        }
+        if let Some(raw) = raw.as_deref_mut() {
+            for (i, &a) in acc.iter().enumerate().take(valid) {
+                raw[i * ng + gi] = a;
+            }
+            continue;
+        }
+        let (hts, xs) = (p.hts(gi), p.xs(gi));
+        for (i, (yv, &a)) in ya.iter_mut().zip(&acc).enumerate() {
+            let s = get_f16(gbuf, wbytes + 2 * i);
+            let mut t = a as f32 * hts;
+            if ZP {
+                let z = get_f16(gbuf, wbytes + 32 + 2 * i);
+                t += (c - z) * xs;
+            }
+            *yv += t * s;
+        }
+    }
+    *y = ya;
+}

@@ -1,0 +1,791 @@
+//! Matrix-vector kernels over packed weights, one per [`WeightFormat`], behind one trait.
+//!
+//! The split follows tract's linalg: [`QMatVec`] is the small kernel trait;
+//! [`generic`] implements every format in portable safe Rust and is the
+//! reference; each architecture module (`x86_64`: AVX2 + F16C, `aarch64`: NEON)
+//! provides faster kernels for the formats it accelerates. [`Kernels`] is the
+//! table the runtime asks: [`Kernels::generic`] fills every slot with the
+//! reference, [`Kernels::best`] then *plugs* the architecture kernels whose CPU
+//! features are present.
+//!
+//! # Numerics shared by all kernels of a format
+//!
+//! The kernels of one format compute *the same function*, bit for bit: the
+//! SIMD kernels are tested to produce outputs identical to the generic kernel
+//! (and identical integer accumulators, see [`QMatVec::integer_parts`]). This
+//! holds because
+//!
+//! - activation preparation (LUT tables, int8 activations) is one shared
+//!   scalar routine ([`prepare_lut`], [`prepare_i8`]);
+//! - integer accumulation is exact (bounds proven next to each kernel), so its
+//!   order does not matter;
+//! - every float operation of the epilogue acts on one output row per SIMD
+//!   lane, in the same order as the scalar code, with separate multiply and add
+//!   (never fused; FMA is deliberately not used).
+//!
+//! The LUT formats (int4/int2, after T-MAC): per 4 activations a 16-entry table
+//! `T[i] = sum_e (bit e of i ? x_e : -x_e)` is built and quantised to int8 with
+//! one scale `ts = max_a sum_e |x_e| / 127` per weight group; weights are stored
+//! as bit planes whose 4-bit slices index these tables (`pshufb` / `tbl`). With
+//! `q = sum_k 2^k b_k`, `sum_e q_e x_e = 1/2 sum_k 2^k T[idx_k] + c * sum_e x_e`
+//! with `c = (2^b - 1) / 2`, so per (row, group) the kernels compute the integer
+//! `acc = sum_a sum_k 2^k Tq_a[idx_k]` and then, in f32,
+//! `y += ((acc * (ts / 2)) [+ (c - z) * xsum]) * s` where `z` is the stored zero
+//! point (`…Z` formats) and `xsum` the group's activation sum; symmetric formats
+//! have `z = c`. See `docs/KERNELS.md` for the error bounds.
+
+use core::fmt;
+
+use crate::quant::{
+    get_f32, lut_params, rne, WeightFormat, ALL, I8_BLOCK, LUT_ACT_GROUP, LUT_ROW_TILE, ROW_TILE_8,
+};
+
+pub mod generic;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+
+/// A CPU feature a kernel may need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Feature {
+    /// x86-64 AVX2 (256-bit integer SIMD).
+    Avx2,
+    /// x86-64 F16C (f16 <-> f32 conversion).
+    F16c,
+    /// aarch64 Advanced SIMD (NEON).
+    Neon,
+}
+
+impl Feature {
+    /// The feature's name as the detection macros spell it (`"avx2"`, `"f16c"`, `"neon"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Avx2 => "avx2",
+            Self::F16c => "f16c",
+            Self::Neon => "neon",
+        }
+    }
+}
+
+/// The CPU features kernels may use; the table plugs a kernel only if it has all of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// AVX2 (x86-64).
+    pub avx2: bool,
+    /// F16C (x86-64).
+    pub f16c: bool,
+    /// NEON (aarch64).
+    pub neon: bool,
+}
+
+impl CpuFeatures {
+    /// No features: only generic kernels.
+    pub const NONE: Self = Self {
+        avx2: false,
+        f16c: false,
+        neon: false,
+    };
+
+    /// The features this build was compiled for (`cfg(target_feature)`), which
+    /// every CPU running it must have. Without the `std` feature this is what
+    /// [`Self::host`] returns.
+    pub const fn compiled() -> Self {
+        Self {
+            avx2: cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
+            f16c: cfg!(all(target_arch = "x86_64", target_feature = "f16c")),
+            neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
+        }
+    }
+
+    /// Run-time detection (`is_x86_feature_detected!` / `is_aarch64_feature_detected!`).
+    #[cfg(feature = "std")]
+    pub fn detect() -> Self {
+        #[allow(unused_mut)]
+        let mut f = Self::compiled();
+        #[cfg(target_arch = "x86_64")]
+        {
+            f.avx2 |= std::arch::is_x86_feature_detected!("avx2");
+            f.f16c |= std::arch::is_x86_feature_detected!("f16c");
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            f.neon |= std::arch::is_aarch64_feature_detected!("neon");
+        }
+        f
+    }
+
+    /// The features of the CPU running this code: [`Self::detect`] with the
+    /// `std` feature, else [`Self::compiled`]. Cheap (cached by std).
+    #[inline]
+    pub fn host() -> Self {
+        #[cfg(feature = "std")]
+        {
+            Self::detect()
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            Self::compiled()
+        }
+    }
+
+    /// Whether `f` is present.
+    pub const fn has(self, f: Feature) -> bool {
+        match f {
+            Feature::Avx2 => self.avx2,
+            Feature::F16c => self.f16c,
+            Feature::Neon => self.neon,
+        }
+    }
+
+    /// The first feature of `required` that is absent, if any.
+    pub fn first_missing(self, required: &[Feature]) -> Option<Feature> {
+        required.iter().copied().find(|&f| !self.has(f))
+    }
+
+    /// Features present in both.
+    pub const fn intersect(self, other: Self) -> Self {
+        Self {
+            avx2: self.avx2 && other.avx2,
+            f16c: self.f16c && other.f16c,
+            neon: self.neon && other.neon,
+        }
+    }
+}
+
+/// A matrix-vector kernel for one [`WeightFormat`]: `y = W x (+ bias)` with `W`
+/// `[rows, cols]` packed by [`crate::quant::quantize`].
+///
+/// Kernels never allocate. They check every length (and panic on a mismatch:
+/// validate shapes with [`WeightFormat::checked_packed_bytes`] first) because
+/// the SIMD kernels read through raw pointers. `packed`, `x`, `scratch` may have
+/// any alignment. Scratch contents on entry do not matter.
+pub trait QMatVec: Sync + fmt::Debug {
+    /// Name encoding architecture, ISA and format, e.g. `x86_64_avx2_i4g32`.
+    fn name(&self) -> &'static str;
+
+    /// The format this kernel reads.
+    fn format(&self) -> WeightFormat;
+
+    /// CPU features the kernel needs (empty for generic kernels).
+    fn requires(&self) -> &'static [Feature];
+
+    /// Whether this CPU can run the kernel (see [`CpuFeatures::host`]).
+    fn is_supported_here(&self) -> bool {
+        CpuFeatures::host().first_missing(self.requires()).is_none()
+    }
+
+    /// `y[r] = sum_c W[r, c] x[c] (+ bias[r])`.
+    ///
+    /// `packed.len() == format.packed_bytes(rows, cols)`, `x.len() == cols`,
+    /// `y.len() == rows`, `bias.len() == rows`,
+    /// `scratch.len() >= format.scratch_bytes(cols)`.
+    ///
+    /// # Panics
+    /// On any length mismatch, or if the CPU lacks a required feature.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [u8],
+    );
+
+    /// Small-batch form: `n` activation rows `xs: [n, cols]` to `ys: [n, rows]`.
+    ///
+    /// The default runs [`Self::run`] once per row (the weights of an expert
+    /// stay in cache between rows when they fit).
+    ///
+    /// # Panics
+    /// As [`Self::run`], or if `xs` / `ys` are not `n` rows long.
+    #[allow(clippy::too_many_arguments)]
+    fn run_batch(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        n: usize,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        ys: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        assert_eq!(xs.len(), n * cols, "run_batch: xs must be [n, cols]");
+        assert_eq!(ys.len(), n * rows, "run_batch: ys must be [n, rows]");
+        for b in 0..n {
+            let x = &xs[b * cols..(b + 1) * cols];
+            let y = &mut ys[b * rows..(b + 1) * rows];
+            self.run(rows, cols, packed, x, bias, y, scratch);
+        }
+    }
+
+    /// Test hook: the exact integer accumulators before the float epilogue,
+    /// `out: [rows, format.int_parts_per_row(cols)]` (one per (row, group) for
+    /// the LUT formats, per (row, 32-column block) for i8row). Returns `false`
+    /// and leaves `out` alone for formats without an integer part (f32, f16).
+    ///
+    /// # Panics
+    /// As [`Self::run`], or if `out` has the wrong length.
+    #[allow(clippy::too_many_arguments)]
+    fn integer_parts(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        scratch: &mut [u8],
+        out: &mut [i32],
+    ) -> bool;
+}
+
+/// A format the table cannot serve on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    /// The format asked for.
+    pub format: WeightFormat,
+    /// The CPU feature its kernel needs and this CPU (or the caller's feature set) lacks.
+    pub missing_feature: &'static str,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "weight format {} is not supported on this CPU: missing CPU feature `{}`",
+            self.format, self.missing_feature
+        )
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Unsupported {}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    kernel: &'static dyn QMatVec,
+    /// The feature that kept an architecture kernel of this format out, if any.
+    missing: Option<Feature>,
+    /// Set by [`Kernels::simd_only`] when the slot would fall back to generic.
+    refused: bool,
+}
+
+/// The kernel table: one kernel per format.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    slots: [Slot; ALL.len()],
+}
+
+/// Name of the environment variable that makes [`Kernels::best`] return the
+/// generic kernels (`std` feature only): any value but empty, `0`, `false`, `no`, `off`.
+pub const FORCE_GENERIC_ENV: &str = "TASKPATH_FORCE_GENERIC";
+
+/// Whether a value of [`FORCE_GENERIC_ENV`] asks for generic kernels.
+pub fn force_generic_value(v: Option<&str>) -> bool {
+    match v {
+        None => false,
+        Some(v) => {
+            let v = v.trim();
+            !(v.is_empty()
+                || v == "0"
+                || v.eq_ignore_ascii_case("false")
+                || v.eq_ignore_ascii_case("no")
+                || v.eq_ignore_ascii_case("off"))
+        }
+    }
+}
+
+/// Whether the environment asks for generic kernels (always `false` without `std`).
+pub fn force_generic_requested() -> bool {
+    #[cfg(feature = "std")]
+    {
+        force_generic_value(std::env::var(FORCE_GENERIC_ENV).ok().as_deref())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
+    }
+}
+
+/// The kernels compiled for this architecture (empty elsewhere), generic ones excluded.
+pub fn arch_kernels() -> &'static [&'static dyn QMatVec] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        &x86_64::KERNELS
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        &aarch64::KERNELS
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        &[]
+    }
+}
+
+impl Kernels {
+    /// Every slot holds the generic (reference) kernel.
+    pub fn generic() -> Self {
+        let mut slots = [Slot {
+            kernel: &generic::KERNELS[0],
+            missing: None,
+            refused: false,
+        }; ALL.len()];
+        for (s, k) in slots.iter_mut().zip(&generic::KERNELS) {
+            s.kernel = k;
+        }
+        Self { slots }
+    }
+
+    /// Generic, then every architecture kernel whose features are in both
+    /// `features` and [`CpuFeatures::host`] (so a caller can only take
+    /// features away, e.g. to test fallbacks, never claim absent ones).
+    pub fn for_features(features: CpuFeatures) -> Self {
+        let mut k = Self::generic();
+        let f = features.intersect(CpuFeatures::host());
+        for &kernel in arch_kernels() {
+            let slot = &mut k.slots[kernel.format().id() as usize - 1];
+            match f.first_missing(kernel.requires()) {
+                None => {
+                    slot.kernel = kernel;
+                    slot.missing = None;
+                }
+                Some(m) => {
+                    if slot.kernel.requires().is_empty() {
+                        slot.missing.get_or_insert(m);
+                    }
+                }
+            }
+        }
+        k
+    }
+
+    /// The fastest kernels for this CPU, or the generic ones when
+    /// [`force_generic_requested`] (`TASKPATH_FORCE_GENERIC=1`, `std` only).
+    pub fn best() -> Self {
+        Self::select(force_generic_requested())
+    }
+
+    /// [`Self::generic`] if `force_generic`, else [`Self::for_features`]`(host)`.
+    pub fn select(force_generic: bool) -> Self {
+        if force_generic {
+            Self::generic()
+        } else {
+            Self::for_features(CpuFeatures::host())
+        }
+    }
+
+    /// Refuse (with [`Unsupported`]) every format that has an architecture
+    /// kernel which could not be plugged, instead of silently running the
+    /// slower generic one.
+    pub fn simd_only(mut self) -> Self {
+        for s in &mut self.slots {
+            s.refused = s.missing.is_some();
+        }
+        self
+    }
+
+    /// The kernel for `format`, or why there is none on this CPU.
+    pub fn kernel(&self, format: WeightFormat) -> Result<&'static dyn QMatVec, Unsupported> {
+        let s = &self.slots[format.id() as usize - 1];
+        match (s.refused, s.missing) {
+            (true, Some(m)) => Err(Unsupported {
+                format,
+                missing_feature: m.name(),
+            }),
+            _ => Ok(s.kernel),
+        }
+    }
+
+    /// Put `kernel` in its format's slot if this CPU supports it; returns whether it did.
+    pub fn plug(&mut self, kernel: &'static dyn QMatVec) -> bool {
+        if !kernel.is_supported_here() {
+            return false;
+        }
+        let s = &mut self.slots[kernel.format().id() as usize - 1];
+        *s = Slot {
+            kernel,
+            missing: None,
+            refused: false,
+        };
+        true
+    }
+
+    /// Every format with its kernel (or why not), in id order.
+    pub fn iter(
+        &self,
+    ) -> impl Iterator<Item = (WeightFormat, Result<&'static dyn QMatVec, Unsupported>)> + '_ {
+        ALL.iter().map(move |&f| (f, self.kernel(f)))
+    }
+}
+
+impl fmt::Display for Kernels {
+    /// One `format: kernel` line per format (what the runtime logs at start-up).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (format, k) in self.iter() {
+            match k {
+                Ok(k) => writeln!(f, "{}: {}", format.name(), k.name())?,
+                Err(e) => writeln!(f, "{}: unsupported ({})", format.name(), e.missing_feature)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ shared parts
+
+/// Length checks every kernel's `run` does first.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_run(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &[f32],
+    scratch: &[u8],
+) {
+    assert_eq!(
+        Some(packed.len()),
+        format.checked_packed_bytes(rows, cols),
+        "{}: packed has the wrong length for [{rows}, {cols}]",
+        format.name()
+    );
+    assert_eq!(x.len(), cols, "qmatvec: x must have cols elements");
+    assert_eq!(y.len(), rows, "qmatvec: y must have rows elements");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), rows, "qmatvec: bias must have rows elements");
+    }
+    assert!(
+        scratch.len() >= format.scratch_bytes(cols),
+        "qmatvec: scratch must hold format.scratch_bytes(cols) bytes"
+    );
+}
+
+/// Activation tables of a LUT format, built by [`prepare_lut`] in scratch.
+#[derive(Debug)]
+pub(crate) struct LutPrep<'a> {
+    /// `K / 4` tables of 16 int8 entries (K = padded cols), in column order.
+    pub tables: &'a [u8],
+    /// Per group: `ts / 2` (f32 LE), then per group the activation sum (f32 LE).
+    params: &'a [u8],
+    /// Number of groups.
+    pub ng: usize,
+}
+
+impl LutPrep<'_> {
+    /// `ts / 2` of group `g` (half the table scale).
+    #[inline(always)]
+    pub fn hts(&self, g: usize) -> f32 {
+        get_f32(self.params, 4 * g)
+    }
+
+    /// Sum of the activations of group `g` (in column order).
+    #[inline(always)]
+    pub fn xs(&self, g: usize) -> f32 {
+        get_f32(self.params, 4 * (self.ng + g))
+    }
+}
+
+/// Build the int8 tables of a LUT format for `x` in `scratch` (one scalar
+/// routine shared by every kernel, so all see identical tables).
+///
+/// Per 4 activations `x_0..x_3` (0 past `cols`): `T[i] = ((±x_0 ± x_1) ± x_2) ± x_3`
+/// with `+` where bit `e` of `i` is set, evaluated in f32 in that order for
+/// `i < 8` and `T[15 - i] = -T[i]`. Per group, `m = max_a ((|x_0| + |x_1|) + |x_2|) + |x_3|`
+/// (the largest `|T|`), `Tq = rne(clamp(T * (127 / m), -127, 127))` (all 0 if
+/// `m == 0`), `ts / 2 = (m / 127) * 0.5`. A non-finite activation makes its
+/// group's `m` NaN, so the outputs become NaN.
+pub(crate) fn prepare_lut<'a>(
+    format: WeightFormat,
+    cols: usize,
+    x: &[f32],
+    scratch: &'a mut [u8],
+) -> LutPrep<'a> {
+    let (g, _, _) = lut_params(format);
+    let k = format.padded_cols(cols);
+    let (na, ng) = (k / LUT_ACT_GROUP, k / g);
+    let (tables, rest) = scratch.split_at_mut(16 * na);
+    let params = &mut rest[..8 * ng];
+    let apg = g / LUT_ACT_GROUP;
+    let mut tf = [[0.0f32; 8]; 16];
+    for gi in 0..ng {
+        let mut m = 0.0f32;
+        let mut bad = false;
+        let mut sum = 0.0f32;
+        for (a, t) in tf[..apg].iter_mut().enumerate() {
+            let c = (gi * apg + a) * LUT_ACT_GROUP;
+            let xe = |e: usize| x.get(c + e).copied().unwrap_or(0.0);
+            let (x0, x1, x2, x3) = (xe(0), xe(1), xe(2), xe(3));
+            sum = (((sum + x0) + x1) + x2) + x3;
+            let ma = ((x0.abs() + x1.abs()) + x2.abs()) + x3.abs();
+            bad |= !ma.is_finite();
+            m = m.max(ma);
+            for (i, ti) in t.iter_mut().enumerate() {
+                let sg = |e: usize, v: f32| if i >> e & 1 == 1 { v } else { -v };
+                *ti = ((sg(0, x0) + sg(1, x1)) + sg(2, x2)) + (-x3);
+            }
+        }
+        if bad {
+            m = f32::NAN;
+        }
+        let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
+        for (a, t) in tf[..apg].iter().enumerate() {
+            let tab = &mut tables[16 * (gi * apg + a)..][..16];
+            for (i, &ti) in t.iter().enumerate() {
+                let q = rne((ti * inv).clamp(-127.0, 127.0)) as i8;
+                tab[i] = q as u8;
+                tab[15 - i] = q.wrapping_neg() as u8;
+            }
+        }
+        let hts = (m / 127.0) * 0.5;
+        params[4 * gi..4 * gi + 4].copy_from_slice(&hts.to_le_bytes());
+        params[4 * (ng + gi)..4 * (ng + gi) + 4].copy_from_slice(&sum.to_le_bytes());
+    }
+    LutPrep { tables, params, ng }
+}
+
+/// Quantised activations of i8row, built by [`prepare_i8`] in scratch.
+#[derive(Debug)]
+pub(crate) struct I8Prep<'a> {
+    /// `K` int8 activations (0 past `cols`).
+    pub xq: &'a [u8],
+    /// Per 32-column block the activation scale (f32 LE).
+    scales: &'a [u8],
+}
+
+impl I8Prep<'_> {
+    /// Activation scale of block `b`.
+    #[inline(always)]
+    pub fn sx(&self, b: usize) -> f32 {
+        get_f32(self.scales, 4 * b)
+    }
+}
+
+/// Quantise activations for i8row: per 32-column block, `m = max |x|`,
+/// `xq = rne(clamp(x * (127 / m), -127, 127))` (0 if `m == 0`), scale `m / 127`
+/// (NaN if the block holds a non-finite value).
+pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I8Prep<'a> {
+    let k = WeightFormat::I8Row.padded_cols(cols);
+    let nb = k / I8_BLOCK;
+    let (xq, rest) = scratch.split_at_mut(k);
+    let scales = &mut rest[..4 * nb];
+    for b in 0..nb {
+        let xb = &x[(b * I8_BLOCK).min(cols)..((b + 1) * I8_BLOCK).min(cols)];
+        let mut m = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if xb.iter().any(|v| !v.is_finite()) {
+            m = f32::NAN;
+        }
+        let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
+        let qb = &mut xq[b * I8_BLOCK..(b + 1) * I8_BLOCK];
+        qb.fill(0);
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = rne((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
+        }
+        scales[4 * b..4 * b + 4].copy_from_slice(&(m / 127.0).to_le_bytes());
+    }
+    I8Prep { xq, scales }
+}
+
+/// A LUT tile kernel: `(tile bytes, tables, y_tile, raw, valid_rows)`. It writes
+/// the 16 row results without bias to `y_tile`, or, in raw mode, the integer
+/// accumulators of the first `valid_rows` rows to `raw: [valid_rows, ng]`.
+pub(crate) type LutTileFn<'f> =
+    dyn FnMut(&[u8], &LutPrep<'_>, &mut [f32; LUT_ROW_TILE], Option<&mut [i32]>, usize) + 'f;
+
+/// Driver of the LUT formats: checks, tables, tile loop, bias.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_lut(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+    tile_fn: &mut LutTileFn<'_>,
+) {
+    check_run(format, rows, cols, packed, x, bias, y, scratch);
+    let prep = prepare_lut(format, cols, x, scratch);
+    let tb = format.tile_bytes(cols);
+    for (t, yt) in y.chunks_mut(LUT_ROW_TILE).enumerate() {
+        let mut out = [0.0f32; LUT_ROW_TILE];
+        tile_fn(
+            &packed[t * tb..(t + 1) * tb],
+            &prep,
+            &mut out,
+            None,
+            yt.len(),
+        );
+        finish_tile(yt, &out, bias.map(|b| &b[t * LUT_ROW_TILE..]));
+    }
+}
+
+/// Raw (integer parts) driver of the LUT formats.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn raw_lut(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    scratch: &mut [u8],
+    out: &mut [i32],
+    tile_fn: &mut LutTileFn<'_>,
+) {
+    check_raw(format, rows, cols, packed, x, scratch, out);
+    let prep = prepare_lut(format, cols, x, scratch);
+    let tb = format.tile_bytes(cols);
+    let ng = prep.ng;
+    let mut dummy = [0.0f32; LUT_ROW_TILE];
+    for t in 0..rows.div_ceil(LUT_ROW_TILE) {
+        let valid = (rows - t * LUT_ROW_TILE).min(LUT_ROW_TILE);
+        let o = &mut out[t * LUT_ROW_TILE * ng..][..valid * ng];
+        tile_fn(
+            &packed[t * tb..(t + 1) * tb],
+            &prep,
+            &mut dummy,
+            Some(o),
+            valid,
+        );
+    }
+}
+
+fn check_raw(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    scratch: &[u8],
+    out: &[i32],
+) {
+    let y = [0.0f32; 0];
+    check_run(format, 0, cols, &[], x, None, &y, scratch);
+    assert_eq!(
+        Some(packed.len()),
+        format.checked_packed_bytes(rows, cols),
+        "{}: packed has the wrong length for [{rows}, {cols}]",
+        format.name()
+    );
+    assert_eq!(
+        out.len(),
+        rows * format.int_parts_per_row(cols),
+        "integer_parts: out must be [rows, int_parts_per_row]"
+    );
+}
+
+/// Copy a tile's rows out, adding the bias when there is one.
+#[inline]
+fn finish_tile(yt: &mut [f32], out: &[f32], bias: Option<&[f32]>) {
+    match bias {
+        Some(b) => {
+            for ((yi, &o), &bi) in yt.iter_mut().zip(out).zip(b) {
+                *yi = o + bi;
+            }
+        }
+        None => yt.copy_from_slice(&out[..yt.len()]),
+    }
+}
+
+/// An i8row tile kernel: `(tile bytes, padded cols, activations, y_tile, raw, valid_rows)`,
+/// conventions as [`LutTileFn`] with `raw: [valid_rows, K / 32]`.
+pub(crate) type I8TileFn<'f> =
+    dyn FnMut(&[u8], usize, &I8Prep<'_>, &mut [f32; ROW_TILE_8], Option<&mut [i32]>, usize) + 'f;
+
+/// Driver of i8row: checks, activation quantisation, tile loop, bias.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_i8(
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+    tile_fn: &mut I8TileFn<'_>,
+) {
+    let f = WeightFormat::I8Row;
+    check_run(f, rows, cols, packed, x, bias, y, scratch);
+    let prep = prepare_i8(cols, x, scratch);
+    let (tb, k) = (f.tile_bytes(cols), f.padded_cols(cols));
+    for (t, yt) in y.chunks_mut(ROW_TILE_8).enumerate() {
+        let mut out = [0.0f32; ROW_TILE_8];
+        tile_fn(
+            &packed[t * tb..(t + 1) * tb],
+            k,
+            &prep,
+            &mut out,
+            None,
+            yt.len(),
+        );
+        finish_tile(yt, &out, bias.map(|b| &b[t * ROW_TILE_8..]));
+    }
+}
+
+/// Raw (integer parts) driver of i8row.
+pub(crate) fn raw_i8(
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    scratch: &mut [u8],
+    out: &mut [i32],
+    tile_fn: &mut I8TileFn<'_>,
+) {
+    let f = WeightFormat::I8Row;
+    check_raw(f, rows, cols, packed, x, scratch, out);
+    let prep = prepare_i8(cols, x, scratch);
+    let (tb, k) = (f.tile_bytes(cols), f.padded_cols(cols));
+    let nb = k / I8_BLOCK;
+    let mut dummy = [0.0f32; ROW_TILE_8];
+    for t in 0..rows.div_ceil(ROW_TILE_8) {
+        let valid = (rows - t * ROW_TILE_8).min(ROW_TILE_8);
+        let o = &mut out[t * ROW_TILE_8 * nb..][..valid * nb];
+        tile_fn(
+            &packed[t * tb..(t + 1) * tb],
+            k,
+            &prep,
+            &mut dummy,
+            Some(o),
+            valid,
+        );
+    }
+}
+
+/// An f16 kernel over `n` (1 to 4) consecutive tiles: `(tiles bytes, n, cols, x, y)`
+/// writing `8 n` row results (no bias) to `y[..8 n]`.
+pub(crate) type F16TilesFn<'f> =
+    dyn FnMut(&[u8], usize, usize, &[f32], &mut [f32; 4 * ROW_TILE_8]) + 'f;
+
+/// Driver of f16: checks, loop over groups of up to 4 tiles, bias.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_f16(
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+    tiles_fn: &mut F16TilesFn<'_>,
+) {
+    let f = WeightFormat::F16;
+    check_run(f, rows, cols, packed, x, bias, y, scratch);
+    let tb = f.tile_bytes(cols);
+    let per = 4 * ROW_TILE_8;
+    for (c, yc) in y.chunks_mut(per).enumerate() {
+        let n = yc.len().div_ceil(ROW_TILE_8);
+        let mut out = [0.0f32; 4 * ROW_TILE_8];
+        tiles_fn(&packed[4 * c * tb..(4 * c + n) * tb], n, cols, x, &mut out);
+        finish_tile(yc, &out, bias.map(|b| &b[c * per..]));
+    }
+}

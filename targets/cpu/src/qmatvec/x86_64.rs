@@ -1,0 +1,414 @@
+//! x86-64 kernels: AVX2 for int8 and the LUT formats, AVX2 + F16C for f16 and
+//! for the f16 scales of the LUT formats.
+//!
+//! Each kernel computes exactly what its generic counterpart computes (see the
+//! parent module): integer parts are exact and the float epilogue keeps one
+//! output row per lane with the same operation order, multiply and add kept
+//! separate. FMA would save one instruction per eight rows in the epilogues
+//! only, which are not the bottleneck, so it is not used (and not required).
+//!
+//! Not plugged: f32 (the generic kernel is auto-vectorised and memory bound).
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::*;
+
+use super::{raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec};
+use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
+
+/// An AVX2 kernel of one format.
+#[derive(Debug)]
+pub struct Avx2 {
+    format: WeightFormat,
+    name: &'static str,
+    requires: &'static [Feature],
+}
+
+const AVX2: &[Feature] = &[Feature::Avx2];
+const AVX2_F16C: &[Feature] = &[Feature::Avx2, Feature::F16c];
+
+macro_rules! avx2_kernels {
+    ($($id:ident: $f:ident => $name:literal, $req:expr;)*) => {
+        $(
+            #[doc = concat!("The `", $name, "` kernel.")]
+            pub static $id: Avx2 = Avx2 { format: WeightFormat::$f, name: $name, requires: $req };
+        )*
+        /// Every kernel of this module.
+        pub static KERNELS: [&'static dyn QMatVec; 10] = [$(&$id),*];
+    };
+}
+
+avx2_kernels! {
+    F16: F16 => "x86_64_avx2_f16c_f16", AVX2_F16C;
+    I8ROW: I8Row => "x86_64_avx2_i8row", AVX2;
+    I4G32: I4G32 => "x86_64_avx2_i4g32", AVX2_F16C;
+    I4G64: I4G64 => "x86_64_avx2_i4g64", AVX2_F16C;
+    I2G32: I2G32 => "x86_64_avx2_i2g32", AVX2_F16C;
+    I2G64: I2G64 => "x86_64_avx2_i2g64", AVX2_F16C;
+    I4G32Z: I4G32Z => "x86_64_avx2_i4g32z", AVX2_F16C;
+    I4G64Z: I4G64Z => "x86_64_avx2_i4g64z", AVX2_F16C;
+    I2G32Z: I2G32Z => "x86_64_avx2_i2g32z", AVX2_F16C;
+    I2G64Z: I2G64Z => "x86_64_avx2_i2g64z", AVX2_F16C;
+}
+
+impl Avx2 {
+    fn assert_supported(&self) {
+        assert!(
+            self.is_supported_here(),
+            "{}: this CPU lacks a required feature",
+            self.name
+        );
+    }
+}
+
+impl QMatVec for Avx2 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        self.requires
+    }
+
+    fn run(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        self.assert_supported();
+        match self.format {
+            WeightFormat::F16 => run_f16(
+                rows,
+                cols,
+                packed,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut |t, n, c, x, o| {
+                    // SAFETY: `assert_supported` checked AVX2 and F16C; `run_f16`
+                    // passes `n` (1..=4) whole tiles of `c` columns and `x.len() == c`.
+                    unsafe { f16_tiles(t, n, c, x, o) }
+                },
+            ),
+            WeightFormat::I8Row => run_i8(
+                rows,
+                cols,
+                packed,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut |t, k, p, o, r, v| {
+                    // SAFETY: AVX2 checked above; `run_i8` passes whole tiles and
+                    // prepared activations of `k` padded columns.
+                    unsafe { i8_tile(t, k, p, o, r, v) }
+                },
+            ),
+            f => run_lut(
+                f,
+                rows,
+                cols,
+                packed,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut lut_tile_fn(f),
+            ),
+        }
+    }
+
+    fn integer_parts(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        scratch: &mut [u8],
+        out: &mut [i32],
+    ) -> bool {
+        self.assert_supported();
+        match self.format {
+            WeightFormat::F32 | WeightFormat::F16 => false,
+            WeightFormat::I8Row => {
+                raw_i8(
+                    rows,
+                    cols,
+                    packed,
+                    x,
+                    scratch,
+                    out,
+                    &mut |t, k, p, o, r, v| {
+                        // SAFETY: as in `run`.
+                        unsafe { i8_tile(t, k, p, o, r, v) }
+                    },
+                );
+                true
+            }
+            f => {
+                raw_lut(f, rows, cols, packed, x, scratch, out, &mut lut_tile_fn(f));
+                true
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ f16
+
+/// f16 over `n` tiles of 8 rows (4 at a time: four independent add chains).
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_tiles(tiles: &[u8], n: usize, cols: usize, x: &[f32], out: &mut [f32; 32]) {
+    match n {
+        // SAFETY: same precondition as ours.
+        4 => unsafe { f16_n::<4>(tiles, cols, x, out) },
+        _ => {
+            let tb = 16 * cols;
+            for t in 0..n {
+                let mut o = [0.0f32; 32];
+                // SAFETY: same precondition as ours.
+                unsafe { f16_n::<1>(&tiles[t * tb..(t + 1) * tb], cols, x, &mut o) };
+                out[8 * t..8 * t + 8].copy_from_slice(&o[..8]);
+            }
+        }
+    }
+}
+
+/// `NT` consecutive f16 tiles: per column `acc_t = acc_t + cvt(w_t) * x[c]`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_n<const NT: usize>(tiles: &[u8], cols: usize, x: &[f32], out: &mut [f32; 32]) {
+    let tb = 16 * cols;
+    assert!(NT <= 4 && tiles.len() >= NT * tb && x.len() >= cols);
+    let base = tiles.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); NT];
+    for (c, &xv) in x[..cols].iter().enumerate() {
+        let xv = _mm256_set1_ps(xv);
+        for (t, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `t * tb + 16 * c + 16 <= NT * tb <= tiles.len()` (asserted above).
+            let h = unsafe { _mm_loadu_si128(base.add(t * tb + 16 * c).cast()) };
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(_mm256_cvtph_ps(h), xv));
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        // SAFETY: `8 * t + 8 <= 32` since `NT <= 4`.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * t), *a) };
+    }
+}
+
+// ------------------------------------------------------------------ i8row
+
+/// i8row tile (8 rows): per 32-column block, row `i`'s exact integer dot is
+/// `madd(maddubs(|xq|, sign(w_i, xq)), 1)` summed over lanes. `maddubs` sees
+/// `|xq| <= 127` times `w * sign(xq)` in `[-127, 127]` (quantisation never
+/// writes -128), so a pair is at most `2 * 127 * 127 = 32258 < 2^15`: no
+/// saturation, and the block sum (<= 516128) is exact in i32 and f32. The eight
+/// row sums are gathered into one vector (lane `i` = row `i`) and the float
+/// epilogue runs per lane as in the generic kernel.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn i8_tile(
+    tile: &[u8],
+    k: usize,
+    p: &I8Prep<'_>,
+    y: &mut [f32; ROW_TILE_8],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let nb = k / I8_BLOCK;
+    assert!(tile.len() == 32 + 8 * k && p.xq.len() >= k && k % I8_BLOCK == 0);
+    let w = tile.as_ptr();
+    let xq = p.xq.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let mut ya = _mm256_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: `32 * b + 32 <= k <= p.xq.len()`.
+        let xv = unsafe { _mm256_loadu_si256(xq.add(32 * b).cast()) };
+        let ax = _mm256_abs_epi8(xv);
+        let row = |i: usize| {
+            // SAFETY: `32 + i * k + 32 * b + 32 <= 32 + 8 * k == tile.len()` for `i < 8`.
+            let wv = unsafe { _mm256_loadu_si256(w.add(32 + i * k + 32 * b).cast()) };
+            _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv)), ones)
+        };
+        let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
+        let (d4, d5, d6, d7) = (row(4), row(5), row(6), row(7));
+        let h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d0, d1), _mm256_hadd_epi32(d2, d3));
+        let h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d4, d5), _mm256_hadd_epi32(d6, d7));
+        // h0 = [r0 r1 r2 r3 (low halves) | r0 r1 r2 r3 (high halves)], h1 likewise.
+        let v = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(h0, h1),
+            _mm256_permute2x128_si256::<0x31>(h0, h1),
+        );
+        if let Some(raw) = raw.as_deref_mut() {
+            let mut t = [0i32; 8];
+            // SAFETY: `t` holds 8 i32.
+            unsafe { _mm256_storeu_si256(t.as_mut_ptr().cast(), v) };
+            for (i, &a) in t.iter().enumerate().take(valid) {
+                raw[i * nb + b] = a;
+            }
+            continue;
+        }
+        ya = _mm256_add_ps(
+            ya,
+            _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(p.sx(b))),
+        );
+    }
+    // SAFETY: the tile starts with 8 f32 scales (32 bytes, asserted above);
+    // `y` holds 8 f32. x86-64 is little-endian, as the layout.
+    unsafe {
+        let s = _mm256_loadu_ps(w.cast());
+        _mm256_storeu_ps(y.as_mut_ptr(), _mm256_mul_ps(ya, s));
+    }
+}
+
+// ------------------------------------------------------------------ LUT
+
+/// The AVX2 LUT tile kernel of `format`.
+#[allow(clippy::type_complexity)]
+fn lut_tile_fn(
+    format: WeightFormat,
+) -> impl FnMut(&[u8], &LutPrep<'_>, &mut [f32; 16], Option<&mut [i32]>, usize) {
+    let (g, bits, zp) = lut_params(format);
+    move |tile, prep, y, raw, valid| {
+        // SAFETY: every caller (`run`, `integer_parts`) checked AVX2 and F16C
+        // first; `run_lut` / `raw_lut` pass whole tiles and the tables of the
+        // same format and `cols`.
+        unsafe {
+            match (bits, g, zp) {
+                (4, 32, false) => lut_tile::<4, 32, false>(tile, prep, y, raw, valid),
+                (4, 64, false) => lut_tile::<4, 64, false>(tile, prep, y, raw, valid),
+                (2, 32, false) => lut_tile::<2, 32, false>(tile, prep, y, raw, valid),
+                (2, 64, false) => lut_tile::<2, 64, false>(tile, prep, y, raw, valid),
+                (4, 32, true) => lut_tile::<4, 32, true>(tile, prep, y, raw, valid),
+                (4, 64, true) => lut_tile::<4, 64, true>(tile, prep, y, raw, valid),
+                (2, 32, true) => lut_tile::<2, 32, true>(tile, prep, y, raw, valid),
+                _ => lut_tile::<2, 64, true>(tile, prep, y, raw, valid),
+            }
+        }
+    }
+}
+
+/// One 16-row LUT tile. Per 32-byte block, `pshufb` looks up the low and the
+/// high nibbles of the weight bytes in the broadcast table (int4: one table,
+/// int2: two consecutive tables); byte `2i + j` of a lookup belongs to row `i`
+/// and has weight `2^j` (low nibble) or `2^(j + 2)` / `2^j` (high nibble,
+/// int4 / int2), applied by `maddubs(weights, lookup)`, which also widens to
+/// i16 lane `i` = row `i`.
+///
+/// Overflow bound: entries are in `[-127, 127]`; a `maddubs` pair is at most
+/// `(4 + 8) * 127 = 1524`; a whole group adds, per table, at most
+/// `(1 + 2 + 4 + 8) * 127 = 1905` (int4) or `(1 + 2) * 127 = 381` (int2), so
+/// with at most 16 tables per group `|acc| <= 16 * 1905 = 30480 < 2^15`. Every
+/// partial sum is bounded by the same total, so the i16 lanes never wrap and
+/// equal the generic kernel's i32 sums.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn lut_tile<const BITS: u32, const G: usize, const ZP: bool>(
+    tile: &[u8],
+    p: &LutPrep<'_>,
+    y: &mut [f32; LUT_ROW_TILE],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let ng = p.ng;
+    let wbytes = LUT_ROW_TILE * G * BITS as usize / 8;
+    let gb = wbytes + 32 + if ZP { 32 } else { 0 };
+    assert!(tile.len() == ng * gb && p.tables.len() >= 16 * ng * (G / 4));
+    assert!(raw.as_deref().is_none_or(|r| r.len() >= valid * ng) && valid <= LUT_ROW_TILE);
+    let mask = _mm256_set1_epi8(0x0F);
+    // Byte multipliers for maddubs: [1, 2] per row; high nibbles [4, 8] for int4.
+    let mul_lo = _mm256_set1_epi16(0x0201);
+    let mul_hi = if BITS == 4 {
+        _mm256_set1_epi16(0x0804)
+    } else {
+        mul_lo
+    };
+    let c = _mm256_set1_ps(lut_center(BITS));
+    let mut y0 = _mm256_setzero_ps();
+    let mut y1 = _mm256_setzero_ps();
+    let mut wp = tile.as_ptr();
+    let mut tp = p.tables.as_ptr();
+    for gi in 0..ng {
+        let mut acc = _mm256_setzero_si256();
+        // SAFETY: group `gi` occupies `tile[gi * gb..(gi + 1) * gb]` and its
+        // tables `tables[16 * gi * G / 4..16 * (gi + 1) * G / 4]`; `wp` and
+        // `tp` advance by exactly `wbytes` and `16 * G / 4` in the loop and by
+        // `gb - wbytes` after it, all within the asserted lengths.
+        unsafe {
+            for _ in 0..wbytes / 32 {
+                let w = _mm256_loadu_si256(wp.cast());
+                let lo = _mm256_and_si256(w, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+                let ta = _mm256_broadcastsi128_si256(_mm_loadu_si128(tp.cast()));
+                let tb = if BITS == 4 {
+                    ta
+                } else {
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(tp.add(16).cast()))
+                };
+                let la = _mm256_maddubs_epi16(mul_lo, _mm256_shuffle_epi8(ta, lo));
+                let lb = _mm256_maddubs_epi16(mul_hi, _mm256_shuffle_epi8(tb, hi));
+                acc = _mm256_add_epi16(acc, _mm256_add_epi16(la, lb));
+                wp = wp.add(32);
+                tp = tp.add(if BITS == 4 { 16 } else { 32 });
+            }
+        }
+        // SAFETY: the 32 bytes of scales (and 32 of zero points) follow the weights.
+        let (s0, s1, z) = unsafe {
+            let s0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.cast()));
+            let s1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(16).cast()));
+            let z = if ZP {
+                Some((
+                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(32).cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(48).cast())),
+                ))
+            } else {
+                None
+            };
+            wp = wp.add(gb - wbytes);
+            (s0, s1, z)
+        };
+        if let Some(raw) = raw.as_deref_mut() {
+            let mut t = [0i16; 16];
+            // SAFETY: `t` holds 16 i16.
+            unsafe { _mm256_storeu_si256(t.as_mut_ptr().cast(), acc) };
+            for (i, &a) in t.iter().enumerate().take(valid) {
+                raw[i * ng + gi] = i32::from(a);
+            }
+            continue;
+        }
+        let a0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)));
+        let a1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(acc)));
+        let h = _mm256_set1_ps(p.hts(gi));
+        let mut t0 = _mm256_mul_ps(a0, h);
+        let mut t1 = _mm256_mul_ps(a1, h);
+        if let Some((z0, z1)) = z {
+            let xs = _mm256_set1_ps(p.xs(gi));
+            t0 = _mm256_add_ps(t0, _mm256_mul_ps(_mm256_sub_ps(c, z0), xs));
+            t1 = _mm256_add_ps(t1, _mm256_mul_ps(_mm256_sub_ps(c, z1), xs));
+        }
+        y0 = _mm256_add_ps(y0, _mm256_mul_ps(t0, s0));
+        y1 = _mm256_add_ps(y1, _mm256_mul_ps(t1, s1));
+    }
+    // SAFETY: `y` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(y.as_mut_ptr(), y0);
+        _mm256_storeu_ps(y.as_mut_ptr().add(8), y1);
+    }
+}
