@@ -9,8 +9,10 @@
 //!
 //! - *GB/s* is packed weight bytes (scales and padding included) per second;
 //! - *% BW* divides that by the read bandwidth of a streaming integer sum over
-//!   a buffer of at least 256 MiB (8x LLC), measured in the same run with the
-//!   same number of threads;
+//!   a buffer of at least 512 MiB (2 x 8x LLC) with the same number of
+//!   threads, measured in the same run *interleaved pass by pass* with the
+//!   kernel's passes, so both see the same machine conditions (this machine is
+//!   a shared VM whose bandwidth drifts);
 //! - *2T* splits each matrix's row tiles between two `std::thread`s (one
 //!   spawn per pass, no per-matrix barrier).
 //!
@@ -61,18 +63,41 @@ fn stats(v: &[f64]) -> Stats {
     }
 }
 
-/// Run `pass` (which processes `bytes` bytes) repeatedly for at least `secs`
-/// seconds and 5 passes after one warm-up; GB/s per pass.
-fn time_passes(bytes: usize, secs: f64, mut pass: impl FnMut()) -> Stats {
-    pass();
-    let mut v = Vec::new();
+/// Alternate passes of `a` (over `a_bytes`) and `b` (over `b_bytes`) after one
+/// warm-up each, for at least `secs` seconds and 5 pairs; GB/s per pass of each.
+fn time_interleaved(
+    a_bytes: usize,
+    mut a: impl FnMut(),
+    b_bytes: usize,
+    mut b: impl FnMut(),
+    secs: f64,
+) -> (Stats, Stats) {
+    a();
+    b();
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
     let start = Instant::now();
-    while v.len() < 5 || start.elapsed().as_secs_f64() < secs {
+    while va.len() < 5 || start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        pass();
-        v.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        a();
+        va.push(a_bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = Instant::now();
+        b();
+        vb.push(b_bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
-    stats(&v)
+    (stats(&va), stats(&vb))
+}
+
+/// One streaming-sum pass over `buf` with `threads` (1 or 2) threads.
+fn bw_pass(buf: &[u64], threads: usize) {
+    if threads == 1 {
+        black_box(stream_sum(black_box(buf)));
+    } else {
+        let (a, b) = buf.split_at(buf.len() / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| black_box(stream_sum(black_box(a))));
+            black_box(stream_sum(black_box(b)));
+        });
+    }
 }
 
 fn stream_sum(buf: &[u64]) -> u64 {
@@ -138,6 +163,9 @@ struct Row {
     mats: usize,
     t1: Stats,
     t2: Stats,
+    /// Read bandwidth interleaved with the 1- and 2-thread passes.
+    bw1: Stats,
+    bw2: Stats,
 }
 
 /// One pass over all matrices with `threads` threads splitting row tiles.
@@ -203,20 +231,10 @@ fn main() {
     let best = Kernels::best();
     let generic = Kernels::generic();
 
-    // Read bandwidth: streaming sum over >= 8x LLC (at least 256 MiB).
-    let bw_bytes = (2 * min_ws).max(512 << 20);
+    // Read bandwidth: streaming sum over 2 x (8x LLC, at least 256 MiB).
+    let bw_bytes = 2 * min_ws;
     let buf: Vec<u64> = (0..bw_bytes / 8).map(|i| i as u64).collect();
-    let bw1 = time_passes(bw_bytes, secs, || {
-        black_box(stream_sum(black_box(&buf)));
-    });
-    let bw2 = time_passes(bw_bytes, secs, || {
-        let (a, b) = buf.split_at(buf.len() / 2);
-        std::thread::scope(|s| {
-            s.spawn(|| black_box(stream_sum(black_box(a))));
-            black_box(stream_sum(black_box(b)));
-        });
-    });
-    drop(buf);
+    let mut bw_all: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
 
     let mut rows_out: Vec<Row> = Vec::new();
     for &(rows, cols) in &SHAPES {
@@ -243,8 +261,8 @@ fn main() {
             let mats = min_ws.div_ceil(bytes).max(2);
             let mut one = vec![0u8; bytes];
             quantize(f, rows, cols, &w, &mut one).expect("quantize");
-            let mut buf = vec![0u8; mats * bytes];
-            for m in buf.chunks_exact_mut(bytes) {
+            let mut mbuf = vec![0u8; mats * bytes];
+            for m in mbuf.chunks_exact_mut(bytes) {
                 m.copy_from_slice(&one);
             }
             drop(one);
@@ -253,19 +271,40 @@ fn main() {
                 vec![0u8; f.scratch_bytes(cols)],
                 vec![0u8; f.scratch_bytes(cols)],
             ];
-            let total = buf.len();
-            let t1 = time_passes(total, secs, || {
-                pass(k, rows, cols, &buf, bytes, &x, &mut y, &mut scratch, 1)
+            let total = mbuf.len();
+            let [(bw1, t1), (bw2, t2)] = [1, 2].map(|threads| {
+                time_interleaved(
+                    bw_bytes,
+                    || bw_pass(&buf, threads),
+                    total,
+                    || {
+                        pass(
+                            k,
+                            rows,
+                            cols,
+                            &mbuf,
+                            bytes,
+                            &x,
+                            &mut y,
+                            &mut scratch,
+                            threads,
+                        )
+                    },
+                    secs,
+                )
             });
-            let t2 = time_passes(total, secs, || {
-                pass(k, rows, cols, &buf, bytes, &x, &mut y, &mut scratch, 2)
-            });
+            bw_all[0].push(bw1.mean);
+            bw_all[1].push(bw2.mean);
             eprintln!(
-                "{rows}x{cols} {:>7} {:<24} {:6.2} GB/s 1T, {:6.2} GB/s 2T",
+                "{rows}x{cols} {:>7} {:<24} {:6.2} GB/s 1T ({:.0}% of {:.2}), {:6.2} GB/s 2T ({:.0}% of {:.2})",
                 f.name(),
                 k.name(),
                 t1.mean,
-                t2.mean
+                100.0 * t1.mean / bw1.mean,
+                bw1.mean,
+                t2.mean,
+                100.0 * t2.mean / bw2.mean,
+                bw2.mean,
             );
             rows_out.push(Row {
                 shape: (rows, cols),
@@ -275,6 +314,8 @@ fn main() {
                 mats,
                 t1,
                 t2,
+                bw1,
+                bw2,
             });
         }
     }
@@ -293,8 +334,9 @@ fn main() {
         "- working set per configuration: >= {} MiB (8x LLC, at least 256 MiB); timed >= {secs} s, >= 5 passes",
         min_ws >> 20
     );
+    let (bw1, bw2) = (stats(&bw_all[0]), stats(&bw_all[1]));
     println!(
-        "- read bandwidth (streaming u64 sum over {} MiB): 1 thread {:.2} ± {:.2} GB/s, 2 threads {:.2} ± {:.2} GB/s",
+        "- read bandwidth (streaming u64 sum over {} MiB, mean ± sd of the per-configuration means): 1 thread {:.2} ± {:.2} GB/s, 2 threads {:.2} ± {:.2} GB/s",
         bw_bytes >> 20,
         bw1.mean,
         bw1.sd,
@@ -309,9 +351,9 @@ fn main() {
         v.join(", ")
     });
     println!();
-    println!("GB/s = packed weight bytes (incl. scales) per second, mean ± sd over passes; % BW = of the read bandwidth with the same thread count; vs f32 = time of f32 / time of this format, same shape and threads.\n");
-    println!("| shape | format | kernel | bytes/matrix | matrices | 1T GB/s | 1T % BW | 1T vs f32 | 2T GB/s | 2T % BW | 2T vs f32 | 2T / 1T |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("GB/s = packed weight bytes (incl. scales) per second, mean ± sd over passes; BW = read bandwidth measured interleaved with this row's passes, same thread count; % BW = GB/s / BW; vs f32 = time per matrix of f32 / of this format, same shape and threads.\n");
+    println!("| shape | format | kernel | bytes/matrix | matrices | 1T GB/s | 1T BW | 1T % BW | 1T vs f32 | 2T GB/s | 2T BW | 2T % BW | 2T vs f32 | 2T / 1T |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows_out {
         let f32_row = rows_out
             .iter()
@@ -321,7 +363,7 @@ fn main() {
         let speed =
             |s: &Stats, sf: &Stats| (f32_row.bytes as f64 / sf.mean) / (r.bytes as f64 / s.mean);
         println!(
-            "| {}x{} | {} | {} | {} | {} | {:.2} ± {:.2} | {:.0}% | {:.2}x | {:.2} ± {:.2} | {:.0}% | {:.2}x | {:.2} |",
+            "| {}x{} | {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} | {:.0}% | {:.2}x | {:.2} ± {:.2} | {:.2} | {:.0}% | {:.2}x | {:.2} |",
             r.shape.0,
             r.shape.1,
             r.format.name(),
@@ -330,11 +372,13 @@ fn main() {
             r.mats,
             r.t1.mean,
             r.t1.sd,
-            100.0 * r.t1.mean / bw1.mean,
+            r.bw1.mean,
+            100.0 * r.t1.mean / r.bw1.mean,
             speed(&r.t1, &f32_row.t1),
             r.t2.mean,
             r.t2.sd,
-            100.0 * r.t2.mean / bw2.mean,
+            r.bw2.mean,
+            100.0 * r.t2.mean / r.bw2.mean,
             speed(&r.t2, &f32_row.t2),
             r.t2.mean / r.t1.mean,
         );
@@ -351,7 +395,7 @@ fn main() {
     );
     for r in &rows_out {
         println!(
-            "{{\"kind\":\"qmatvec\",\"rows\":{},\"cols\":{},\"format\":\"{}\",\"format_id\":{},\"kernel\":\"{}\",\"bytes_per_matrix\":{},\"matrices\":{},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"passes_1t\":{},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"passes_2t\":{}}}",
+            "{{\"kind\":\"qmatvec\",\"rows\":{},\"cols\":{},\"format\":\"{}\",\"format_id\":{},\"kernel\":\"{}\",\"bytes_per_matrix\":{},\"matrices\":{},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"passes_1t\":{},\"bw_1t\":{:.4},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"passes_2t\":{},\"bw_2t\":{:.4}}}",
             r.shape.0,
             r.shape.1,
             r.format.name(),
@@ -362,9 +406,11 @@ fn main() {
             r.t1.mean,
             r.t1.sd,
             r.t1.n,
+            r.bw1.mean,
             r.t2.mean,
             r.t2.sd,
-            r.t2.n
+            r.t2.n,
+            r.bw2.mean
         );
     }
 }

@@ -37,7 +37,7 @@
 use core::fmt;
 
 use crate::quant::{
-    get_f32, lut_params, rne, WeightFormat, ALL, I8_BLOCK, LUT_ACT_GROUP, LUT_ROW_TILE, ROW_TILE_8,
+    get_f32, lut_params, WeightFormat, ALL, I8_BLOCK, LUT_ACT_GROUP, LUT_ROW_TILE, ROW_TILE_8,
 };
 
 pub mod generic;
@@ -494,15 +494,34 @@ impl LutPrep<'_> {
     }
 }
 
-/// Build the int8 tables of a LUT format for `x` in `scratch` (one scalar
-/// routine shared by every kernel, so all see identical tables).
+/// `rne(v)` as an integer for `|v| <= 2^22`: after adding `1.5 * 2^23` the
+/// rounded integer sits in the low mantissa bits (exact, branch-free, and it
+/// vectorises).
+#[inline(always)]
+fn rne_i32(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - 0x4B40_0000
+}
+
+/// Signs of `x_0`, `x_1`, `x_2` in table entry `i < 8` (bit `e` of `i` set: `+`).
+const LUT_SIGNS: [[f32; 8]; 3] = [
+    [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0],
+    [-1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0],
+    [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
+];
+
+/// Build the int8 tables of a LUT format for `x` in `scratch` (one routine
+/// shared by every kernel, so all see identical tables).
 ///
-/// Per 4 activations `x_0..x_3` (0 past `cols`): `T[i] = ((±x_0 ± x_1) ± x_2) ± x_3`
-/// with `+` where bit `e` of `i` is set, evaluated in f32 in that order for
-/// `i < 8` and `T[15 - i] = -T[i]`. Per group, `m = max_a ((|x_0| + |x_1|) + |x_2|) + |x_3|`
-/// (the largest `|T|`), `Tq = rne(clamp(T * (127 / m), -127, 127))` (all 0 if
-/// `m == 0`), `ts / 2 = (m / 127) * 0.5`. A non-finite activation makes its
-/// group's `m` NaN, so the outputs become NaN.
+/// Per 4 activations `x_0..x_3` (0 past `cols`), for `i < 8`:
+/// `T[i] = ((x_0 s_0 + x_1 s_1) + x_2 s_2) - x_3` in f32 with `s_e = +1` if bit
+/// `e` of `i` is set, else `-1` (exact sign flips), and `T[15 - i] = -T[i]`.
+/// Per group, `m = max_a ((|x_0| + |x_1|) + |x_2|) + |x_3|` (the largest `|T|`),
+/// `Tq = rne(clamp(T * (127 / m), -127, 127))` (all 0 if `m == 0`),
+/// `ts / 2 = (m / 127) * 0.5`, and the activation sum is `xsum = sum_a -T_a[0]`
+/// in column order (`-T[0] = ((x_0 + x_1) + x_2) + x_3`). A non-finite
+/// activation zeroes its group's tables and makes `ts` NaN, so the outputs
+/// that read it are NaN.
 pub(crate) fn prepare_lut<'a>(
     format: WeightFormat,
     cols: usize,
@@ -522,30 +541,37 @@ pub(crate) fn prepare_lut<'a>(
         let mut sum = 0.0f32;
         for (a, t) in tf[..apg].iter_mut().enumerate() {
             let c = (gi * apg + a) * LUT_ACT_GROUP;
-            let xe = |e: usize| x.get(c + e).copied().unwrap_or(0.0);
-            let (x0, x1, x2, x3) = (xe(0), xe(1), xe(2), xe(3));
-            sum = (((sum + x0) + x1) + x2) + x3;
-            let ma = ((x0.abs() + x1.abs()) + x2.abs()) + x3.abs();
-            bad |= !ma.is_finite();
+            let xv: [f32; 4] = match x.get(c..c + 4) {
+                Some(v) => [v[0], v[1], v[2], v[3]],
+                None => core::array::from_fn(|e| x.get(c + e).copied().unwrap_or(0.0)),
+            };
+            let ma = ((xv[0].abs() + xv[1].abs()) + xv[2].abs()) + xv[3].abs();
+            bad |= !(ma <= f32::MAX);
             m = m.max(ma);
             for (i, ti) in t.iter_mut().enumerate() {
-                let sg = |e: usize, v: f32| if i >> e & 1 == 1 { v } else { -v };
-                *ti = ((sg(0, x0) + sg(1, x1)) + sg(2, x2)) + (-x3);
+                *ti = ((xv[0] * LUT_SIGNS[0][i] + xv[1] * LUT_SIGNS[1][i])
+                    + xv[2] * LUT_SIGNS[2][i])
+                    - xv[3];
+            }
+            sum += -t[0];
+        }
+        let tabs = &mut tables[16 * gi * apg..16 * (gi + 1) * apg];
+        if bad || m == 0.0 {
+            tabs.fill(0);
+        } else {
+            let inv = 127.0 / m;
+            for (t, tab) in tf[..apg].iter().zip(tabs.chunks_exact_mut(16)) {
+                let mut q = [0i8; 8];
+                for (qi, &ti) in q.iter_mut().zip(t) {
+                    *qi = rne_i32((ti * inv).clamp(-127.0, 127.0)) as i8;
+                }
+                for i in 0..8 {
+                    tab[i] = q[i] as u8;
+                    tab[15 - i] = q[i].wrapping_neg() as u8;
+                }
             }
         }
-        if bad {
-            m = f32::NAN;
-        }
-        let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
-        for (a, t) in tf[..apg].iter().enumerate() {
-            let tab = &mut tables[16 * (gi * apg + a)..][..16];
-            for (i, &ti) in t.iter().enumerate() {
-                let q = rne((ti * inv).clamp(-127.0, 127.0)) as i8;
-                tab[i] = q as u8;
-                tab[15 - i] = q.wrapping_neg() as u8;
-            }
-        }
-        let hts = (m / 127.0) * 0.5;
+        let hts = if bad { f32::NAN } else { (m / 127.0) * 0.5 };
         params[4 * gi..4 * gi + 4].copy_from_slice(&hts.to_le_bytes());
         params[4 * (ng + gi)..4 * (ng + gi) + 4].copy_from_slice(&sum.to_le_bytes());
     }
@@ -570,26 +596,37 @@ impl I8Prep<'_> {
 }
 
 /// Quantise activations for i8row: per 32-column block, `m = max |x|`,
-/// `xq = rne(clamp(x * (127 / m), -127, 127))` (0 if `m == 0`), scale `m / 127`
-/// (NaN if the block holds a non-finite value).
+/// `xq = rne(clamp(x * (127 / m), -127, 127))` (0 past `cols`, all 0 if
+/// `m == 0`), scale `m / 127`. A non-finite value zeroes its block and makes
+/// the scale NaN.
 pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I8Prep<'a> {
     let k = WeightFormat::I8Row.padded_cols(cols);
     let nb = k / I8_BLOCK;
     let (xq, rest) = scratch.split_at_mut(k);
     let scales = &mut rest[..4 * nb];
-    for b in 0..nb {
+    for (b, qb) in xq.chunks_exact_mut(I8_BLOCK).enumerate() {
         let xb = &x[(b * I8_BLOCK).min(cols)..((b + 1) * I8_BLOCK).min(cols)];
-        let mut m = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        if xb.iter().any(|v| !v.is_finite()) {
-            m = f32::NAN;
-        }
-        let inv = if m > 0.0 { 127.0 / m } else { 0.0 };
-        let qb = &mut xq[b * I8_BLOCK..(b + 1) * I8_BLOCK];
-        qb.fill(0);
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = rne((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
-        }
-        scales[4 * b..4 * b + 4].copy_from_slice(&(m / 127.0).to_le_bytes());
+        // max |x| via the bit patterns (ordered like the values for |x|), so
+        // it vectorises; patterns >= that of +inf are inf or NaN.
+        let mbits = xb
+            .iter()
+            .fold(0u32, |mb, v| mb.max(v.to_bits() & 0x7FFF_FFFF));
+        let m = f32::from_bits(mbits);
+        let scale = if mbits >= 0x7F80_0000 {
+            qb.fill(0);
+            f32::NAN
+        } else if mbits == 0 {
+            qb.fill(0);
+            0.0
+        } else {
+            let inv = 127.0 / m;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = rne_i32((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
+            }
+            qb[xb.len()..].fill(0);
+            m / 127.0
+        };
+        scales[4 * b..4 * b + 4].copy_from_slice(&scale.to_le_bytes());
     }
     I8Prep { xq, scales }
 }
