@@ -546,7 +546,7 @@ pub(crate) fn prepare_lut<'a>(
                 None => core::array::from_fn(|e| x.get(c + e).copied().unwrap_or(0.0)),
             };
             let ma = ((xv[0].abs() + xv[1].abs()) + xv[2].abs()) + xv[3].abs();
-            bad |= !(ma <= f32::MAX);
+            bad |= !ma.is_finite();
             m = m.max(ma);
             for (i, ti) in t.iter_mut().enumerate() {
                 *ti = ((xv[0] * LUT_SIGNS[0][i] + xv[1] * LUT_SIGNS[1][i])
