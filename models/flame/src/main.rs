@@ -201,20 +201,17 @@ fn main() -> Result<()> {
         }
         "naive" => {
             let res = train::train_naive(&tasks, tc, a.verbose)?;
-            for (s, (log, ms, drift)) in res.iter().enumerate() {
+            for (s, r) in res.iter().enumerate() {
                 println!(
                     "after stage {} ({} epochs, {:.1}s):",
                     s + 1,
-                    log.epochs,
-                    log.seconds
+                    r.log.epochs,
+                    r.log.seconds
                 );
-                print_metrics("  naive  ", ms);
-                print_drift(drift);
+                print_metrics("  naive  ", &r.test);
+                print_drift(&r.drift);
             }
-            let stages: Vec<_> = res
-                .iter()
-                .map(|(l, m, d)| json!({"log": l, "test": m, "drift": d}))
-                .collect();
+            let stages = serde_json::to_value(&res)?;
             write_json(
                 &a.out.join("baselines/naive.json"),
                 &json!({"config": tc, "stages": stages,

@@ -845,15 +845,22 @@ pub fn train_joint(
     Ok((model, log))
 }
 
+/// One stage of the naive sequential baseline.
+#[derive(Clone, Debug, Serialize)]
+pub struct NaiveStage {
+    /// Training log.
+    pub log: StageLog,
+    /// Test metrics of every task seen so far.
+    pub test: Vec<Metrics>,
+    /// Output drift of the tasks of earlier stages.
+    pub drift: Vec<Drift>,
+}
+
 /// Baseline (c): naive sequential fine-tuning. One component and one router
 /// head; at each stage the new modalities and heads are added and the whole
 /// model (everything shared) is trained on the new tasks only. Returns the test
 /// metrics of every task seen so far after each stage.
-pub fn train_naive(
-    tasks: &[TaskData],
-    tc: &TrainConfig,
-    verbose: bool,
-) -> Result<Vec<(StageLog, Vec<Metrics>, Vec<Drift>)>> {
+pub fn train_naive(tasks: &[TaskData], tc: &TrainConfig, verbose: bool) -> Result<Vec<NaiveStage>> {
     let mut reference = std::collections::BTreeMap::new();
     let mut model = Model {
         cfg: tc.model_config(),
@@ -887,7 +894,11 @@ pub fn train_naive(
         for t in &st {
             reference.insert(t.name.clone(), predict(&model, t, &t.test)?);
         }
-        out.push((log, evaluate(&model, tasks)?, d));
+        out.push(NaiveStage {
+            log,
+            test: evaluate(&model, tasks)?,
+            drift: d,
+        });
     }
     Ok(out)
 }

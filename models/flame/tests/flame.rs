@@ -55,7 +55,8 @@ fn loaders_give_documented_shapes_and_split_sizes() {
         names,
         ["DIGIT-10", "WDBC", "DIGIT-PARITY", "DIAB", "GSE-MET"]
     );
-    let expect: [(&str, &[(&str, usize, usize)], usize, usize); 5] = [
+    type Mods = &'static [(&'static str, usize, usize)];
+    let expect: [(&str, Mods, usize, usize); 5] = [
         (
             "DIGIT-10",
             &[("img_rows", 8, 8), ("img_cols", 8, 8)],
