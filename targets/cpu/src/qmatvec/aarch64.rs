@@ -12,7 +12,9 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::{raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec};
+use super::{
+    prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec,
+};
 use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
 
 /// A NEON kernel of one format.
@@ -124,6 +126,7 @@ impl QMatVec for Neon {
                 bias,
                 y,
                 scratch,
+                prepare_lut,
                 &mut lut_tile_fn(f),
             ),
         }
@@ -157,7 +160,17 @@ impl QMatVec for Neon {
                 true
             }
             f => {
-                raw_lut(f, rows, cols, packed, x, scratch, out, &mut lut_tile_fn(f));
+                raw_lut(
+                    f,
+                    rows,
+                    cols,
+                    packed,
+                    x,
+                    scratch,
+                    out,
+                    prepare_lut,
+                    &mut lut_tile_fn(f),
+                );
                 true
             }
         }

@@ -5,7 +5,8 @@
 //! f16 loops on its own.
 
 use super::{
-    check_run, raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec,
+    check_run, prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep,
+    QMatVec,
 };
 use crate::quant::{
     get_f16, get_f32, lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8,
@@ -77,6 +78,7 @@ impl QMatVec for Generic {
                 bias,
                 y,
                 scratch,
+                prepare_lut,
                 &mut lut_tile_fn(f),
             ),
         }
@@ -98,7 +100,17 @@ impl QMatVec for Generic {
                 true
             }
             f => {
-                raw_lut(f, rows, cols, packed, x, scratch, out, &mut lut_tile_fn(f));
+                raw_lut(
+                    f,
+                    rows,
+                    cols,
+                    packed,
+                    x,
+                    scratch,
+                    out,
+                    prepare_lut,
+                    &mut lut_tile_fn(f),
+                );
                 true
             }
         }

@@ -480,6 +480,37 @@ pub(crate) struct LutPrep<'a> {
     pub ng: usize,
 }
 
+/// A table builder: [`prepare_lut`] or an architecture's equivalent, which
+/// must write byte-identical scratch.
+pub(crate) type LutPrepFn = for<'a> fn(WeightFormat, usize, &[f32], &'a mut [u8]) -> LutPrep<'a>;
+
+impl<'a> LutPrep<'a> {
+    /// Scratch split for `format` and `cols`: `(tables, params, ng)`.
+    pub(crate) fn parts(
+        format: WeightFormat,
+        cols: usize,
+        scratch: &'a mut [u8],
+    ) -> (&'a mut [u8], &'a mut [u8], usize) {
+        let (g, _, _) = lut_params(format);
+        let k = format.padded_cols(cols);
+        let (na, ng) = (k / LUT_ACT_GROUP, k / g);
+        let (tables, rest) = scratch.split_at_mut(16 * na);
+        (tables, &mut rest[..8 * ng], ng)
+    }
+
+    /// Record group `gi`'s `ts / 2` and activation sum in `params`.
+    #[inline]
+    pub(crate) fn set_params(params: &mut [u8], ng: usize, gi: usize, hts: f32, xs: f32) {
+        params[4 * gi..4 * gi + 4].copy_from_slice(&hts.to_le_bytes());
+        params[4 * (ng + gi)..4 * (ng + gi) + 4].copy_from_slice(&xs.to_le_bytes());
+    }
+
+    /// The view over filled parts.
+    pub(crate) fn from_parts(tables: &'a [u8], params: &'a [u8], ng: usize) -> Self {
+        Self { tables, params, ng }
+    }
+}
+
 impl LutPrep<'_> {
     /// `ts / 2` of group `g` (half the table scale).
     #[inline(always)]
@@ -498,7 +529,7 @@ impl LutPrep<'_> {
 /// rounded integer sits in the low mantissa bits (exact, branch-free, and it
 /// vectorises).
 #[inline(always)]
-fn rne_i32(v: f32) -> i32 {
+pub(crate) fn rne_i32(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC).to_bits() as i32 - 0x4B40_0000
 }
@@ -518,8 +549,9 @@ const LUT_SIGNS: [[f32; 8]; 3] = [
 /// `e` of `i` is set, else `-1` (exact sign flips), and `T[15 - i] = -T[i]`.
 /// Per group, `m = max_a ((|x_0| + |x_1|) + |x_2|) + |x_3|` (the largest `|T|`),
 /// `Tq = rne(clamp(T * (127 / m), -127, 127))` (all 0 if `m == 0`),
-/// `ts / 2 = (m / 127) * 0.5`, and the activation sum is `xsum = sum_a -T_a[0]`
-/// in column order (`-T[0] = ((x_0 + x_1) + x_2) + x_3`). A non-finite
+/// `ts / 2 = (m / 127) * 0.5`, and for the `…Z` formats the activation sum
+/// `xsum = sum_a -T_a[0]` in column order (`-T[0] = ((x_0 + x_1) + x_2) + x_3`;
+/// 0 for symmetric formats, which do not read it). A non-finite
 /// activation zeroes its group's tables and makes `ts` NaN, so the outputs
 /// that read it are NaN.
 pub(crate) fn prepare_lut<'a>(
@@ -528,11 +560,8 @@ pub(crate) fn prepare_lut<'a>(
     x: &[f32],
     scratch: &'a mut [u8],
 ) -> LutPrep<'a> {
-    let (g, _, _) = lut_params(format);
-    let k = format.padded_cols(cols);
-    let (na, ng) = (k / LUT_ACT_GROUP, k / g);
-    let (tables, rest) = scratch.split_at_mut(16 * na);
-    let params = &mut rest[..8 * ng];
+    let (g, _, zp) = lut_params(format);
+    let (tables, params, ng) = LutPrep::parts(format, cols, scratch);
     let apg = g / LUT_ACT_GROUP;
     let mut tf = [[0.0f32; 8]; 16];
     for gi in 0..ng {
@@ -553,7 +582,9 @@ pub(crate) fn prepare_lut<'a>(
                     + xv[2] * LUT_SIGNS[2][i])
                     - xv[3];
             }
-            sum += -t[0];
+            if zp {
+                sum += -t[0];
+            }
         }
         let tabs = &mut tables[16 * gi * apg..16 * (gi + 1) * apg];
         if bad || m == 0.0 {
@@ -572,10 +603,9 @@ pub(crate) fn prepare_lut<'a>(
             }
         }
         let hts = if bad { f32::NAN } else { (m / 127.0) * 0.5 };
-        params[4 * gi..4 * gi + 4].copy_from_slice(&hts.to_le_bytes());
-        params[4 * (ng + gi)..4 * (ng + gi) + 4].copy_from_slice(&sum.to_le_bytes());
+        LutPrep::set_params(params, ng, gi, hts, sum);
     }
-    LutPrep { tables, params, ng }
+    LutPrep::from_parts(tables, params, ng)
 }
 
 /// Quantised activations of i8row, built by [`prepare_i8`] in scratch.
@@ -648,10 +678,11 @@ pub(crate) fn run_lut(
     bias: Option<&[f32]>,
     y: &mut [f32],
     scratch: &mut [u8],
+    prep_fn: LutPrepFn,
     tile_fn: &mut LutTileFn<'_>,
 ) {
     check_run(format, rows, cols, packed, x, bias, y, scratch);
-    let prep = prepare_lut(format, cols, x, scratch);
+    let prep = prep_fn(format, cols, x, scratch);
     let tb = format.tile_bytes(cols);
     for (t, yt) in y.chunks_mut(LUT_ROW_TILE).enumerate() {
         let mut out = [0.0f32; LUT_ROW_TILE];
@@ -676,10 +707,11 @@ pub(crate) fn raw_lut(
     x: &[f32],
     scratch: &mut [u8],
     out: &mut [i32],
+    prep_fn: LutPrepFn,
     tile_fn: &mut LutTileFn<'_>,
 ) {
     check_raw(format, rows, cols, packed, x, scratch, out);
-    let prep = prepare_lut(format, cols, x, scratch);
+    let prep = prep_fn(format, cols, x, scratch);
     let tb = format.tile_bytes(cols);
     let ng = prep.ng;
     let mut dummy = [0.0f32; LUT_ROW_TILE];

@@ -12,7 +12,9 @@
 
 use core::arch::x86_64::*;
 
-use super::{raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec};
+use super::{
+    raw_i8, raw_lut, run_f16, run_i8, run_lut, CpuFeatures, Feature, I8Prep, LutPrep, QMatVec,
+};
 use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
 
 /// An AVX2 kernel of one format.
@@ -122,6 +124,7 @@ impl QMatVec for Avx2 {
                 bias,
                 y,
                 scratch,
+                prepare_lut_x86,
                 &mut lut_tile_fn(f),
             ),
         }
@@ -155,7 +158,17 @@ impl QMatVec for Avx2 {
                 true
             }
             f => {
-                raw_lut(f, rows, cols, packed, x, scratch, out, &mut lut_tile_fn(f));
+                raw_lut(
+                    f,
+                    rows,
+                    cols,
+                    packed,
+                    x,
+                    scratch,
+                    out,
+                    prepare_lut_x86,
+                    &mut lut_tile_fn(f),
+                );
                 true
             }
         }
@@ -411,4 +424,167 @@ unsafe fn lut_tile<const BITS: u32, const G: usize, const ZP: bool>(
         _mm256_storeu_ps(y.as_mut_ptr(), y0);
         _mm256_storeu_ps(y.as_mut_ptr().add(8), y1);
     }
+}
+
+// ------------------------------------------------------------------ LUT tables
+
+/// [`super::prepare_lut`] with AVX2 when this CPU has it (byte-identical
+/// scratch, so kernels see the same tables), else the generic routine.
+fn prepare_lut_x86<'a>(
+    format: WeightFormat,
+    cols: usize,
+    x: &[f32],
+    scratch: &'a mut [u8],
+) -> LutPrep<'a> {
+    if CpuFeatures::host().avx2 {
+        // SAFETY: AVX2 is present (checked just above).
+        unsafe { prepare_lut_avx2(format, cols, x, scratch) }
+    } else {
+        super::prepare_lut(format, cols, x, scratch)
+    }
+}
+
+/// The generic table builder's arithmetic with eight 4-column sets per
+/// vector (lane `l < 4` is set `2l`, lane `4 + l` is set `2l + 1` of each 32
+/// columns): every lane performs the generic scalar operations in the same
+/// order (sign flips as exact negations, separate adds, the same clamp and
+/// round-to-nearest-even trick), and the maximum and the column-order sum are
+/// taken over the same values, so the tables and parameters are identical.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn prepare_lut_avx2<'a>(
+    format: WeightFormat,
+    cols: usize,
+    x: &[f32],
+    scratch: &'a mut [u8],
+) -> LutPrep<'a> {
+    let (g, _, zp) = lut_params(format);
+    let (tables, params, ng) = LutPrep::parts(format, cols, scratch);
+    let chunks = g / 32;
+    let sign = _mm256_set1_ps(-0.0);
+    let lo = _mm256_set1_ps(-127.0);
+    let hi = _mm256_set1_ps(127.0);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let magic_bits = _mm256_set1_epi32(0x4B40_0000);
+    // Per 128-bit lane: 4x4 byte transpose, and byte reversal within 8-byte halves.
+    let tr = _mm256_setr_epi8(
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
+        14, 3, 7, 11, 15,
+    );
+    let rev = _mm256_setr_epi8(
+        7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13,
+        12, 11, 10, 9, 8,
+    );
+    for gi in 0..ng {
+        let mut t = [[_mm256_setzero_ps(); 8]; 2];
+        let mut mav = _mm256_setzero_ps();
+        let mut finite = true;
+        for (ch, tc) in t.iter_mut().enumerate().take(chunks) {
+            let c = gi * g + 32 * ch;
+            let mut buf = [0.0f32; 32];
+            let src: &[f32] = match x.get(c..c + 32) {
+                Some(v) => v,
+                None => {
+                    if c < cols {
+                        buf[..cols - c].copy_from_slice(&x[c..cols]);
+                    }
+                    &buf
+                }
+            };
+            // SAFETY: `src` holds 32 f32.
+            let (a, b, cc, d) = unsafe {
+                let p = src.as_ptr();
+                (
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                )
+            };
+            let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            let (t2, t3) = (_mm256_unpacklo_ps(cc, d), _mm256_unpackhi_ps(cc, d));
+            let x0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let x1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let x2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let x3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let abs = |v| _mm256_andnot_ps(sign, v);
+            let ma = _mm256_add_ps(
+                _mm256_add_ps(_mm256_add_ps(abs(x0), abs(x1)), abs(x2)),
+                abs(x3),
+            );
+            let ok = _mm256_cmp_ps::<_CMP_LE_OQ>(ma, _mm256_set1_ps(f32::MAX));
+            finite &= _mm256_movemask_ps(ok) == 0xFF;
+            mav = _mm256_max_ps(mav, ma);
+            let (n0, n1, n2) = (
+                _mm256_xor_ps(x0, sign),
+                _mm256_xor_ps(x1, sign),
+                _mm256_xor_ps(x2, sign),
+            );
+            for (i, ti) in tc.iter_mut().enumerate() {
+                let s0 = if i & 1 != 0 { x0 } else { n0 };
+                let s1 = if i & 2 != 0 { x1 } else { n1 };
+                let s2 = if i & 4 != 0 { x2 } else { n2 };
+                *ti = _mm256_sub_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), s2), x3);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mav) };
+        let m = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
+        let mut sum = 0.0f32;
+        if zp {
+            for tc in &t[..chunks] {
+                // SAFETY: `lanes` holds 8 f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_xor_ps(tc[0], sign)) };
+                for a in 0..8 {
+                    sum += lanes[(a % 2) * 4 + a / 2];
+                }
+            }
+        }
+        let tabs = &mut tables[16 * gi * (g / 4)..16 * (gi + 1) * (g / 4)];
+        if !finite || m == 0.0 {
+            tabs.fill(0);
+        } else {
+            let inv = _mm256_set1_ps(127.0 / m);
+            for (ch, tc) in t.iter().enumerate().take(chunks) {
+                let q = tc.map(|ti| {
+                    let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(ti, inv), lo), hi);
+                    _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), magic_bits)
+                });
+                let b0 = _mm256_packs_epi16(
+                    _mm256_packs_epi32(q[0], q[1]),
+                    _mm256_packs_epi32(q[2], q[3]),
+                );
+                let b1 = _mm256_packs_epi16(
+                    _mm256_packs_epi32(q[4], q[5]),
+                    _mm256_packs_epi32(q[6], q[7]),
+                );
+                let (c0, c1) = (_mm256_shuffle_epi8(b0, tr), _mm256_shuffle_epi8(b1, tr));
+                // Per 128-bit lane: [set l: q0..q7, set l + 1: q0..q7] for lanes (0, 1), (2, 3).
+                let v01 = _mm256_unpacklo_epi32(c0, c1);
+                let v23 = _mm256_unpackhi_epi32(c0, c1);
+                let zero = _mm256_setzero_si256();
+                let r01 = _mm256_shuffle_epi8(_mm256_sub_epi8(zero, v01), rev);
+                let r23 = _mm256_shuffle_epi8(_mm256_sub_epi8(zero, v23), rev);
+                // Low 128-bit lane holds sets 0, 2 (v01) and 4, 6 (v23); high lane 1, 3 and 5, 7.
+                let out = [
+                    _mm256_unpacklo_epi64(v01, r01),
+                    _mm256_unpackhi_epi64(v01, r01),
+                    _mm256_unpacklo_epi64(v23, r23),
+                    _mm256_unpackhi_epi64(v23, r23),
+                ];
+                let dst = &mut tabs[16 * 8 * ch..16 * 8 * (ch + 1)];
+                for (j, o) in out.iter().enumerate() {
+                    // SAFETY: `dst` holds 8 tables of 16 bytes; `o` is tables
+                    // of sets `2j` and `2j + 1`, bytes `32 j..32 j + 32`.
+                    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(32 * j).cast(), *o) };
+                }
+            }
+        }
+        let hts = if finite { (m / 127.0) * 0.5 } else { f32::NAN };
+        LutPrep::set_params(params, ng, gi, hts, sum);
+    }
+    LutPrep::from_parts(tables, params, ng)
 }
