@@ -12,6 +12,7 @@ mod inspect;
 mod npy;
 mod pack;
 mod residency;
+mod routes;
 mod run;
 mod util;
 mod verify;
@@ -51,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Expert-cache hit rates under RAM budgets: LRU + pinning vs Belady.
     Residency(residency::ResidencyArgs),
+    /// Measured distribution of routed experts per task and modality.
+    Routes(routes::RoutesArgs),
 }
 
 /// Paths of delta packs applied on top of a base package, in chain order.
@@ -72,6 +75,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::main(&a),
         Command::Demo(a) => demo::main(&a),
         Command::Residency(a) => residency::main(&a),
+        Command::Routes(a) => routes::main(&a),
     }
 }
 
