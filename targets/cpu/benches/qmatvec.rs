@@ -49,6 +49,7 @@ const CONFIGS: [(WeightFormat, bool); 9] = [
 struct Stats {
     mean: f64,
     sd: f64,
+    best: f64,
     n: usize,
 }
 
@@ -59,8 +60,47 @@ fn stats(v: &[f64]) -> Stats {
     Stats {
         mean,
         sd: var.sqrt(),
+        best: v.iter().copied().fold(0.0, f64::max),
         n,
     }
+}
+
+/// Seconds this thread has run on a CPU (Linux schedstat), if available.
+fn oncpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? / 1e9)
+}
+
+/// Cache-resident throughput (GB/s of packed bytes per on-CPU second, or per
+/// wall second without schedstat): the kernel re-run on the first `rows`
+/// rows of one matrix, small enough to stay in L2/L3. This is the compute
+/// ceiling the DRAM-streaming numbers are bounded by.
+#[allow(clippy::too_many_arguments)]
+fn cache_resident(
+    k: &dyn QMatVec,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [u8],
+    secs: f64,
+) -> f64 {
+    let clock = || oncpu_secs().unwrap_or_else(|| start_wall().elapsed().as_secs_f64());
+    k.run(rows, cols, packed, x, None, &mut y[..rows], scratch);
+    let (t0, w0) = (clock(), Instant::now());
+    let mut n = 0usize;
+    while w0.elapsed().as_secs_f64() < secs || n < 10 {
+        k.run(rows, cols, packed, x, None, &mut y[..rows], scratch);
+        black_box(&y[..rows]);
+        n += 1;
+    }
+    (packed.len() * n) as f64 / (clock() - t0) / 1e9
+}
+
+fn start_wall() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
 }
 
 /// Alternate passes of `a` (over `a_bytes`) and `b` (over `b_bytes`) after one
@@ -88,26 +128,47 @@ fn time_interleaved(
 }
 
 /// One streaming-sum pass over `buf` with `threads` (1 or 2) threads.
-fn bw_pass(buf: &[u64], threads: usize) {
+fn bw_pass(buf: &[u64], threads: usize, streams: usize) {
     if threads == 1 {
-        black_box(stream_sum(black_box(buf)));
+        black_box(stream_sum(black_box(buf), streams));
     } else {
         let (a, b) = buf.split_at(buf.len() / 2);
         std::thread::scope(|s| {
-            s.spawn(|| black_box(stream_sum(black_box(a))));
-            black_box(stream_sum(black_box(b)));
+            s.spawn(|| black_box(stream_sum(black_box(a), streams)));
+            black_box(stream_sum(black_box(b), streams));
         });
     }
 }
 
-fn stream_sum(buf: &[u64]) -> u64 {
-    let mut acc = [0u64; 8];
-    for c in buf.chunks_exact(8) {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.wrapping_add(v);
+/// Wrapping sum of `buf` read as `S` concurrent sequential streams (the
+/// buffer's `S` equal parts, 64 bytes of each per step). One stream is the
+/// classic streaming sum; this machine's memory system delivers more with a
+/// few streams in flight, as the kernels that read several rows or tiles at
+/// once do, so the benchmark uses the best stream count (calibrated at start).
+#[inline(never)]
+fn stream_sum_s<const S: usize>(buf: &[u64]) -> u64 {
+    let seg = buf.len() / S / 8 * 8;
+    let parts: [&[u64]; S] = std::array::from_fn(|s| &buf[s * seg..(s + 1) * seg]);
+    let mut acc = [[0u64; 8]; S];
+    for i in (0..seg).step_by(8) {
+        for (a, p) in acc.iter_mut().zip(&parts) {
+            let c: &[u64; 8] = p[i..i + 8].try_into().unwrap();
+            for (x, &v) in a.iter_mut().zip(c) {
+                *x = x.wrapping_add(v);
+            }
         }
     }
-    acc.iter().fold(0, |s, &a| s.wrapping_add(a))
+    acc.iter().flatten().fold(0, |s, &a| s.wrapping_add(a))
+}
+
+/// The streaming sum with `streams` (1, 2, 4 or 8) streams.
+fn stream_sum(buf: &[u64], streams: usize) -> u64 {
+    match streams {
+        1 => stream_sum_s::<1>(buf),
+        2 => stream_sum_s::<2>(buf),
+        4 => stream_sum_s::<4>(buf),
+        _ => stream_sum_s::<8>(buf),
+    }
 }
 
 fn llc_bytes() -> usize {
@@ -145,6 +206,12 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -163,6 +230,9 @@ struct Row {
     mats: usize,
     t1: Stats,
     t2: Stats,
+    /// Cache-resident throughput and the rows it used.
+    cached: f64,
+    cached_rows: usize,
     /// Read bandwidth interleaved with the 1- and 2-thread passes.
     bw1: Stats,
     bw2: Stats,
@@ -226,6 +296,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let only: Option<String> = std::env::var("TASKPATH_BENCH_SHAPES").ok();
+    let load_start = loadavg();
     let llc = llc_bytes();
     let min_ws = (8 * llc).max(256 << 20);
     let best = Kernels::best();
@@ -235,6 +306,25 @@ fn main() {
     let bw_bytes = 2 * min_ws;
     let buf: Vec<u64> = (0..bw_bytes / 8).map(|i| i as u64).collect();
     let mut bw_all: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // Calibrate the stream count: median of 5 single-thread passes each, round-robin.
+    let counts = [1usize, 2, 4, 8];
+    let mut cal: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    for _ in 0..5 {
+        for (v, &sc) in cal.iter_mut().zip(&counts) {
+            let t = Instant::now();
+            bw_pass(&buf, 1, sc);
+            v.push(bw_bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let cal: Vec<f64> = cal.iter_mut().map(median).collect();
+    let best_i = (0..counts.len())
+        .max_by(|&a, &b| cal[a].total_cmp(&cal[b]))
+        .unwrap();
+    let streams = counts[best_i];
 
     let mut rows_out: Vec<Row> = Vec::new();
     for &(rows, cols) in &SHAPES {
@@ -271,11 +361,31 @@ fn main() {
                 vec![0u8; f.scratch_bytes(cols)],
                 vec![0u8; f.scratch_bytes(cols)],
             ];
+            // Cache-resident ceiling: the first rows (a multiple of 4 row
+            // tiles, or all) whose packed size is at most 1 MiB.
+            let unit = 4 * f.row_tile();
+            let cached_rows = if bytes <= 1 << 20 {
+                rows
+            } else {
+                let per_row = bytes as f64 / rows as f64;
+                (((1 << 20) as f64 / per_row) as usize / unit * unit).clamp(f.row_tile(), rows)
+            };
+            let cb = f.packed_bytes(cached_rows, cols);
+            let cached = cache_resident(
+                k,
+                cached_rows,
+                cols,
+                &mbuf[..cb],
+                &x,
+                &mut y,
+                &mut scratch[0],
+                secs / 2.0,
+            );
             let total = mbuf.len();
             let [(bw1, t1), (bw2, t2)] = [1, 2].map(|threads| {
                 time_interleaved(
                     bw_bytes,
-                    || bw_pass(&buf, threads),
+                    || bw_pass(&buf, threads, streams),
                     total,
                     || {
                         pass(
@@ -296,7 +406,7 @@ fn main() {
             bw_all[0].push(bw1.mean);
             bw_all[1].push(bw2.mean);
             eprintln!(
-                "{rows}x{cols} {:>7} {:<24} {:6.2} GB/s 1T ({:.0}% of {:.2}), {:6.2} GB/s 2T ({:.0}% of {:.2})",
+                "{rows}x{cols} {:>7} {:<24} cached {cached:6.2}, {:6.2} GB/s 1T ({:.0}% of {:.2}), {:6.2} GB/s 2T ({:.0}% of {:.2})",
                 f.name(),
                 k.name(),
                 t1.mean,
@@ -314,6 +424,8 @@ fn main() {
                 mats,
                 t1,
                 t2,
+                cached,
+                cached_rows,
                 bw1,
                 bw2,
             });
@@ -331,13 +443,26 @@ fn main() {
         llc >> 20
     );
     println!(
+        "- load average (1, 5, 15 min) at start: {load_start}; at end: {} (other processes share this machine)",
+        loadavg()
+    );
+    println!(
         "- working set per configuration: >= {} MiB (8x LLC, at least 256 MiB); timed >= {secs} s, >= 5 passes",
         min_ws >> 20
     );
     let (bw1, bw2) = (stats(&bw_all[0]), stats(&bw_all[1]));
     println!(
-        "- read bandwidth (streaming u64 sum over {} MiB, mean ± sd of the per-configuration means): 1 thread {:.2} ± {:.2} GB/s, 2 threads {:.2} ± {:.2} GB/s",
+        "- read-bandwidth loop: wrapping u64 sum over {} MiB read as S concurrent sequential streams; calibration (1 thread, median of 5 passes): {}; using S = {streams}",
         bw_bytes >> 20,
+        counts
+            .iter()
+            .zip(&cal)
+            .map(|(c, g)| format!("S={c}: {g:.2} GB/s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "- read bandwidth (mean ± sd of the per-configuration interleaved means): 1 thread {:.2} ± {:.2} GB/s, 2 threads {:.2} ± {:.2} GB/s",
         bw1.mean,
         bw1.sd,
         bw2.mean,
@@ -351,9 +476,9 @@ fn main() {
         v.join(", ")
     });
     println!();
-    println!("GB/s = packed weight bytes (incl. scales) per second, mean ± sd over passes; BW = read bandwidth measured interleaved with this row's passes, same thread count; % BW = GB/s / BW; vs f32 = time per matrix of f32 / of this format, same shape and threads.\n");
-    println!("| shape | format | kernel | bytes/matrix | matrices | 1T GB/s | 1T BW | 1T % BW | 1T vs f32 | 2T GB/s | 2T BW | 2T % BW | 2T vs f32 | 2T / 1T |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("GB/s = packed weight bytes (incl. scales) per second. DRAM columns: mean ± sd over passes through >= 8x LLC of matrices, and the best pass. BW = read bandwidth measured interleaved pass by pass with the same row's passes, same thread count (mean / best pass). % BW = kernel / BW, of the means and of the best passes. vs f32 = time per matrix of f32 / of this format (means), same shape and threads. Cache-resident = the kernel re-run on one matrix's first rows (<= 1 MiB packed, rows in brackets), GB/s per on-CPU second: the compute ceiling.\n");
+    println!("| shape | format | kernel | bytes/matrix | matrices | cache-resident GB/s | 1T GB/s | 1T best | 1T BW | 1T % BW | 1T vs f32 | 2T GB/s | 2T BW | 2T % BW | 2T vs f32 | 2T / 1T |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows_out {
         let f32_row = rows_out
             .iter()
@@ -363,29 +488,36 @@ fn main() {
         let speed =
             |s: &Stats, sf: &Stats| (f32_row.bytes as f64 / sf.mean) / (r.bytes as f64 / s.mean);
         println!(
-            "| {}x{} | {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} | {:.0}% | {:.2}x | {:.2} ± {:.2} | {:.2} | {:.0}% | {:.2}x | {:.2} |",
+            "| {}x{} | {} | {} | {} | {} | {:.1} ({}) | {:.2} ± {:.2} | {:.2} | {:.2} / {:.2} | {:.0}%, {:.0}% | {:.2}x | {:.2} ± {:.2} | {:.2} / {:.2} | {:.0}%, {:.0}% | {:.2}x | {:.2} |",
             r.shape.0,
             r.shape.1,
             r.format.name(),
             r.kernel,
             r.bytes,
             r.mats,
+            r.cached,
+            r.cached_rows,
             r.t1.mean,
             r.t1.sd,
+            r.t1.best,
             r.bw1.mean,
+            r.bw1.best,
             100.0 * r.t1.mean / r.bw1.mean,
+            100.0 * r.t1.best / r.bw1.best,
             speed(&r.t1, &f32_row.t1),
             r.t2.mean,
             r.t2.sd,
             r.bw2.mean,
+            r.bw2.best,
             100.0 * r.t2.mean / r.bw2.mean,
+            100.0 * r.t2.best / r.bw2.best,
             speed(&r.t2, &f32_row.t2),
             r.t2.mean / r.t1.mean,
         );
     }
     println!();
     println!(
-        "{{\"kind\":\"read_bandwidth\",\"bytes\":{bw_bytes},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"cpu\":\"{}\",\"commit\":\"{}\"}}",
+        "{{\"kind\":\"read_bandwidth\",\"bytes\":{bw_bytes},\"streams\":{streams},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"cpu\":\"{}\",\"commit\":\"{}\"}}",
         bw1.mean,
         bw1.sd,
         bw2.mean,
@@ -395,7 +527,7 @@ fn main() {
     );
     for r in &rows_out {
         println!(
-            "{{\"kind\":\"qmatvec\",\"rows\":{},\"cols\":{},\"format\":\"{}\",\"format_id\":{},\"kernel\":\"{}\",\"bytes_per_matrix\":{},\"matrices\":{},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"passes_1t\":{},\"bw_1t\":{:.4},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"passes_2t\":{},\"bw_2t\":{:.4}}}",
+            "{{\"kind\":\"qmatvec\",\"rows\":{},\"cols\":{},\"format\":\"{}\",\"format_id\":{},\"kernel\":\"{}\",\"bytes_per_matrix\":{},\"matrices\":{},\"cache_resident_gbps\":{:.4},\"cache_resident_rows\":{},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"best_1t\":{:.4},\"passes_1t\":{},\"bw_1t\":{:.4},\"bw_best_1t\":{:.4},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"best_2t\":{:.4},\"passes_2t\":{},\"bw_2t\":{:.4},\"bw_best_2t\":{:.4}}}",
             r.shape.0,
             r.shape.1,
             r.format.name(),
@@ -403,14 +535,20 @@ fn main() {
             r.kernel,
             r.bytes,
             r.mats,
+            r.cached,
+            r.cached_rows,
             r.t1.mean,
             r.t1.sd,
+            r.t1.best,
             r.t1.n,
             r.bw1.mean,
+            r.bw1.best,
             r.t2.mean,
             r.t2.sd,
+            r.t2.best,
             r.t2.n,
-            r.bw2.mean
+            r.bw2.mean,
+            r.bw2.best
         );
     }
 }

@@ -13,7 +13,8 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::{
-    prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep, QMatVec,
+    prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, tiles_of, Feature, I8Prep, LutPrep,
+    QMatVec,
 };
 use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
 
@@ -127,7 +128,7 @@ impl QMatVec for Neon {
                 y,
                 scratch,
                 prepare_lut,
-                &mut lut_tile_fn(f),
+                &mut tiles_of(lut_tile_fn(f)),
             ),
         }
     }
@@ -169,7 +170,7 @@ impl QMatVec for Neon {
                     scratch,
                     out,
                     prepare_lut,
-                    &mut lut_tile_fn(f),
+                    &mut tiles_of(lut_tile_fn(f)),
                 );
                 true
             }

@@ -5,8 +5,8 @@
 //! f16 loops on its own.
 
 use super::{
-    check_run, prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, Feature, I8Prep, LutPrep,
-    QMatVec,
+    check_run, prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, tiles_of, Feature, I8Prep,
+    LutPrep, QMatVec,
 };
 use crate::quant::{
     get_f16, get_f32, lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8,
@@ -79,7 +79,7 @@ impl QMatVec for Generic {
                 y,
                 scratch,
                 prepare_lut,
-                &mut lut_tile_fn(f),
+                &mut tiles_of(lut_tile_fn(f)),
             ),
         }
     }
@@ -109,7 +109,7 @@ impl QMatVec for Generic {
                     scratch,
                     out,
                     prepare_lut,
-                    &mut lut_tile_fn(f),
+                    &mut tiles_of(lut_tile_fn(f)),
                 );
                 true
             }

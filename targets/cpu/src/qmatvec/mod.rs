@@ -667,7 +667,53 @@ pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I
 pub(crate) type LutTileFn<'f> =
     dyn FnMut(&[u8], &LutPrep<'_>, &mut [f32; LUT_ROW_TILE], Option<&mut [i32]>, usize) + 'f;
 
-/// Driver of the LUT formats: checks, tables, tile loop, bias.
+/// Tiles the LUT driver hands a kernel at once (separate read streams, which
+/// this kind of memory system rewards, and shared table loads).
+pub(crate) const LUT_TILES: usize = 4;
+
+/// Rows of one driver chunk.
+pub(crate) const LUT_CHUNK_ROWS: usize = LUT_TILES * LUT_ROW_TILE;
+
+/// A LUT kernel over `n <= LUT_TILES` consecutive tiles:
+/// `(tiles bytes, n, tables, y_chunk, raw, valid_rows)`, conventions as
+/// [`LutTileFn`] with rows numbered across the chunk (`raw: [valid_rows, ng]`).
+pub(crate) type LutTilesFn<'f> = dyn FnMut(&[u8], usize, &LutPrep<'_>, &mut [f32; LUT_CHUNK_ROWS], Option<&mut [i32]>, usize)
+    + 'f;
+
+/// Adapt a one-tile kernel to the driver's chunks (see [`each_tile`]).
+#[allow(clippy::type_complexity)]
+pub(crate) fn tiles_of<'f>(
+    mut one: impl FnMut(&[u8], &LutPrep<'_>, &mut [f32; LUT_ROW_TILE], Option<&mut [i32]>, usize) + 'f,
+) -> impl FnMut(&[u8], usize, &LutPrep<'_>, &mut [f32; LUT_CHUNK_ROWS], Option<&mut [i32]>, usize) + 'f
+{
+    move |t, n, p, o, r, v| each_tile(t, n, p, o, r, v, &mut one)
+}
+
+/// Run a one-tile kernel over each tile of a driver chunk.
+pub(crate) fn each_tile(
+    tiles: &[u8],
+    n: usize,
+    prep: &LutPrep<'_>,
+    out: &mut [f32; LUT_CHUNK_ROWS],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+    one: &mut LutTileFn<'_>,
+) {
+    let tb = tiles.len().checked_div(n).unwrap_or(0);
+    let ng = prep.ng;
+    for t in 0..n {
+        let v = valid.saturating_sub(LUT_ROW_TILE * t).min(LUT_ROW_TILE);
+        let mut o = [0.0f32; LUT_ROW_TILE];
+        let r = raw
+            .as_deref_mut()
+            .map(|r| &mut r[LUT_ROW_TILE * t * ng..(LUT_ROW_TILE * t + v) * ng]);
+        one(&tiles[t * tb..(t + 1) * tb], prep, &mut o, r, v);
+        out[LUT_ROW_TILE * t..LUT_ROW_TILE * (t + 1)].copy_from_slice(&o);
+    }
+}
+
+/// Driver of the LUT formats: checks, tables, loop over chunks of up to
+/// [`LUT_TILES`] tiles, bias.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_lut(
     format: WeightFormat,
@@ -679,21 +725,24 @@ pub(crate) fn run_lut(
     y: &mut [f32],
     scratch: &mut [u8],
     prep_fn: LutPrepFn,
-    tile_fn: &mut LutTileFn<'_>,
+    tiles_fn: &mut LutTilesFn<'_>,
 ) {
     check_run(format, rows, cols, packed, x, bias, y, scratch);
     let prep = prep_fn(format, cols, x, scratch);
     let tb = format.tile_bytes(cols);
-    for (t, yt) in y.chunks_mut(LUT_ROW_TILE).enumerate() {
-        let mut out = [0.0f32; LUT_ROW_TILE];
-        tile_fn(
-            &packed[t * tb..(t + 1) * tb],
+    for (c, yc) in y.chunks_mut(LUT_CHUNK_ROWS).enumerate() {
+        let n = yc.len().div_ceil(LUT_ROW_TILE);
+        let first = c * LUT_TILES;
+        let mut out = [0.0f32; LUT_CHUNK_ROWS];
+        tiles_fn(
+            &packed[first * tb..(first + n) * tb],
+            n,
             &prep,
             &mut out,
             None,
-            yt.len(),
+            yc.len(),
         );
-        finish_tile(yt, &out, bias.map(|b| &b[t * LUT_ROW_TILE..]));
+        finish_tile(yc, &out, bias.map(|b| &b[c * LUT_CHUNK_ROWS..]));
     }
 }
 
@@ -708,18 +757,21 @@ pub(crate) fn raw_lut(
     scratch: &mut [u8],
     out: &mut [i32],
     prep_fn: LutPrepFn,
-    tile_fn: &mut LutTileFn<'_>,
+    tiles_fn: &mut LutTilesFn<'_>,
 ) {
     check_raw(format, rows, cols, packed, x, scratch, out);
     let prep = prep_fn(format, cols, x, scratch);
     let tb = format.tile_bytes(cols);
     let ng = prep.ng;
-    let mut dummy = [0.0f32; LUT_ROW_TILE];
-    for t in 0..rows.div_ceil(LUT_ROW_TILE) {
-        let valid = (rows - t * LUT_ROW_TILE).min(LUT_ROW_TILE);
-        let o = &mut out[t * LUT_ROW_TILE * ng..][..valid * ng];
-        tile_fn(
-            &packed[t * tb..(t + 1) * tb],
+    let mut dummy = [0.0f32; LUT_CHUNK_ROWS];
+    for c in 0..rows.div_ceil(LUT_CHUNK_ROWS) {
+        let valid = (rows - c * LUT_CHUNK_ROWS).min(LUT_CHUNK_ROWS);
+        let n = valid.div_ceil(LUT_ROW_TILE);
+        let first = c * LUT_TILES;
+        let o = &mut out[c * LUT_CHUNK_ROWS * ng..][..valid * ng];
+        tiles_fn(
+            &packed[first * tb..(first + n) * tb],
+            n,
             &prep,
             &mut dummy,
             Some(o),

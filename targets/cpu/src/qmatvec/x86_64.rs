@@ -15,6 +15,7 @@ use core::arch::x86_64::*;
 use super::{
     raw_i8, raw_lut, run_f16, run_i8, run_lut, CpuFeatures, Feature, I8Prep, LutPrep, QMatVec,
 };
+use super::{LUT_CHUNK_ROWS, LUT_TILES};
 use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
 
 /// An AVX2 kernel of one format.
@@ -125,7 +126,7 @@ impl QMatVec for Avx2 {
                 y,
                 scratch,
                 prepare_lut_x86,
-                &mut lut_tile_fn(f),
+                &mut lut_tiles_fn(f),
             ),
         }
     }
@@ -167,7 +168,7 @@ impl QMatVec for Avx2 {
                     scratch,
                     out,
                     prepare_lut_x86,
-                    &mut lut_tile_fn(f),
+                    &mut lut_tiles_fn(f),
                 );
                 true
             }
@@ -291,37 +292,70 @@ unsafe fn i8_tile(
 
 // ------------------------------------------------------------------ LUT
 
-/// The AVX2 LUT tile kernel of `format`.
+/// The AVX2 LUT kernel of `format` over a driver chunk of up to [`LUT_TILES`] tiles.
 #[allow(clippy::type_complexity)]
-fn lut_tile_fn(
+fn lut_tiles_fn(
     format: WeightFormat,
-) -> impl FnMut(&[u8], &LutPrep<'_>, &mut [f32; 16], Option<&mut [i32]>, usize) {
+) -> impl FnMut(&[u8], usize, &LutPrep<'_>, &mut [f32; LUT_CHUNK_ROWS], Option<&mut [i32]>, usize) {
     let (g, bits, zp) = lut_params(format);
-    move |tile, prep, y, raw, valid| {
+    move |tiles, n, prep, y, raw, valid| {
         // SAFETY: every caller (`run`, `integer_parts`) checked AVX2 and F16C
-        // first; `run_lut` / `raw_lut` pass whole tiles and the tables of the
-        // same format and `cols`.
+        // first; `run_lut` / `raw_lut` pass `n` whole tiles and the tables of
+        // the same format and `cols`.
         unsafe {
             match (bits, g, zp) {
-                (4, 32, false) => lut_tile::<4, 32, false>(tile, prep, y, raw, valid),
-                (4, 64, false) => lut_tile::<4, 64, false>(tile, prep, y, raw, valid),
-                (2, 32, false) => lut_tile::<2, 32, false>(tile, prep, y, raw, valid),
-                (2, 64, false) => lut_tile::<2, 64, false>(tile, prep, y, raw, valid),
-                (4, 32, true) => lut_tile::<4, 32, true>(tile, prep, y, raw, valid),
-                (4, 64, true) => lut_tile::<4, 64, true>(tile, prep, y, raw, valid),
-                (2, 32, true) => lut_tile::<2, 32, true>(tile, prep, y, raw, valid),
-                _ => lut_tile::<2, 64, true>(tile, prep, y, raw, valid),
+                (4, 32, false) => lut_chunk::<4, 32, false>(tiles, n, prep, y, raw, valid),
+                (4, 64, false) => lut_chunk::<4, 64, false>(tiles, n, prep, y, raw, valid),
+                (2, 32, false) => lut_chunk::<2, 32, false>(tiles, n, prep, y, raw, valid),
+                (2, 64, false) => lut_chunk::<2, 64, false>(tiles, n, prep, y, raw, valid),
+                (4, 32, true) => lut_chunk::<4, 32, true>(tiles, n, prep, y, raw, valid),
+                (4, 64, true) => lut_chunk::<4, 64, true>(tiles, n, prep, y, raw, valid),
+                (2, 32, true) => lut_chunk::<2, 32, true>(tiles, n, prep, y, raw, valid),
+                _ => lut_chunk::<2, 64, true>(tiles, n, prep, y, raw, valid),
             }
         }
     }
 }
 
-/// One 16-row LUT tile. Per 32-byte block, `pshufb` looks up the low and the
-/// high nibbles of the weight bytes in the broadcast table (int4: one table,
-/// int2: two consecutive tables); byte `2i + j` of a lookup belongs to row `i`
-/// and has weight `2^j` (low nibble) or `2^(j + 2)` / `2^j` (high nibble,
-/// int4 / int2), applied by `maddubs(weights, lookup)`, which also widens to
-/// i16 lane `i` = row `i`.
+/// A driver chunk: four tiles at once when it is full, else tile by tile.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn lut_chunk<const BITS: u32, const G: usize, const ZP: bool>(
+    tiles: &[u8],
+    n: usize,
+    p: &LutPrep<'_>,
+    y: &mut [f32; LUT_CHUNK_ROWS],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    if n == LUT_TILES {
+        // SAFETY: same precondition as ours.
+        unsafe { lut_tiles::<BITS, G, ZP, LUT_TILES>(tiles, p, y, raw, valid) };
+        return;
+    }
+    let tb = tiles.len().checked_div(n).unwrap_or(0);
+    let ng = p.ng;
+    for t in 0..n {
+        let v = valid.saturating_sub(LUT_ROW_TILE * t).min(LUT_ROW_TILE);
+        let mut o = [0.0f32; LUT_CHUNK_ROWS];
+        let r = raw
+            .as_deref_mut()
+            .map(|r| &mut r[LUT_ROW_TILE * t * ng..(LUT_ROW_TILE * t + v) * ng]);
+        // SAFETY: same precondition as ours.
+        unsafe { lut_tiles::<BITS, G, ZP, 1>(&tiles[t * tb..(t + 1) * tb], p, &mut o, r, v) };
+        y[LUT_ROW_TILE * t..LUT_ROW_TILE * (t + 1)].copy_from_slice(&o[..LUT_ROW_TILE]);
+    }
+}
+
+/// `NT` consecutive 16-row LUT tiles (one read stream each; the tables are
+/// loaded once for all of them). Per 32-byte block, `pshufb` looks up the low
+/// and the high nibbles of the weight bytes in the broadcast table (int4: one
+/// table, int2: two consecutive tables); byte `2i + j` of a lookup belongs to
+/// row `i` and has weight `2^j` (low nibble) or `2^(j + 2)` / `2^j` (high
+/// nibble, int4 / int2), applied by `maddubs(weights, lookup)`, which also
+/// widens to i16 lane `i` = row `i`.
 ///
 /// Overflow bound: entries are in `[-127, 127]`; a `maddubs` pair is at most
 /// `(4 + 8) * 127 = 1524`; a whole group adds, per table, at most
@@ -333,18 +367,20 @@ fn lut_tile_fn(
 /// # Safety
 /// The CPU must support AVX2 and F16C.
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn lut_tile<const BITS: u32, const G: usize, const ZP: bool>(
-    tile: &[u8],
+unsafe fn lut_tiles<const BITS: u32, const G: usize, const ZP: bool, const NT: usize>(
+    tiles: &[u8],
     p: &LutPrep<'_>,
-    y: &mut [f32; LUT_ROW_TILE],
+    y: &mut [f32; LUT_CHUNK_ROWS],
     mut raw: Option<&mut [i32]>,
     valid: usize,
 ) {
     let ng = p.ng;
     let wbytes = LUT_ROW_TILE * G * BITS as usize / 8;
     let gb = wbytes + 32 + if ZP { 32 } else { 0 };
-    assert!(tile.len() == ng * gb && p.tables.len() >= 16 * ng * (G / 4));
-    assert!(raw.as_deref().is_none_or(|r| r.len() >= valid * ng) && valid <= LUT_ROW_TILE);
+    let tb = ng * gb;
+    assert!(NT <= LUT_TILES && tiles.len() == NT * tb);
+    assert!(p.tables.len() >= 16 * ng * (G / 4));
+    assert!(raw.as_deref().is_none_or(|r| r.len() >= valid * ng) && valid <= NT * LUT_ROW_TILE);
     let mask = _mm256_set1_epi8(0x0F);
     // Byte multipliers for maddubs: [1, 2] per row; high nibbles [4, 8] for int4.
     let mul_lo = _mm256_set1_epi16(0x0201);
@@ -354,75 +390,83 @@ unsafe fn lut_tile<const BITS: u32, const G: usize, const ZP: bool>(
         mul_lo
     };
     let c = _mm256_set1_ps(lut_center(BITS));
-    let mut y0 = _mm256_setzero_ps();
-    let mut y1 = _mm256_setzero_ps();
-    let mut wp = tile.as_ptr();
+    let base = tiles.as_ptr();
+    let mut yv = [[_mm256_setzero_ps(); 2]; NT];
     let mut tp = p.tables.as_ptr();
     for gi in 0..ng {
-        let mut acc = _mm256_setzero_si256();
-        // SAFETY: group `gi` occupies `tile[gi * gb..(gi + 1) * gb]` and its
-        // tables `tables[16 * gi * G / 4..16 * (gi + 1) * G / 4]`; `wp` and
-        // `tp` advance by exactly `wbytes` and `16 * G / 4` in the loop and by
-        // `gb - wbytes` after it, all within the asserted lengths.
+        let goff = gi * gb;
+        let mut acc = [_mm256_setzero_si256(); NT];
+        // SAFETY: group `gi` of tile `t` occupies
+        // `tiles[t * tb + goff..t * tb + goff + gb]` (within `NT * tb`, asserted)
+        // and its tables `tables[16 * gi * G / 4..16 * (gi + 1) * G / 4]`;
+        // `tp` advances by exactly `16 * G / 4` per group.
         unsafe {
-            for _ in 0..wbytes / 32 {
-                let w = _mm256_loadu_si256(wp.cast());
-                let lo = _mm256_and_si256(w, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+            for blk in 0..wbytes / 32 {
                 let ta = _mm256_broadcastsi128_si256(_mm_loadu_si128(tp.cast()));
-                let tb = if BITS == 4 {
+                let tb2 = if BITS == 4 {
                     ta
                 } else {
                     _mm256_broadcastsi128_si256(_mm_loadu_si128(tp.add(16).cast()))
                 };
-                let la = _mm256_maddubs_epi16(mul_lo, _mm256_shuffle_epi8(ta, lo));
-                let lb = _mm256_maddubs_epi16(mul_hi, _mm256_shuffle_epi8(tb, hi));
-                acc = _mm256_add_epi16(acc, _mm256_add_epi16(la, lb));
-                wp = wp.add(32);
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let w = _mm256_loadu_si256(base.add(t * tb + goff + 32 * blk).cast());
+                    let lo = _mm256_and_si256(w, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+                    let la = _mm256_maddubs_epi16(mul_lo, _mm256_shuffle_epi8(ta, lo));
+                    let lb = _mm256_maddubs_epi16(mul_hi, _mm256_shuffle_epi8(tb2, hi));
+                    *a = _mm256_add_epi16(*a, _mm256_add_epi16(la, lb));
+                }
                 tp = tp.add(if BITS == 4 { 16 } else { 32 });
             }
         }
-        // SAFETY: the 32 bytes of scales (and 32 of zero points) follow the weights.
-        let (s0, s1, z) = unsafe {
-            let s0 = _mm256_cvtph_ps(_mm_loadu_si128(wp.cast()));
-            let s1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(16).cast()));
-            let z = if ZP {
-                Some((
-                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(32).cast())),
-                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(48).cast())),
-                ))
-            } else {
-                None
+        let (hts, xs) = (_mm256_set1_ps(p.hts(gi)), _mm256_set1_ps(p.xs(gi)));
+        for (t, (a, yt)) in acc.iter().zip(yv.iter_mut()).enumerate() {
+            // SAFETY: the 32 bytes of scales (and 32 of zero points) follow
+            // the group's weights in tile `t`.
+            let (s0, s1, z) = unsafe {
+                let sp = base.add(t * tb + goff + wbytes);
+                let s0 = _mm256_cvtph_ps(_mm_loadu_si128(sp.cast()));
+                let s1 = _mm256_cvtph_ps(_mm_loadu_si128(sp.add(16).cast()));
+                let z = if ZP {
+                    Some((
+                        _mm256_cvtph_ps(_mm_loadu_si128(sp.add(32).cast())),
+                        _mm256_cvtph_ps(_mm_loadu_si128(sp.add(48).cast())),
+                    ))
+                } else {
+                    None
+                };
+                (s0, s1, z)
             };
-            wp = wp.add(gb - wbytes);
-            (s0, s1, z)
-        };
-        if let Some(raw) = raw.as_deref_mut() {
-            let mut t = [0i16; 16];
-            // SAFETY: `t` holds 16 i16.
-            unsafe { _mm256_storeu_si256(t.as_mut_ptr().cast(), acc) };
-            for (i, &a) in t.iter().enumerate().take(valid) {
-                raw[i * ng + gi] = i32::from(a);
+            if let Some(raw) = raw.as_deref_mut() {
+                let mut tmp = [0i16; 16];
+                // SAFETY: `tmp` holds 16 i16.
+                unsafe { _mm256_storeu_si256(tmp.as_mut_ptr().cast(), *a) };
+                for (i, &v) in tmp.iter().enumerate() {
+                    let r = LUT_ROW_TILE * t + i;
+                    if r < valid {
+                        raw[r * ng + gi] = i32::from(v);
+                    }
+                }
+                continue;
             }
-            continue;
+            let a0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(*a)));
+            let a1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(*a)));
+            let mut t0 = _mm256_mul_ps(a0, hts);
+            let mut t1 = _mm256_mul_ps(a1, hts);
+            if let Some((z0, z1)) = z {
+                t0 = _mm256_add_ps(t0, _mm256_mul_ps(_mm256_sub_ps(c, z0), xs));
+                t1 = _mm256_add_ps(t1, _mm256_mul_ps(_mm256_sub_ps(c, z1), xs));
+            }
+            yt[0] = _mm256_add_ps(yt[0], _mm256_mul_ps(t0, s0));
+            yt[1] = _mm256_add_ps(yt[1], _mm256_mul_ps(t1, s1));
         }
-        let a0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)));
-        let a1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(acc)));
-        let h = _mm256_set1_ps(p.hts(gi));
-        let mut t0 = _mm256_mul_ps(a0, h);
-        let mut t1 = _mm256_mul_ps(a1, h);
-        if let Some((z0, z1)) = z {
-            let xs = _mm256_set1_ps(p.xs(gi));
-            t0 = _mm256_add_ps(t0, _mm256_mul_ps(_mm256_sub_ps(c, z0), xs));
-            t1 = _mm256_add_ps(t1, _mm256_mul_ps(_mm256_sub_ps(c, z1), xs));
-        }
-        y0 = _mm256_add_ps(y0, _mm256_mul_ps(t0, s0));
-        y1 = _mm256_add_ps(y1, _mm256_mul_ps(t1, s1));
     }
-    // SAFETY: `y` holds 16 f32.
-    unsafe {
-        _mm256_storeu_ps(y.as_mut_ptr(), y0);
-        _mm256_storeu_ps(y.as_mut_ptr().add(8), y1);
+    for (t, yt) in yv.iter().enumerate() {
+        // SAFETY: `y` holds `LUT_CHUNK_ROWS >= 16 NT` f32.
+        unsafe {
+            _mm256_storeu_ps(y.as_mut_ptr().add(16 * t), yt[0]);
+            _mm256_storeu_ps(y.as_mut_ptr().add(16 * t + 8), yt[1]);
+        }
     }
 }
 
