@@ -197,7 +197,10 @@ fn mincore_shows_only_path_pages_resident_after_a_run() {
             &model,
             t,
             arena.as_mut_slice(),
-            SessionOptions { verify_path: false },
+            SessionOptions {
+                verify_path: false,
+                ..Default::default()
+            },
         )
         .unwrap();
         let x = random_inputs(&ck.config, t, &mut rng);

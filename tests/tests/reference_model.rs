@@ -13,7 +13,9 @@ fn root() -> PathBuf {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
 }
 
 /// Runtime outputs of `task` over its test set.
@@ -58,9 +60,21 @@ fn runtime_matches_candle_on_every_test_sample() {
     for task in &ck.config.tasks {
         let (ds, outs) = run_test_set(&model, &task.name);
         let (err, agree) = compare(&outs, &ds);
-        eprintln!("{}: {} samples, max rel err {err:.2e}, predictions agree {agree}", task.name, outs.len());
-        assert!(err < 1e-5, "{}: max relative error {err:e} vs candle", task.name);
-        assert_eq!(agree, 1.0, "{}: a prediction differs from candle's", task.name);
+        eprintln!(
+            "{}: {} samples, max rel err {err:.2e}, predictions agree {agree}",
+            task.name,
+            outs.len()
+        );
+        assert!(
+            err < 1e-5,
+            "{}: max relative error {err:e} vs candle",
+            task.name
+        );
+        assert_eq!(
+            agree, 1.0,
+            "{}: a prediction differs from candle's",
+            task.name
+        );
     }
 }
 
@@ -91,7 +105,10 @@ fn stage_deltas_leave_earlier_tasks_bit_identical() {
     for task in ["DIGIT-PARITY", "DIAB", "GSE-MET"] {
         let (ds, outs) = run_test_set(&m3, task);
         let (err, agree) = compare(&outs, &ds);
-        assert!(err < 1e-5 && agree == 1.0, "{task} through the delta chain: {err:e}, {agree}");
+        assert!(
+            err < 1e-5 && agree == 1.0,
+            "{task} through the delta chain: {err:e}, {agree}"
+        );
     }
     eprintln!(
         "package sizes: stage-1 base {} bytes, stage-2 delta {} bytes, stage-3 delta {} bytes",

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     ChainTooLong = 0x33,
     /// An I/O error opening or mapping a file (std only).
     Io = 0x40,
+    /// A weight format this build or this CPU cannot run.
+    UnsupportedFormat = 0x41,
 }
 
 /// A runtime error; `Display` says what is wrong in one sentence.
@@ -98,6 +100,15 @@ pub enum Error {
     ChainTooLong,
     /// An I/O error (std only): what was being done.
     Io(&'static str),
+    /// A weight format with no kernel here.
+    UnsupportedFormat {
+        /// The format id.
+        format: u16,
+        /// Its name, or "unknown".
+        name: &'static str,
+        /// The CPU feature the kernel needs and this CPU lacks, or why else.
+        missing: &'static str,
+    },
 }
 
 impl Error {
@@ -116,6 +127,7 @@ impl Error {
             Self::DeltaMismatch { .. } => ErrorCode::DeltaMismatch,
             Self::ChainTooLong => ErrorCode::ChainTooLong,
             Self::Io(_) => ErrorCode::Io,
+            Self::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
         }
     }
 }
@@ -153,6 +165,10 @@ impl fmt::Display for Error {
             Self::DeltaMismatch { why } => write!(f, "delta pack does not match its base: {why}"),
             Self::ChainTooLong => write!(f, "too many packages in one chain (max {})", crate::MAX_CHAIN),
             Self::Io(what) => write!(f, "I/O error: {what}"),
+            Self::UnsupportedFormat { format, name, missing } => write!(
+                f,
+                "weight format {name} (id {format}) cannot run here: {missing}"
+            ),
         }
     }
 }

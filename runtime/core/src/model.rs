@@ -17,10 +17,16 @@ pub struct TensorView<'a> {
     pub rows: usize,
     /// Logical columns (input dimension).
     pub cols: usize,
-    /// Dense data, or the `U [rows, rank]` factor.
+    /// Weight format id (`taskpath_cpu::quant::WeightFormat`).
+    pub format: u16,
+    /// f32 tensors: dense data, or the `U [rows, rank]` factor. Empty otherwise.
     pub a: &'a [f32],
-    /// Empty for dense; the `V [rank, cols]` factor for low-rank.
+    /// f32 tensors: empty for dense; the `V [rank, cols]` factor for low-rank.
     pub b: &'a [f32],
+    /// Raw bytes of the dense data or `U` factor (every format).
+    pub raw_a: &'a [u8],
+    /// Raw bytes of the `V` factor (low-rank), else empty.
+    pub raw_b: &'a [u8],
     /// Rank (0 for dense).
     pub rank: usize,
     /// Global blob index.
@@ -30,7 +36,11 @@ pub struct TensorView<'a> {
 impl TensorView<'_> {
     /// Bytes of weight data this tensor reads.
     pub fn bytes(&self) -> usize {
-        (self.a.len() + self.b.len()) * 4
+        self.raw_a.len() + self.raw_b.len()
+    }
+    /// Whether the tensor is stored as f32.
+    pub fn is_f32(&self) -> bool {
+        self.format == taskpath_format::records::format::F32
     }
     /// Whether the tensor is a low-rank pair.
     pub fn is_low_rank(&self) -> bool {
@@ -260,30 +270,38 @@ impl<'a> Model<'a> {
     /// Tensor by global index, borrowed from the package bytes.
     pub fn tensor(&self, global: u32) -> Option<TensorView<'a>> {
         let (p, t) = self.tensor_rec(global)?;
-        let (a, b) = p.tensor_f32(&t).ok()?;
-        Some(Self::view(&t, a, b))
+        let local = t.blob.checked_sub(p.hparams().blob_base)?;
+        Self::view(&t, p.blob_bytes(local as usize)?)
     }
 
     /// Tensor by global index, borrowed from `blob`: a RAM copy of its blob.
     pub fn tensor_in<'b>(&self, global: u32, blob: &'b [u8]) -> Option<TensorView<'b>> {
         let (_, t) = self.tensor_rec(global)?;
-        let (a, b) = taskpath_format::tensor_data(&t, blob).ok()?;
-        Some(Self::view(&t, a, b))
+        Self::view(&t, blob)
     }
 
-    fn view<'b>(t: &TensorRec, a: &'b [f32], b: &'b [f32]) -> TensorView<'b> {
-        TensorView {
+    fn view<'b>(t: &TensorRec, blob: &'b [u8]) -> Option<TensorView<'b>> {
+        let (raw_a, raw_b) = taskpath_format::tensor_raw(t, blob).ok()?;
+        let (a, b) = if t.format == taskpath_format::records::format::F32 {
+            taskpath_format::tensor_data(t, blob).ok()?
+        } else {
+            (&[][..], &[][..])
+        };
+        Some(TensorView {
             rows: t.rows as usize,
             cols: t.cols as usize,
+            format: t.format,
             a,
             b,
+            raw_a,
+            raw_b,
             rank: if t.layout == layout::LOW_RANK {
                 t.rank as usize
             } else {
                 0
             },
             blob: t.blob,
-        }
+        })
     }
 
     /// Number of blobs across the chain.

@@ -8,6 +8,8 @@
 use core::ops::Range;
 
 use taskpath_cpu::f32 as k;
+use taskpath_cpu::qmatvec::Kernels;
+use taskpath_cpu::quant::WeightFormat;
 use taskpath_format::records::{blob_kind, gating, ExpertRec, OpRec};
 use taskpath_format::{Opcode, Package, NONE};
 
@@ -28,15 +30,22 @@ pub struct RunStats {
 }
 
 /// Options for [`Session::with_options`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
     /// Check the checksum of every blob on the task's path at creation.
     pub verify_path: bool,
+    /// The kernel table; `None` = the best for this CPU (`Kernels::best()`,
+    /// which honours `TASKPATH_FORCE_GENERIC=1`). `Some(Kernels::generic())`
+    /// forces the portable reference kernels.
+    pub kernels: Option<Kernels>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { verify_path: true }
+        Self {
+            verify_path: true,
+            kernels: None,
+        }
     }
 }
 
@@ -148,6 +157,7 @@ pub struct Session<'m, 'a> {
     arena: &'m mut [f32],
     path_union: u64,
     source: Option<&'m mut dyn BlobSource>,
+    kernels: Kernels,
 }
 
 impl core::fmt::Debug for Session<'_, '_> {
@@ -195,6 +205,7 @@ impl<'m, 'a> Session<'m, 'a> {
             arena,
             path_union,
             source: None,
+            kernels: opts.kernels.unwrap_or_else(Kernels::best),
         };
         for i in 0..task.rec.program_len {
             s.step(i)?;
@@ -274,11 +285,56 @@ impl<'m, 'a> Session<'m, 'a> {
         if rows == 1 && t.is_low_rank() {
             return Err(bad(op, "vector stored as low-rank"));
         }
+        if !t.is_f32() {
+            return Err(bad(
+                op,
+                "quantized weights are only supported in expert blobs",
+            ));
+        }
         let blob = self.model.blob(t.blob).ok_or(bad(op, "no such blob"))?;
         if !self.model.on_path(&self.task, &blob.rec) {
             return Err(bad(op, "tensor outside the task's path"));
         }
         Ok(t)
+    }
+
+    /// Checks a quantized matrix's byte lengths against its format's layout
+    /// and that a kernel can run it here; returns the kernel scratch it needs.
+    fn bind(&self, t: &TensorView<'_>, op: u32) -> Result<usize> {
+        if t.is_f32() {
+            return Ok(0);
+        }
+        let fmt = WeightFormat::from_u16(t.format).ok_or(Error::UnsupportedFormat {
+            format: t.format,
+            name: "unknown",
+            missing: "this build does not know the format id",
+        })?;
+        self.kernels
+            .kernel(fmt)
+            .map_err(|u| Error::UnsupportedFormat {
+                format: t.format,
+                name: fmt.name(),
+                missing: u.missing_feature,
+            })?;
+        let factors: [(usize, usize, usize); 2] = if t.is_low_rank() {
+            [
+                (t.rows, t.rank, t.raw_a.len()),
+                (t.rank, t.cols, t.raw_b.len()),
+            ]
+        } else {
+            [(t.rows, t.cols, t.raw_a.len()), (0, 0, 0)]
+        };
+        let mut scratch = 0;
+        for (r, c, len) in factors.into_iter().filter(|f| f.0 > 0) {
+            if fmt.checked_packed_bytes(r, c) != Some(len) {
+                return Err(bad(
+                    op,
+                    "quantized tensor bytes do not match its format's layout",
+                ));
+            }
+            scratch = scratch.max(fmt.scratch_bytes(c));
+        }
+        Ok(scratch)
     }
 
     fn op(&self, i: u32) -> Result<OpRec> {
@@ -412,7 +468,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 if token >= l {
                     return Err(bad(i, "token beyond the sequence"));
                 }
-                let mut max_rank = 0;
+                let (mut max_rank, mut q_bytes) = (0, 0);
                 for j in (0..n).filter(|j| self.path_union & (1 << j) != 0) {
                     for c in 0..=stage {
                         let e = self
@@ -422,6 +478,13 @@ impl<'m, 'a> Session<'m, 'a> {
                         for t in [e.conv_w, e.fc1_w, e.fc2_w] {
                             let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
                             max_rank = max_rank.max(t.rank);
+                            q_bytes = q_bytes.max(self.bind(&t, i)?);
+                        }
+                        for t in [e.conv_b, e.ln_g, e.ln_b, e.fc1_b, e.fc2_b] {
+                            let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
+                            if !t.is_f32() || t.is_low_rank() {
+                                return Err(bad(i, "expert vectors must be dense f32"));
+                            }
                         }
                     }
                 }
@@ -433,7 +496,7 @@ impl<'m, 'a> Session<'m, 'a> {
                     out: self.slot_min(o.a5, d, i)?,
                     scratch: self.slot_min(
                         o.a6,
-                        2 * d + hp.ffn_hidden as usize + 2 * max_rank,
+                        moe_scratch(d, hp.ffn_hidden as usize, max_rank, q_bytes),
                         i,
                     )?,
                 }
@@ -527,7 +590,8 @@ impl<'m, 'a> Session<'m, 'a> {
                 let x = inputs.get(input).ok_or(bad(i, "input"))?;
                 let rows = pos.rows;
                 let [y, tmp] = carve(self.arena, [&y, &tmp]).ok_or_else(overlap)?;
-                linear(&w, x, Some(b.a), rows, tmp, y);
+                linear(&self.kernels, &w, x, Some(b.a), rows, tmp, &mut [], y)
+                    .ok_or(bad(i, "linear shapes"))?;
                 k::add(pos.a, y);
             }
             Step::LayerNorm { x, y, g, b, scale } => {
@@ -552,7 +616,17 @@ impl<'m, 'a> Session<'m, 'a> {
                     m.read(b);
                 }
                 let [xs, ys, tmp] = carve(self.arena, [&x, &y, &tmp]).ok_or_else(overlap)?;
-                linear(&w, xs, b.map(|b| b.a), rows, tmp, ys);
+                linear(
+                    &self.kernels,
+                    &w,
+                    xs,
+                    b.map(|b| b.a),
+                    rows,
+                    tmp,
+                    &mut [],
+                    ys,
+                )
+                .ok_or(bad(i, "linear shapes"))?;
             }
             Step::Attention {
                 q,
@@ -625,7 +699,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 scratch,
             } => {
                 let kk = hp.top_k as usize;
-                let (model, path_union) = (self.model, self.path_union);
+                let (model, path_union, kernels) = (self.model, self.path_union, self.kernels);
                 let mut source = self.source.as_deref_mut();
                 let [u, route, out, s] =
                     carve(self.arena, [&u, &route, &out, &scratch]).ok_or_else(overlap)?;
@@ -648,7 +722,9 @@ impl<'m, 'a> Session<'m, 'a> {
                             Some(src) => src.fetch(model, rec.blob)?,
                             None => model.blob(rec.blob).ok_or(bad(i, "no such blob"))?.bytes,
                         };
-                        expert_component(model, i, &rec, bytes, u, token, g, s, out, &mut m)?;
+                        expert_component(
+                            model, &kernels, i, &rec, bytes, u, token, g, s, out, &mut m,
+                        )?;
                         m.stats.expert_components += 1;
                     }
                 }
@@ -680,6 +756,7 @@ impl<T: Tracer> Meter<'_, T> {
 #[allow(clippy::too_many_arguments)]
 fn expert_component(
     model: &Model<'_>,
+    kernels: &Kernels,
     i: u32,
     e: &ExpertRec,
     blob: &[u8],
@@ -713,45 +790,86 @@ fn expert_component(
     let (hbuf, rest) = scratch.split_at_mut(d);
     let (mid, rest) = rest.split_at_mut(h);
     let (obuf, rest) = rest.split_at_mut(d);
-    let max_rank = rest.len() / 2;
-    if [cw.rank, w1.rank, w2.rank].iter().any(|&r| r > max_rank) {
+    let (cat, rest) = rest.split_at_mut(3 * d);
+    let r = cw.rank.max(w1.rank).max(w2.rank);
+    if rest.len() < 2 * r {
         return Err(bad(i, "scratch too small for an expert's rank"));
     }
-    let (tmp, zeros) = rest.split_at_mut(max_rank);
-    if cw.is_low_rank() {
-        let z = &mut zeros[..cw.rank];
-        z.fill(0.0);
-        k::conv3_at(cw.b, z, u, d, token, &mut tmp[..cw.rank]);
-        k::matvec(cw.a, &tmp[..cw.rank], Some(cb.a), hbuf);
-    } else {
+    let (tmp, rest) = rest.split_at_mut(r);
+    let q: &mut [u8] = bytemuck::cast_slice_mut(&mut rest[r..]);
+    if cw.is_f32() && !cw.is_low_rank() {
         k::conv3_at(cw.a, cb.a, u, d, token, hbuf);
+    } else {
+        // [u_{t-1}; u_t; u_{t+1}] with zero padding, then one product.
+        let l = u.len() / d;
+        for (tap, dst) in cat.chunks_exact_mut(d).enumerate() {
+            match (token + tap).checked_sub(1).filter(|&s| s < l) {
+                Some(s) => dst.copy_from_slice(&u[s * d..(s + 1) * d]),
+                None => dst.fill(0.0),
+            }
+        }
+        linear(kernels, &cw, cat, Some(cb.a), 1, tmp, q, hbuf)
+            .ok_or(bad(i, "expert kernel scratch"))?;
     }
     k::gelu(hbuf);
     k::add(&u[token * d..(token + 1) * d], hbuf);
     k::layernorm_inplace(hbuf, lg.a, lb.a, hp.ln_eps, 1.0);
-    linear(&w1, hbuf, Some(b1.a), 1, tmp, mid);
+    linear(kernels, &w1, hbuf, Some(b1.a), 1, tmp, q, mid)
+        .ok_or(bad(i, "expert kernel scratch"))?;
     k::gelu(mid);
-    linear(&w2, mid, Some(b2.a), 1, tmp, obuf);
+    linear(kernels, &w2, mid, Some(b2.a), 1, tmp, q, obuf)
+        .ok_or(bad(i, "expert kernel scratch"))?;
     k::axpy(g, obuf, out);
     Ok(())
 }
 
-/// `y = W x + b` over `rows` rows, through `tmp` for a low-rank `W = U V`.
+/// Scratch (f32 elements) of a `Moe` op: model width `d`, FFN width `h`, the
+/// largest factor rank `r` and kernel scratch bytes `q` of its experts. The
+/// packer plans exactly this.
+pub fn moe_scratch(d: usize, h: usize, r: usize, q: usize) -> usize {
+    5 * d + h + 2 * r + q.div_ceil(4)
+}
+
+/// `y = W x + b` over `rows` rows, through `tmp` for a low-rank `W = U V`
+/// and `q` as kernel scratch for quantized formats. `None` when a buffer is
+/// too small or no kernel serves the format (both ruled out at session creation).
+#[allow(clippy::too_many_arguments)]
 fn linear(
+    kernels: &Kernels,
     w: &TensorView<'_>,
     x: &[f32],
     b: Option<&[f32]>,
     rows: usize,
     tmp: &mut [f32],
+    q: &mut [u8],
     y: &mut [f32],
-) {
-    let x = &x[..rows * w.cols];
-    let y = &mut y[..rows * w.rows];
-    if w.is_low_rank() {
-        let tmp = &mut tmp[..rows * w.rank];
-        k::matmul_rows(w.b, x, None, rows, tmp);
-        k::matmul_rows(w.a, tmp, b, rows, y);
-    } else {
-        k::matmul_rows(w.a, x, b, rows, y);
+) -> Option<()> {
+    let x = x.get(..rows * w.cols)?;
+    let y = y.get_mut(..rows * w.rows)?;
+    if w.is_f32() {
+        if w.is_low_rank() {
+            let tmp = tmp.get_mut(..rows * w.rank)?;
+            k::matmul_rows(w.b, x, None, rows, tmp);
+            k::matmul_rows(w.a, tmp, b, rows, y);
+        } else {
+            k::matmul_rows(w.a, x, b, rows, y);
+        }
+        return Some(());
     }
+    let fmt = WeightFormat::from_u16(w.format)?;
+    let kern = kernels.kernel(fmt).ok()?;
+    if w.is_low_rank() {
+        let tmp = tmp.get_mut(..rows * w.rank)?;
+        if q.len() < fmt.scratch_bytes(w.cols).max(fmt.scratch_bytes(w.rank)) {
+            return None;
+        }
+        kern.run_batch(w.rank, w.cols, w.raw_b, rows, x, None, tmp, q);
+        kern.run_batch(w.rows, w.rank, w.raw_a, rows, tmp, b, y, q);
+    } else {
+        if q.len() < fmt.scratch_bytes(w.cols) {
+            return None;
+        }
+        kern.run_batch(w.rows, w.cols, w.raw_a, rows, x, b, y, q);
+    }
+    Some(())
 }

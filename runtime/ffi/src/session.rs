@@ -193,8 +193,13 @@ fn create(
             len - TP_SESSION_OVERHEAD,
         )
     };
-    let opts = SessionOptions {
-        verify_path: flags & TP_SESSION_NO_VERIFY == 0,
+    // Defaults for every option the C ABI does not expose (set field by
+    // field so options the runtime adds later need no change here).
+    #[allow(clippy::field_reassign_with_default)]
+    let opts = {
+        let mut o = SessionOptions::default();
+        o.verify_path = flags & TP_SESSION_NO_VERIFY == 0;
+        o
     };
     let session = Session::with_options(m.model(), task as usize, work, opts)
         .map_err(|e| Fail::runtime(e, format!("creating a session for task {:?}", info.name)))?;

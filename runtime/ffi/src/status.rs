@@ -10,10 +10,10 @@ use taskpath_runtime::{Error, ErrorCode};
 ///
 /// Codes are grouped by range as in ExecuTorch's `Error`: `0x0_` system,
 /// `0x1_` caller arguments, `0x2_` memory and resources, `0x3_` package and
-/// op program, `0x4_` I/O. The values `0x10..=0x1B`, `0x20..=0x2B`,
-/// `0x30..=0x3F` and `0x40..=0x4F` are the runtime's own error codes
-/// (`taskpath_runtime::ErrorCode`), passed through unchanged; the C ABI's
-/// own codes sit at the top of each range. Values are never renumbered or
+/// op program, `0x4_` I/O and kernels. The values `0x10..=0x1B`,
+/// `0x20..=0x2B`, `0x30..=0x3F` and `0x40..=0x4F` are the runtime's own error
+/// codes (`taskpath_runtime::ErrorCode`), passed through unchanged; the C
+/// ABI's own codes sit at the top of each range and in `0x0_`. Values are never renumbered or
 /// reused; new ones are appended. Use `tp_status_name` for a code's name and
 /// `tp_last_error` for what exactly went wrong.
 #[allow(non_camel_case_types)]
@@ -29,6 +29,9 @@ pub enum tp_status {
     /// may be run again or destroyed. Builds with `panic = "abort"` abort the
     /// process instead: no unwinding ever crosses the boundary.
     TP_ERR_PANIC = 0x01,
+    /// A runtime error that this version of the C ABI has no code for yet
+    /// (a newer runtime); `tp_last_error` says what it is.
+    TP_ERR_RUNTIME = 0x02,
     /// No task with that index or name.
     TP_ERR_UNKNOWN_TASK = 0x10,
     /// `n_inputs` differs from the task's modality count.
@@ -73,6 +76,8 @@ pub enum tp_status {
     TP_ERR_CHAIN_TOO_LONG = 0x33,
     /// A file could not be opened or memory-mapped.
     TP_ERR_IO = 0x40,
+    /// A weight format this build or this CPU has no kernel for.
+    TP_ERR_UNSUPPORTED_FORMAT = 0x41,
 }
 
 impl tp_status {
@@ -86,6 +91,7 @@ impl tp_status {
         match self {
             Self::TP_OK => b"TP_OK\0",
             Self::TP_ERR_PANIC => b"TP_ERR_PANIC\0",
+            Self::TP_ERR_RUNTIME => b"TP_ERR_RUNTIME\0",
             Self::TP_ERR_UNKNOWN_TASK => b"TP_ERR_UNKNOWN_TASK\0",
             Self::TP_ERR_INPUT_COUNT => b"TP_ERR_INPUT_COUNT\0",
             Self::TP_ERR_INPUT_SHAPE => b"TP_ERR_INPUT_SHAPE\0",
@@ -105,13 +111,15 @@ impl tp_status {
             Self::TP_ERR_DELTA_MISMATCH => b"TP_ERR_DELTA_MISMATCH\0",
             Self::TP_ERR_CHAIN_TOO_LONG => b"TP_ERR_CHAIN_TOO_LONG\0",
             Self::TP_ERR_IO => b"TP_ERR_IO\0",
+            Self::TP_ERR_UNSUPPORTED_FORMAT => b"TP_ERR_UNSUPPORTED_FORMAT\0",
         }
     }
 }
 
-const ALL_STATUSES: [tp_status; 21] = [
+const ALL_STATUSES: [tp_status; 23] = [
     tp_status::TP_OK,
     tp_status::TP_ERR_PANIC,
+    tp_status::TP_ERR_RUNTIME,
     tp_status::TP_ERR_UNKNOWN_TASK,
     tp_status::TP_ERR_INPUT_COUNT,
     tp_status::TP_ERR_INPUT_SHAPE,
@@ -131,26 +139,21 @@ const ALL_STATUSES: [tp_status; 21] = [
     tp_status::TP_ERR_DELTA_MISMATCH,
     tp_status::TP_ERR_CHAIN_TOO_LONG,
     tp_status::TP_ERR_IO,
+    tp_status::TP_ERR_UNSUPPORTED_FORMAT,
 ];
 
 impl From<ErrorCode> for tp_status {
+    /// The status with the same value (the runtime's codes pass through
+    /// unchanged), or `TP_ERR_RUNTIME` for a code newer than this C ABI.
+    /// By value, not by variant name, so a new runtime code never breaks
+    /// this crate's build; the tests pin every code known here.
     fn from(c: ErrorCode) -> Self {
-        // Exhaustive on purpose: a new runtime code fails to compile here
-        // until the C ABI gives it a status (with the same value).
-        match c {
-            ErrorCode::UnknownTask => Self::TP_ERR_UNKNOWN_TASK,
-            ErrorCode::InputCount => Self::TP_ERR_INPUT_COUNT,
-            ErrorCode::InputShape => Self::TP_ERR_INPUT_SHAPE,
-            ErrorCode::OutputShape => Self::TP_ERR_OUTPUT_SHAPE,
-            ErrorCode::ArenaTooSmall => Self::TP_ERR_ARENA_TOO_SMALL,
-            ErrorCode::ArenaMisaligned => Self::TP_ERR_ARENA_MISALIGNED,
-            ErrorCode::BudgetTooSmall => Self::TP_ERR_BUDGET_TOO_SMALL,
-            ErrorCode::Format => Self::TP_ERR_FORMAT,
-            ErrorCode::InvalidProgram => Self::TP_ERR_INVALID_PROGRAM,
-            ErrorCode::DeltaMismatch => Self::TP_ERR_DELTA_MISMATCH,
-            ErrorCode::ChainTooLong => Self::TP_ERR_CHAIN_TOO_LONG,
-            ErrorCode::Io => Self::TP_ERR_IO,
-        }
+        let v = c as u32;
+        ALL_STATUSES
+            .iter()
+            .copied()
+            .find(|s| *s as u32 == v && v != 0)
+            .unwrap_or(Self::TP_ERR_RUNTIME)
     }
 }
 
@@ -306,6 +309,8 @@ mod tests {
             ErrorCode::DeltaMismatch,
             ErrorCode::ChainTooLong,
             ErrorCode::Io,
+            // Add new runtime codes here (and a tp_status of the same value);
+            // until then they reach C as TP_ERR_RUNTIME.
         ];
         for c in codes {
             assert_eq!(tp_status::from(c) as u32, c as u32, "{c:?}");

@@ -637,7 +637,7 @@ impl<'a> Package<'a> {
                     "unknown blob kind",
                 ));
             }
-            if u16::from(b.format) != format::F32 {
+            if b.format == 0 || u16::from(b.format) > format::MAX_ID {
                 return Err(FormatError::Unsupported {
                     field: "blobs.format",
                     value: b.format.into(),
@@ -684,7 +684,7 @@ impl<'a> Package<'a> {
                 t.blob.into(),
                 "not a blob of this package",
             ))?;
-            if t.format != format::F32 {
+            if t.format == 0 || t.format > format::MAX_ID {
                 return Err(FormatError::Unsupported {
                     field: "tensors.format",
                     value: t.format.into(),
@@ -702,7 +702,7 @@ impl<'a> Package<'a> {
                 ));
             }
             let (rows, cols, rank) = (u64::from(t.rows), u64::from(t.cols), u64::from(t.rank));
-            let check_range = |field, off: u32, elems: u64| -> Result<()> {
+            let check_range = |field, off: u32, bytes: u32| -> Result<()> {
                 if !off.is_multiple_of(16) {
                     return Err(inv(
                         field,
@@ -711,11 +711,24 @@ impl<'a> Package<'a> {
                         "tensor data must be 16-byte aligned",
                     ));
                 }
-                end(field, idx(i), off.into(), elems * 4, blob.len).map(|_| ())
+                end(field, idx(i), off.into(), bytes.into(), blob.len).map(|_| ())
+            };
+            // f32 sizes are known here; other formats' sizes are the kernel
+            // layout's, checked by the runtime when it binds the kernel.
+            let f32_size = |field, elems: u64, bytes: u32| -> Result<()> {
+                if t.format == format::F32 && u64::from(bytes) != elems * 4 {
+                    return Err(inv(
+                        field,
+                        idx(i),
+                        bytes.into(),
+                        "f32 tensor bytes must be 4 x its elements",
+                    ));
+                }
+                Ok(())
             };
             match t.layout {
                 layout::DENSE => {
-                    if t.rank != 0 || t.offset2 != 0 {
+                    if t.rank != 0 || t.offset2 != 0 || t.bytes2 != 0 {
                         return Err(inv(
                             "tensors.rank",
                             idx(i),
@@ -723,7 +736,8 @@ impl<'a> Package<'a> {
                             "dense tensors have rank 0",
                         ));
                     }
-                    check_range("tensors.offset", t.offset, rows * cols)?;
+                    f32_size("tensors.bytes", rows * cols, t.bytes)?;
+                    check_range("tensors.offset", t.offset, t.bytes)?;
                 }
                 layout::LOW_RANK => {
                     if t.rank == 0 || t.rank > MAX_DIM {
@@ -734,8 +748,10 @@ impl<'a> Package<'a> {
                             "low-rank tensors need rank in 1..=65536",
                         ));
                     }
-                    check_range("tensors.offset", t.offset, rows * rank)?;
-                    check_range("tensors.offset2", t.offset2, rank * cols)?;
+                    f32_size("tensors.bytes", rows * rank, t.bytes)?;
+                    f32_size("tensors.bytes2", rank * cols, t.bytes2)?;
+                    check_range("tensors.offset", t.offset, t.bytes)?;
+                    check_range("tensors.offset2", t.offset2, t.bytes2)?;
                 }
                 other => {
                     return Err(inv(
@@ -745,6 +761,9 @@ impl<'a> Package<'a> {
                         "unknown layout",
                     ))
                 }
+            }
+            if t.bytes == 0 {
+                return Err(inv("tensors.bytes", idx(i), 0, "empty tensor data"));
             }
         }
 
@@ -1187,25 +1206,45 @@ impl<'a> Package<'a> {
     }
 }
 
-/// The f32 data of tensor `t` inside `blob` (its blob's bytes, from the
-/// package or from a RAM copy): `(dense or U, V or empty)`. Fails, never
-/// panics, when the ranges leave the blob or the bytes are misaligned.
-pub fn tensor_data<'b>(t: &TensorRec, blob: &'b [u8]) -> Result<(&'b [f32], &'b [f32])> {
-    let cast = |off: u32, elems: u64| -> Result<&'b [f32]> {
+/// The raw bytes of tensor `t` inside `blob` (its blob's bytes, from the
+/// package or from a RAM copy): `(dense or U, V or empty)`.
+pub fn tensor_raw<'b>(t: &TensorRec, blob: &'b [u8]) -> Result<(&'b [u8], &'b [u8])> {
+    let get = |off: u32, bytes: u32| -> Result<&'b [u8]> {
         let e = end(
             "tensors.offset",
             None,
             off.into(),
-            elems * 4,
+            bytes.into(),
             blob.len() as u64,
         )?;
-        bytemuck::try_cast_slice(&blob[off as usize..e as usize])
-            .map_err(|_| FormatError::Misaligned { required: 4 })
+        Ok(&blob[off as usize..e as usize])
     };
-    let (rows, cols, rank) = (u64::from(t.rows), u64::from(t.cols), u64::from(t.rank));
     if t.layout == layout::LOW_RANK {
-        Ok((cast(t.offset, rows * rank)?, cast(t.offset2, rank * cols)?))
+        Ok((get(t.offset, t.bytes)?, get(t.offset2, t.bytes2)?))
     } else {
-        Ok((cast(t.offset, rows * cols)?, &[]))
+        Ok((get(t.offset, t.bytes)?, &[]))
     }
+}
+
+/// The f32 data of tensor `t` inside `blob` (its blob's bytes, from the
+/// package or from a RAM copy): `(dense or U, V or empty)`. Fails, never
+/// panics, when the ranges leave the blob or the bytes are misaligned.
+pub fn tensor_data<'b>(t: &TensorRec, blob: &'b [u8]) -> Result<(&'b [f32], &'b [f32])> {
+    if t.format != format::F32 {
+        return Err(FormatError::invalid(
+            "tensors.format",
+            None,
+            t.format.into(),
+            "not an f32 tensor",
+        ));
+    }
+    let (a, b) = tensor_raw(t, blob)?;
+    let cast = |x: &'b [u8]| -> Result<&'b [f32]> {
+        if x.is_empty() {
+            // An empty byte slice may dangle at an odd address.
+            return Ok(&[]);
+        }
+        bytemuck::try_cast_slice(x).map_err(|_| FormatError::Misaligned { required: 4 })
+    };
+    Ok((cast(a)?, cast(b)?))
 }

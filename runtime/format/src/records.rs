@@ -186,10 +186,16 @@ record!(
     features: u32,
 });
 
-/// Weight formats (append-only).
+/// Weight formats (append-only). The ids, encodings and byte layouts are
+/// those of `taskpath_cpu::quant::WeightFormat` (docs/KERNELS.md): 1 f32,
+/// 2 f16, 3 int8 per-row, 4..=11 int4/int2 group-wise LUT layouts. The reader
+/// checks the id is known and the bytes lie in the blob; the runtime checks
+/// the length against the layout when it binds a kernel.
 pub mod format {
-    /// IEEE f32, little-endian.
+    /// IEEE f32, little-endian, row-major.
     pub const F32: u16 = 1;
+    /// Largest weight format id this version knows.
+    pub const MAX_ID: u16 = 11;
 }
 
 /// Tensor layouts.
@@ -202,7 +208,7 @@ pub mod layout {
 
 record!(
     /// A weight tensor inside a blob. Vectors have `rows == 1`.
-    TensorRec, "tensors", 40, {
+    TensorRec, "tensors", 48, {
     /// Name: string offset.
     name_off: u32,
     /// Name: string length.
@@ -223,6 +229,10 @@ record!(
     rank: u32,
     /// Byte offset of the second factor, 16-aligned (low-rank only, else 0).
     offset2: u32,
+    /// Bytes of the (first factor's) data.
+    bytes: u32,
+    /// Bytes of the second factor (low-rank only, else 0).
+    bytes2: u32,
     /// Reserved, zero.
     reserved: u32,
 });

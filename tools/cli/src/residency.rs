@@ -87,7 +87,10 @@ fn run(
             model,
             *t,
             arena.as_mut_slice(),
-            SessionOptions { verify_path: false },
+            SessionOptions {
+                verify_path: false,
+                ..Default::default()
+            },
         )?;
         if let Some(c) = cache.as_deref_mut() {
             s = s.with_blob_source(c)?;

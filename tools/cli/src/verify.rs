@@ -70,7 +70,10 @@ pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
             &model,
             t,
             arena.as_mut_slice(),
-            SessionOptions { verify_path: false },
+            SessionOptions {
+                verify_path: false,
+                ..Default::default()
+            },
         )
         .with_context(|| format!("task {} ({t}): its op program does not check", info.name))?;
     }

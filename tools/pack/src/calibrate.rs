@@ -87,7 +87,10 @@ pub fn route_statistics(ck: &Checkpoint, inputs: &[Vec<Vec<Vec<f32>>>]) -> Resul
             &model,
             t,
             arena.as_mut_slice(),
-            SessionOptions { verify_path: false },
+            SessionOptions {
+                verify_path: false,
+                ..Default::default()
+            },
         )?;
         let mut out = vec![0f32; info.outputs];
         let mut per_mod: BTreeMap<usize, Vec<(u32, f64)>> = info

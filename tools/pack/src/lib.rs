@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, ensure, Context, Result};
 use taskpath_checkpoint::{Checkpoint, Gating, Matrix};
+use taskpath_cpu::quant::{quantize, WeightFormat};
 use taskpath_format::records::*;
 use taskpath_format::writer::PackageWriter;
 use taskpath_format::Opcode;
@@ -31,6 +32,21 @@ pub struct PackOptions {
     pub masks: BTreeMap<(usize, usize), u64>,
     /// Routing statistics to store (and to order hot experts first).
     pub stats: Option<RouteStats>,
+    /// Weight format of every expert matrix (default f32).
+    pub quant: Option<WeightFormat>,
+    /// Per `(expert, component)` format, overriding `quant` (mixed precision).
+    pub expert_formats: BTreeMap<(usize, usize), WeightFormat>,
+}
+
+impl PackOptions {
+    /// The format expert component `(j, c)` is stored in.
+    pub fn expert_format(&self, j: usize, c: usize) -> WeightFormat {
+        self.expert_formats
+            .get(&(j, c))
+            .copied()
+            .or(self.quant)
+            .unwrap_or(WeightFormat::F32)
+    }
 }
 
 /// Blob identity before layout.
@@ -50,107 +66,124 @@ struct BlobBuild {
 }
 
 impl BlobBuild {
-    fn put(&mut self, data: &[f32]) -> u32 {
+    /// Appends `rows x cols` values in `fmt`, 16-aligned; returns (offset, bytes).
+    fn put(
+        &mut self,
+        fmt: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<(u32, u32)> {
         let at = self.bytes.len().div_ceil(16) * 16;
-        self.bytes.resize(at, 0);
-        self.bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
-        at as u32
+        let n = fmt.packed_bytes(rows, cols);
+        self.bytes.resize(at + n, 0);
+        quantize(fmt, rows, cols, data, &mut self.bytes[at..])
+            .map_err(|e| anyhow::anyhow!("quantizing to {fmt}: {e}"))?;
+        Ok((at as u32, n as u32))
     }
-    fn vector(&mut self, name: &str, ck: &Checkpoint) {
+    fn vector(&mut self, name: &str, ck: &Checkpoint) -> Result<()> {
         let t = ck.tensor(name);
         let (rows, cols) = if t.shape.len() == 2 {
             (t.shape[0], t.shape[1])
         } else {
             (1, t.shape[0])
         };
-        let offset = self.put(&t.data);
+        let (offset, bytes) = self.put(WeightFormat::F32, rows, cols, &t.data)?;
         self.tensors.push((
             name.to_string(),
             TensorRec {
                 format: format::F32,
                 layout: layout::DENSE,
                 offset,
+                bytes,
                 rows: rows as u32,
                 cols: cols as u32,
                 ..Default::default()
             },
         ));
+        Ok(())
     }
-    fn matrix(&mut self, name: &str, ck: &Checkpoint) {
+    fn matrix(&mut self, name: &str, ck: &Checkpoint, fmt: WeightFormat) -> Result<()> {
         let rec = match ck.matrix(name) {
             Matrix::Full(w) => {
-                let offset = self.put(&w.data);
+                let (rows, cols) = (w.shape[0], w.shape[1]);
+                let (offset, bytes) = self.put(fmt, rows, cols, &w.data)?;
                 TensorRec {
-                    format: format::F32,
+                    format: fmt.id(),
                     layout: layout::DENSE,
                     offset,
-                    rows: w.shape[0] as u32,
-                    cols: w.shape[1] as u32,
+                    bytes,
+                    rows: rows as u32,
+                    cols: cols as u32,
                     ..Default::default()
                 }
             }
             Matrix::LowRank(u, v) => {
-                let offset = self.put(&u.data);
-                let offset2 = self.put(&v.data);
+                let (rows, rank, cols) = (u.shape[0], u.shape[1], v.shape[1]);
+                let (offset, bytes) = self.put(fmt, rows, rank, &u.data)?;
+                let (offset2, bytes2) = self.put(fmt, rank, cols, &v.data)?;
                 TensorRec {
-                    format: format::F32,
+                    format: fmt.id(),
                     layout: layout::LOW_RANK,
                     offset,
                     offset2,
-                    rows: u.shape[0] as u32,
-                    cols: v.shape[1] as u32,
-                    rank: u.shape[1] as u32,
+                    bytes,
+                    bytes2,
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    rank: rank as u32,
                     ..Default::default()
                 }
             }
         };
         self.tensors.push((name.to_string(), rec));
+        Ok(())
     }
 }
 
-fn build_blob(ck: &Checkpoint, key: BlobKey) -> BlobBuild {
+fn build_blob(ck: &Checkpoint, key: BlobKey, fmt: WeightFormat) -> Result<BlobBuild> {
     let c = &ck.config;
     let mut b = BlobBuild::default();
     match key {
         BlobKey::Trunk(m) => {
             let n = &c.modalities[m].name;
-            b.matrix(&format!("enc.{n}.w"), ck);
-            b.vector(&format!("enc.{n}.b"), ck);
-            b.vector(&format!("enc.{n}.pos"), ck);
+            b.matrix(&format!("enc.{n}.w"), ck, WeightFormat::F32)?;
+            b.vector(&format!("enc.{n}.b"), ck)?;
+            b.vector(&format!("enc.{n}.pos"), ck)?;
             for ln in ["ln0", "ln1", "ln2", "lnf"] {
-                b.vector(&format!("blk.{n}.{ln}.g"), ck);
-                b.vector(&format!("blk.{n}.{ln}.b"), ck);
+                b.vector(&format!("blk.{n}.{ln}.g"), ck)?;
+                b.vector(&format!("blk.{n}.{ln}.b"), ck)?;
             }
             for p in ["q", "k", "v", "o"] {
-                b.matrix(&format!("blk.{n}.attn.{p}.w"), ck);
-                b.vector(&format!("blk.{n}.attn.{p}.b"), ck);
+                b.matrix(&format!("blk.{n}.attn.{p}.w"), ck, WeightFormat::F32)?;
+                b.vector(&format!("blk.{n}.attn.{p}.b"), ck)?;
             }
         }
         BlobKey::Router(m, h) => {
             let n = &c.modalities[m].name;
-            b.vector(&format!("router.{n}.{h}.query"), ck);
-            b.vector(&format!("router.{n}.{h}.gate"), ck);
+            b.vector(&format!("router.{n}.{h}.query"), ck)?;
+            b.vector(&format!("router.{n}.{h}.gate"), ck)?;
         }
         BlobKey::Expert(j, comp) => {
             let p = format!("expert.{j}.{comp}");
-            b.matrix(&format!("{p}.conv.w"), ck);
-            b.vector(&format!("{p}.conv.b"), ck);
-            b.vector(&format!("{p}.ln.g"), ck);
-            b.vector(&format!("{p}.ln.b"), ck);
-            b.matrix(&format!("{p}.fc1.w"), ck);
-            b.vector(&format!("{p}.fc1.b"), ck);
-            b.matrix(&format!("{p}.fc2.w"), ck);
-            b.vector(&format!("{p}.fc2.b"), ck);
+            b.matrix(&format!("{p}.conv.w"), ck, fmt)?;
+            b.vector(&format!("{p}.conv.b"), ck)?;
+            b.vector(&format!("{p}.ln.g"), ck)?;
+            b.vector(&format!("{p}.ln.b"), ck)?;
+            b.matrix(&format!("{p}.fc1.w"), ck, fmt)?;
+            b.vector(&format!("{p}.fc1.b"), ck)?;
+            b.matrix(&format!("{p}.fc2.w"), ck, fmt)?;
+            b.vector(&format!("{p}.fc2.b"), ck)?;
         }
         BlobKey::Head(t) => {
             let n = &c.tasks[t].name;
-            b.vector(&format!("head.{n}.ln.g"), ck);
-            b.vector(&format!("head.{n}.ln.b"), ck);
-            b.matrix(&format!("head.{n}.w"), ck);
-            b.vector(&format!("head.{n}.b"), ck);
+            b.vector(&format!("head.{n}.ln.g"), ck)?;
+            b.vector(&format!("head.{n}.ln.b"), ck)?;
+            b.matrix(&format!("head.{n}.w"), ck, WeightFormat::F32)?;
+            b.vector(&format!("head.{n}.b"), ck)?;
         }
     }
-    b
+    Ok(b)
 }
 
 /// One task's op program under construction, with its buffers.
@@ -210,7 +243,12 @@ impl Names<'_> {
 }
 
 /// Lowers task `t` to ops over buffers (docs/FORMAT.md, "Op program").
-fn lower_task(ck: &Checkpoint, t: usize, names: &Names<'_>) -> Result<Lowering> {
+fn lower_task(
+    ck: &Checkpoint,
+    t: usize,
+    names: &Names<'_>,
+    opts: &PackOptions,
+) -> Result<Lowering> {
     let c = &ck.config;
     let task = &c.tasks[t];
     let (d, n, k) = (c.d_model, c.experts, c.top_k);
@@ -229,6 +267,21 @@ fn lower_task(ck: &Checkpoint, t: usize, names: &Names<'_>) -> Result<Lowering> 
             })
         })
         .map(|nm| names.rank(&nm))
+        .max()
+        .unwrap_or(0);
+    // Kernel scratch of the quantized expert matrices the task may run.
+    let q_bytes = (0..n)
+        .flat_map(|j| (0..=stage).map(move |cc| (j, cc)))
+        .flat_map(|(j, cc)| {
+            let fmt = opts.expert_format(j, cc);
+            [("conv", 3 * d), ("fc1", d), ("fc2", c.ffn_hidden)]
+                .map(move |(p, cols)| (fmt, format!("expert.{j}.{cc}.{p}.w"), cols))
+        })
+        .filter(|(fmt, _, _)| *fmt != WeightFormat::F32)
+        .map(|(fmt, name, cols)| {
+            fmt.scratch_bytes(cols)
+                .max(fmt.scratch_bytes(names.rank(&name)))
+        })
         .max()
         .unwrap_or(0);
     for (slot, &m) in mods.iter().enumerate() {
@@ -376,7 +429,12 @@ fn lower_task(ck: &Checkpoint, t: usize, names: &Names<'_>) -> Result<Lowering> 
             &[logits, route],
         );
         let y = lw.buf(d);
-        let mscr = lw.buf(2 * d + c.ffn_hidden + 2 * max_rank);
+        let mscr = lw.buf(taskpath_runtime::moe_scratch(
+            d,
+            c.ffn_hidden,
+            max_rank,
+            q_bytes,
+        ));
         lw.op(
             Opcode::Moe,
             [u, l as u32, route, stage as u32, (l - 1) as u32, y, mscr],
@@ -631,7 +689,11 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     let mut tensor_recs: Vec<(String, TensorRec)> = Vec::new();
     for (i, &key) in order.iter().enumerate() {
         let global_blob = hp.blob_base + i as u32;
-        let b = build_blob(ck, key);
+        let fmt = match key {
+            BlobKey::Expert(j, comp) => opts.expert_format(j, comp),
+            _ => WeightFormat::F32,
+        };
+        let b = build_blob(ck, key, fmt)?;
         for (name, mut rec) in b.tensors {
             rec.blob = global_blob;
             ranks.insert(name.clone(), rec.rank);
@@ -647,7 +709,7 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         };
         let rec = BlobRec {
             kind,
-            format: format::F32 as u8,
+            format: fmt.id() as u8,
             modality,
             expert,
             component,
@@ -710,7 +772,7 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     }
     for &t in &new_tasks {
         let task = &c.tasks[t];
-        let lw = lower_task(ck, t, &names)?;
+        let lw = lower_task(ck, t, &names, opts)?;
         let (offsets, total) = plan::plan(&lw.bufs);
         let (name_off, name_len) = w.string(&task.name);
         let mods = c.task_modalities(task);
