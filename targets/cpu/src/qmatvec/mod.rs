@@ -548,12 +548,16 @@ const LUT_SIGNS: [[f32; 8]; 3] = [
 /// `T[i] = ((x_0 s_0 + x_1 s_1) + x_2 s_2) - x_3` in f32 with `s_e = +1` if bit
 /// `e` of `i` is set, else `-1` (exact sign flips), and `T[15 - i] = -T[i]`.
 /// Per group, `m = max_a ((|x_0| + |x_1|) + |x_2|) + |x_3|` (the largest `|T|`),
-/// `Tq = rne(clamp(T * (127 / m), -127, 127))` (all 0 if `m == 0`),
+/// `Tq = rne(T * (127 / m))` (all 0 if `m == 0`),
 /// `ts / 2 = (m / 127) * 0.5`, and for the `…Z` formats the activation sum
 /// `xsum = sum_a -T_a[0]` in column order (`-T[0] = ((x_0 + x_1) + x_2) + x_3`;
 /// 0 for symmetric formats, which do not read it). A non-finite
 /// activation zeroes its group's tables and makes `ts` NaN, so the outputs
 /// that read it are NaN.
+///
+/// No clamp is needed: rounding is monotonic, so `|T| <= m` holds in f32 too
+/// (`|fl(a +- b)| <= fl(|a| + |b|)` at each step), hence
+/// `|T * (127 / m)| <= 127 (1 + eps)^2 < 127.5` and `|Tq| <= 127`.
 pub(crate) fn prepare_lut<'a>(
     format: WeightFormat,
     cols: usize,
@@ -594,7 +598,7 @@ pub(crate) fn prepare_lut<'a>(
             for (t, tab) in tf[..apg].iter().zip(tabs.chunks_exact_mut(16)) {
                 let mut q = [0i8; 8];
                 for (qi, &ti) in q.iter_mut().zip(t) {
-                    *qi = rne_i32((ti * inv).clamp(-127.0, 127.0)) as i8;
+                    *qi = rne_i32(ti * inv) as i8;
                 }
                 for i in 0..8 {
                     tab[i] = q[i] as u8;
@@ -626,8 +630,9 @@ impl I8Prep<'_> {
 }
 
 /// Quantise activations for i8row: per 32-column block, `m = max |x|`,
-/// `xq = rne(clamp(x * (127 / m), -127, 127))` (0 past `cols`, all 0 if
-/// `m == 0`), scale `m / 127`. A non-finite value zeroes its block and makes
+/// `xq = rne(x * (127 / m))` (0 past `cols`, all 0 if `m == 0`), scale
+/// `m / 127`. No clamp is needed: `|x| <= m` and `127 / m` is correctly
+/// rounded, so `|x * (127 / m)| <= 127 (1 + eps)^2 < 127.5`. A non-finite value zeroes its block and makes
 /// the scale NaN.
 pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I8Prep<'a> {
     let k = WeightFormat::I8Row.padded_cols(cols);
@@ -651,7 +656,7 @@ pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I
         } else {
             let inv = 127.0 / m;
             for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = rne_i32((v * inv).clamp(-127.0, 127.0)) as i8 as u8;
+                *q = rne_i32(v * inv) as i8 as u8;
             }
             qb[xb.len()..].fill(0);
             m / 127.0

@@ -491,7 +491,7 @@ fn prepare_lut_x86<'a>(
 /// The generic table builder's arithmetic with eight 4-column sets per
 /// vector (lane `l < 4` is set `2l`, lane `4 + l` is set `2l + 1` of each 32
 /// columns): every lane performs the generic scalar operations in the same
-/// order (sign flips as exact negations, separate adds, the same clamp and
+/// order (sign flips as exact negations, separate adds, the same
 /// round-to-nearest-even trick), and the maximum and the column-order sum are
 /// taken over the same values, so the tables and parameters are identical.
 ///
@@ -508,8 +508,6 @@ unsafe fn prepare_lut_avx2<'a>(
     let (tables, params, ng) = LutPrep::parts(format, cols, scratch);
     let chunks = g / 32;
     let sign = _mm256_set1_ps(-0.0);
-    let lo = _mm256_set1_ps(-127.0);
-    let hi = _mm256_set1_ps(127.0);
     let magic = _mm256_set1_ps(12_582_912.0);
     let magic_bits = _mm256_set1_epi32(0x4B40_0000);
     // Per 128-bit lane: 4x4 byte transpose, and byte reversal within 8-byte halves.
@@ -594,7 +592,7 @@ unsafe fn prepare_lut_avx2<'a>(
             let inv = _mm256_set1_ps(127.0 / m);
             for (ch, tc) in t.iter().enumerate().take(chunks) {
                 let q = tc.map(|ti| {
-                    let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(ti, inv), lo), hi);
+                    let v = _mm256_mul_ps(ti, inv);
                     _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(v, magic)), magic_bits)
                 });
                 let b0 = _mm256_packs_epi16(
