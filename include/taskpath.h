@@ -72,10 +72,10 @@
 
  Codes are grouped by range as in ExecuTorch's `Error`: `0x0_` system,
  `0x1_` caller arguments, `0x2_` memory and resources, `0x3_` package and
- op program, `0x4_` I/O. The values `0x10..=0x1B`, `0x20..=0x2B`,
- `0x30..=0x3F` and `0x40..=0x4F` are the runtime's own error codes
- (`taskpath_runtime::ErrorCode`), passed through unchanged; the C ABI's
- own codes sit at the top of each range. Values are never renumbered or
+ op program, `0x4_` I/O and kernels. The values `0x10..=0x1B`,
+ `0x20..=0x2B`, `0x30..=0x3F` and `0x40..=0x4F` are the runtime's own error
+ codes (`taskpath_runtime::ErrorCode`), passed through unchanged; the C
+ ABI's own codes sit at the top of each range and in `0x0_`. Values are never renumbered or
  reused; new ones are appended. Use `tp_status_name` for a code's name and
  `tp_last_error` for what exactly went wrong.
  */
@@ -96,6 +96,11 @@ enum tp_status
    process instead: no unwinding ever crosses the boundary.
    */
   TP_ERR_PANIC = 1,
+  /*
+   A runtime error that this version of the C ABI has no code for yet
+   (a newer runtime); `tp_last_error` says what it is.
+   */
+  TP_ERR_RUNTIME = 2,
   /*
    No task with that index or name.
    */
@@ -178,6 +183,10 @@ enum tp_status
    A file could not be opened or memory-mapped.
    */
   TP_ERR_IO = 64,
+  /*
+   A weight format this build or this CPU has no kernel for.
+   */
+  TP_ERR_UNSUPPORTED_FORMAT = 65,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
