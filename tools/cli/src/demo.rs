@@ -96,6 +96,8 @@ pub fn main(a: &DemoArgs) -> Result<()> {
             align_log2: 12,
             calibration: Some(data_dir.clone()),
             path_coverage: Some(0.99),
+            quant: None,
+            budget: None,
         }
     } else {
         outln!(
@@ -106,6 +108,8 @@ pub fn main(a: &DemoArgs) -> Result<()> {
             align_log2: 12,
             calibration: None,
             path_coverage: None,
+            quant: None,
+            budget: None,
         }
     };
     let out = a.out.join("model.tpk");

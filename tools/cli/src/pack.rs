@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::BTreeMap;
 use taskpath_checkpoint::{Checkpoint, Dataset};
 use taskpath_format::{Package, MAX_ALIGN_LOG2, MIN_ALIGN_LOG2};
 use taskpath_pack::{derive_paths, pack, pack_delta, route_statistics, PackOptions};
-use taskpath_runtime::AlignedArena;
+use taskpath_runtime::{AlignedArena, WeightFormat};
 
 use crate::util::{human_bytes, open_model, outln, write_output};
 use crate::DeltaArgs;
@@ -40,6 +41,100 @@ pub struct CalibArgs {
     /// calibration gate mass (never fewer than top_k). Needs --calibration.
     #[arg(long, value_name = "C")]
     pub path_coverage: Option<f64>,
+    /// Store every expert matrix in this format: f32, f16, int8 (= i8row),
+    /// int4 (= i4g32), int2 (= i2g32z), or an exact name (i4g64z, ...).
+    #[arg(long, value_name = "FORMAT")]
+    pub quant: Option<String>,
+    /// Mixed precision: fit the expert blobs in this many bytes (or `N%` of
+    /// their f32 size), choosing per expert component the formats with the
+    /// least measured output change on the calibration data (random inputs
+    /// when there is no --calibration).
+    #[arg(long, value_name = "BYTES|N%")]
+    pub budget: Option<String>,
+}
+
+/// A weight format from its CLI name.
+pub fn parse_format(s: &str) -> Result<WeightFormat> {
+    let alias = match s {
+        "int8" => "i8row",
+        "int4" => "i4g32",
+        "int2" => "i2g32z",
+        other => other,
+    };
+    taskpath_cpu::quant::ALL
+        .iter()
+        .copied()
+        .find(|f| f.name() == alias)
+        .with_context(|| {
+            let names: Vec<&str> = taskpath_cpu::quant::ALL.iter().map(|f| f.name()).collect();
+            format!(
+                "unknown weight format {s:?}; known: int8, int4, int2, {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// Applies --quant / --budget to `opts`; `inputs` are the calibration
+/// samples per task (empty for tasks without any).
+fn precision(
+    ck: &Checkpoint,
+    a: &CalibArgs,
+    opts: &mut PackOptions,
+    inputs: &[Vec<Vec<Vec<f32>>>],
+) -> Result<()> {
+    if let Some(q) = &a.quant {
+        ensure!(
+            a.budget.is_none(),
+            "--quant and --budget exclude each other"
+        );
+        opts.quant = Some(parse_format(q)?);
+    }
+    let Some(b) = &a.budget else { return Ok(()) };
+    // At most 32 samples per task: sensitivity runs the model once per
+    // (component, format), so this bounds the work.
+    let mut rng = taskpath_checkpoint::SplitMix64::new(0x5EED);
+    let sub: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
+        .map(|t| match inputs.get(t).filter(|v| !v.is_empty()) {
+            Some(v) => v.iter().take(32).cloned().collect(),
+            None => (0..32)
+                .map(|_| taskpath_checkpoint::random_inputs(&ck.config, t, &mut rng))
+                .collect(),
+        })
+        .collect();
+    let f32_bytes = taskpath_pack::mixed::f32_expert_bytes(ck, opts)?;
+    let budget = match b.strip_suffix('%') {
+        Some(p) => {
+            let frac: f64 = p
+                .trim()
+                .parse()
+                .with_context(|| format!("--budget {b}: not a percentage"))?;
+            ensure!(
+                frac > 0.0 && frac <= 100.0,
+                "--budget {b}: percentage must be in (0, 100]"
+            );
+            (f32_bytes as f64 * frac / 100.0) as usize
+        }
+        None => b
+            .trim()
+            .parse()
+            .with_context(|| format!("--budget {b}: not a byte count"))?,
+    };
+    let started = Instant::now();
+    let plan = taskpath_pack::mixed::plan_mixed(ck, opts, &sub, budget)
+        .context("planning mixed precision")?;
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in plan.formats.values() {
+        *count.entry(f.name()).or_default() += 1;
+    }
+    outln!(
+        "mixed precision: expert bytes {} -> {} (budget {budget}, {:.1}% of f32) in {:.1} s; components per format: {count:?}",
+        plan.f32_bytes,
+        plan.bytes,
+        100.0 * plan.bytes as f64 / plan.f32_bytes.max(1) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    opts.expert_formats = plan.formats;
+    Ok(())
 }
 
 /// Arguments of `add-task`.
@@ -83,6 +178,17 @@ fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
 /// (checkpoint indices) is routed over `DIR/{TASK}.train.json`; its routing
 /// statistics are kept and, with a coverage, its paths derived.
 fn pack_options(ck: &Checkpoint, a: &CalibArgs, tasks: &[usize]) -> Result<PackOptions> {
+    let (mut opts, inputs) = routed_options(ck, a, tasks)?;
+    precision(ck, a, &mut opts, &inputs)?;
+    Ok(opts)
+}
+
+/// Alignment, routing statistics and paths; returns the calibration inputs too.
+fn routed_options(
+    ck: &Checkpoint,
+    a: &CalibArgs,
+    tasks: &[usize],
+) -> Result<(PackOptions, Vec<Vec<Vec<Vec<f32>>>>)> {
     ensure!(
         (MIN_ALIGN_LOG2..=MAX_ALIGN_LOG2).contains(&a.align_log2),
         "--align-log2 must be in {MIN_ALIGN_LOG2}..={MAX_ALIGN_LOG2}, got {}",
@@ -96,7 +202,7 @@ fn pack_options(ck: &Checkpoint, a: &CalibArgs, tasks: &[usize]) -> Result<PackO
         if a.path_coverage.is_some() {
             bail!("--path-coverage needs --calibration DATA_DIR (paths are derived from routing statistics on calibration data)");
         }
-        return Ok(opts);
+        return Ok((opts, Vec::new()));
     };
     if let Some(c) = a.path_coverage {
         ensure!(
@@ -166,7 +272,7 @@ fn pack_options(ck: &Checkpoint, a: &CalibArgs, tasks: &[usize]) -> Result<PackO
         }
     }
     opts.stats = Some(stats);
-    Ok(opts)
+    Ok((opts, inputs))
 }
 
 fn counts(bytes: &[u8]) -> Result<(usize, usize)> {

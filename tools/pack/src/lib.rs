@@ -8,6 +8,7 @@
 //! [`calibrate`] derives task paths from routing statistics.
 
 pub mod calibrate;
+pub mod mixed;
 pub mod plan;
 pub mod residency;
 
