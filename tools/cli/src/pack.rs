@@ -183,12 +183,15 @@ fn pack_options(ck: &Checkpoint, a: &CalibArgs, tasks: &[usize]) -> Result<PackO
     Ok(opts)
 }
 
+/// Calibration samples: per task, per sample, one vector per modality.
+type Samples = Vec<Vec<Vec<Vec<f32>>>>;
+
 /// Alignment, routing statistics and paths; returns the calibration inputs too.
 fn routed_options(
     ck: &Checkpoint,
     a: &CalibArgs,
     tasks: &[usize],
-) -> Result<(PackOptions, Vec<Vec<Vec<Vec<f32>>>>)> {
+) -> Result<(PackOptions, Samples)> {
     ensure!(
         (MIN_ALIGN_LOG2..=MAX_ALIGN_LOG2).contains(&a.align_log2),
         "--align-log2 must be in {MIN_ALIGN_LOG2}..={MAX_ALIGN_LOG2}, got {}",
