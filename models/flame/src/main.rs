@@ -36,6 +36,10 @@ struct Args {
 fn parse() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let cmd = it.next().context(USAGE)?;
+    if matches!(cmd.as_str(), "-h" | "--help" | "help") {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
     let mut a = Args {
         cmd,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../reference"),
