@@ -10,7 +10,8 @@
 //! - *GB/s* is packed weight bytes (scales and padding included) per second;
 //! - *% BW* divides that by the read bandwidth of a streaming integer sum over
 //!   a buffer of at least 512 MiB (2 x 8x LLC) with the same number of
-//!   threads, measured in the same run *interleaved pass by pass* with the
+//!   threads (read as 1, 4, 8 or 16 side-by-side streams, whichever is fastest
+//!   in a calibration at start), measured in the same run *interleaved pass by pass* with the
 //!   kernel's passes, so both see the same machine conditions (this machine is
 //!   a shared VM whose bandwidth drifts);
 //! - *2T* splits each matrix's row tiles between two `std::thread`s (one
@@ -140,34 +141,37 @@ fn bw_pass(buf: &[u64], threads: usize, streams: usize) {
     }
 }
 
-/// Wrapping sum of `buf` read as `S` concurrent sequential streams (the
-/// buffer's `S` equal parts, 64 bytes of each per step). One stream is the
-/// classic streaming sum; this machine's memory system delivers more with a
-/// few streams in flight, as the kernels that read several rows or tiles at
-/// once do, so the benchmark uses the best stream count (calibrated at start).
+/// Wrapping sum of `buf` read as `S` concurrent sequential streams: the
+/// buffer is cut into groups of `S` consecutive 512/`S` KiB blocks, and the
+/// blocks of a group are read side by side, 32 bytes of each per step. `S = 1`
+/// is the classic streaming sum. This machine's memory system delivers much
+/// more with several nearby streams in flight (as kernels reading several
+/// row tiles at once do), so the benchmark uses the best `S`, calibrated at
+/// start.
 #[inline(never)]
 fn stream_sum_s<const S: usize>(buf: &[u64]) -> u64 {
-    let seg = buf.len() / S / 8 * 8;
-    let parts: [&[u64]; S] = std::array::from_fn(|s| &buf[s * seg..(s + 1) * seg]);
-    let mut acc = [[0u64; 8]; S];
-    for i in (0..seg).step_by(8) {
-        for (a, p) in acc.iter_mut().zip(&parts) {
-            let c: &[u64; 8] = p[i..i + 8].try_into().unwrap();
-            for (x, &v) in a.iter_mut().zip(c) {
-                *x = x.wrapping_add(v);
+    let block = (512 << 10) / 8 / S;
+    let mut acc = [[0u64; 4]; S];
+    for grp in buf.chunks_exact(S * block) {
+        for i in (0..block).step_by(4) {
+            for (s, a) in acc.iter_mut().enumerate() {
+                let c: &[u64; 4] = grp[s * block + i..s * block + i + 4].try_into().unwrap();
+                for (x, &v) in a.iter_mut().zip(c) {
+                    *x = x.wrapping_add(v);
+                }
             }
         }
     }
     acc.iter().flatten().fold(0, |s, &a| s.wrapping_add(a))
 }
 
-/// The streaming sum with `streams` (1, 2, 4 or 8) streams.
+/// The streaming sum with `streams` (1, 4, 8 or 16) streams.
 fn stream_sum(buf: &[u64], streams: usize) -> u64 {
     match streams {
         1 => stream_sum_s::<1>(buf),
-        2 => stream_sum_s::<2>(buf),
         4 => stream_sum_s::<4>(buf),
-        _ => stream_sum_s::<8>(buf),
+        8 => stream_sum_s::<8>(buf),
+        _ => stream_sum_s::<16>(buf),
     }
 }
 
@@ -307,7 +311,7 @@ fn main() {
     let buf: Vec<u64> = (0..bw_bytes / 8).map(|i| i as u64).collect();
     let mut bw_all: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     // Calibrate the stream count: median of 5 single-thread passes each, round-robin.
-    let counts = [1usize, 2, 4, 8];
+    let counts = [1usize, 4, 8, 16];
     let mut cal: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
     for _ in 0..5 {
         for (v, &sc) in cal.iter_mut().zip(&counts) {
@@ -452,7 +456,7 @@ fn main() {
     );
     let (bw1, bw2) = (stats(&bw_all[0]), stats(&bw_all[1]));
     println!(
-        "- read-bandwidth loop: wrapping u64 sum over {} MiB read as S concurrent sequential streams; calibration (1 thread, median of 5 passes): {}; using S = {streams}",
+        "- read-bandwidth loop: wrapping u64 sum over {} MiB read as S side-by-side streams over consecutive 512/S KiB blocks, 32 bytes each per step; calibration (1 thread, median of 5 passes): {}; using S = {streams}",
         bw_bytes >> 20,
         counts
             .iter()
