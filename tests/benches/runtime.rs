@@ -140,9 +140,23 @@ fn main() {
     let formats = [W::F32, W::F16, W::I8Row, W::I4G32, W::I2G32Z];
     let packages: Vec<AlignedArena> = formats
         .iter()
-        .map(|&f| AlignedArena::from_bytes(&pack(&ck, &PackOptions { quant: Some(f), ..Default::default() }).unwrap()))
+        .map(|&f| {
+            AlignedArena::from_bytes(
+                &pack(
+                    &ck,
+                    &PackOptions {
+                        quant: Some(f),
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            )
+        })
         .collect();
-    let models: Vec<Model<'_>> = packages.iter().map(|p| Model::from_bytes(p.as_slice()).unwrap()).collect();
+    let models: Vec<Model<'_>> = packages
+        .iter()
+        .map(|p| Model::from_bytes(p.as_slice()).unwrap())
+        .collect();
     println!();
     print!("| task | f32 |");
     for f in &formats[1..] {
@@ -152,10 +166,18 @@ fn main() {
     println!("|---|---:|{}", "---:|".repeat(formats.len() - 1));
     for t in 0..models[0].task_count() {
         let info = models[0].task(t).unwrap();
-        let inputs: Vec<Vec<Vec<f32>>> = (0..16).map(|_| random_inputs(&ck.config, t, &mut rng)).collect();
-        let mut arenas: Vec<AlignedArena> = models.iter().map(|m| AlignedArena::new(m.task(t).unwrap().arena_bytes)).collect();
-        let mut sessions: Vec<Session<'_, '_>> =
-            models.iter().zip(arenas.iter_mut()).map(|(m, a)| Session::new(m, t, a.as_mut_slice()).unwrap()).collect();
+        let inputs: Vec<Vec<Vec<f32>>> = (0..16)
+            .map(|_| random_inputs(&ck.config, t, &mut rng))
+            .collect();
+        let mut arenas: Vec<AlignedArena> = models
+            .iter()
+            .map(|m| AlignedArena::new(m.task(t).unwrap().arena_bytes))
+            .collect();
+        let mut sessions: Vec<Session<'_, '_>> = models
+            .iter()
+            .zip(arenas.iter_mut())
+            .map(|(m, a)| Session::new(m, t, a.as_mut_slice()).unwrap())
+            .collect();
         let mut times = vec![Vec::new(); formats.len()];
         let mut out = vec![0f32; info.outputs];
         for _round in 0..15 {
@@ -168,7 +190,10 @@ fn main() {
                 times[k].push(t0.elapsed() / inputs.len() as u32);
             }
         }
-        let med: Vec<f64> = times.into_iter().map(|v| median(v).as_secs_f64() * 1e6).collect();
+        let med: Vec<f64> = times
+            .into_iter()
+            .map(|v| median(v).as_secs_f64() * 1e6)
+            .collect();
         print!("| {} | {:.1} us |", info.name, med[0]);
         for m in &med[1..] {
             print!(" {:.1} us ({:.2}x) |", m, med[0] / m);
