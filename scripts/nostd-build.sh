@@ -12,7 +12,8 @@
 # binutils-arm-none-eabi (rustc-web has no rust-lld). Both are installed with
 # apt-get when missing. NOSTD_QEMU=1 installs qemu-system-arm too (large).
 #
-# usage: scripts/nostd-build.sh          (outputs in target-thumb/)
+# usage: scripts/nostd-build.sh          (outputs in target-thumb/;
+#        NOSTD_OPT=z for opt-level z instead of s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -57,12 +58,14 @@ rm -rf "$TD/model"
 "$TP" pack "$TD/model/ck" -o "$TD/model/model.tpk"
 PKG_BYTES=$(stat -c %s "$TD/model/model.tpk")
 
-step "firmware image and baseline (firmware/, its own workspace)"
+# opt-level of the firmware images: s (the profile's) unless NOSTD_OPT says.
+OPT=${NOSTD_OPT:-s}
+step "firmware image and baseline (firmware/, its own workspace, opt-level $OPT)"
 build_fw() { # $1 = output name, rest = extra cargo args
     local name=$1
     shift
     (cd firmware && TASKPATH_FIRMWARE_PACKAGE="$TD/model/model.tpk" \
-        dcargo build -Zbuild-std=core,alloc --release --target-dir "$TD" "$@")
+        CARGO_PROFILE_RELEASE_OPT_LEVEL="$OPT" dcargo build -Zbuild-std=core,alloc --release --target-dir "$TD" "$@")
     cp "$TD/$TARGET/release/taskpath-firmware" "$FW/$name.elf"
 }
 build_fw taskpath-firmware
@@ -70,9 +73,10 @@ build_fw baseline --features baseline
 
 step "section sizes (arm-none-eabi-size -A)"
 arm-none-eabi-size -A "$FW/taskpath-firmware.elf" | grep -E '^(section|\.vector_table|\.text|\.rodata|\.data|\.bss) '
-python3 - "$FW" "$PKG_BYTES" <<'EOF' | tee "$FW/sizes.md"
+python3 - "$FW" "$PKG_BYTES" "$OPT" <<'EOF' | tee "$FW/sizes.md"
 import subprocess, sys, collections
-fw, pkg = sys.argv[1], int(sys.argv[2])
+fw, pkg, opt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+print(f"opt-level {opt}, package {pkg} bytes\n")
 def sections(elf):
     out = subprocess.run(["arm-none-eabi-size", "-A", elf], capture_output=True, text=True, check=True).stdout
     s = {}
