@@ -16,7 +16,8 @@
 //! holds because
 //!
 //! - activation preparation (LUT tables, int8 activations) is one shared
-//!   scalar routine ([`prepare_lut`], [`prepare_i8`]);
+//!   scalar routine (`prepare_lut`, `prepare_i8`; the AVX2 table builder
+//!   produces byte-identical tables);
 //! - integer accumulation is exact (bounds proven next to each kernel), so its
 //!   order does not matter;
 //! - every float operation of the epilogue acts on one output row per SIMD
@@ -118,7 +119,7 @@ impl CpuFeatures {
         f
     }
 
-    /// The features of the CPU running this code: [`Self::detect`] with the
+    /// The features of the CPU running this code: `Self::detect` with the
     /// `std` feature, else [`Self::compiled`]. Cheap (cached by std).
     #[inline]
     pub fn host() -> Self {
