@@ -9,7 +9,7 @@
 # outside the repository except target-aarch64/ (and the packages and cargo's
 # download cache it installs). Extra arguments go to `cargo test`, e.g.
 #   scripts/aarch64-test.sh -- --test-threads 2
-# PROPTEST_CASES (default 48 per property) is passed through.
+# PROPTEST_CASES (default 64 per property) is passed through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

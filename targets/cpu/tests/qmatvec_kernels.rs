@@ -13,7 +13,7 @@
 //! - named regression cases (accumulator extremes, empty shapes, NaN).
 //!
 //! Problems are drawn as shapes plus a seed for a small PRNG, so shrinking acts
-//! on shapes. `PROPTEST_CASES` overrides the case count (default 48).
+//! on shapes. `PROPTEST_CASES` overrides the case count (default 64).
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -358,7 +358,7 @@ fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
+        .unwrap_or(64);
     ProptestConfig {
         cases,
         ..ProptestConfig::default()
