@@ -152,3 +152,53 @@ fn quantized_packages_are_smaller_and_a_bad_layout_length_is_refused() {
     });
     assert!(refused);
 }
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[test]
+fn a_format_without_a_kernel_here_is_named_with_the_missing_feature() {
+    use taskpath_cpu::qmatvec::CpuFeatures;
+    let ck = model();
+    let q = pack(
+        &ck,
+        &PackOptions {
+            quant: Some(WeightFormat::I4G32),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let a = AlignedArena::from_bytes(&q);
+    let model = Model::from_bytes(a.as_slice()).unwrap();
+    let info = model.task(0).unwrap();
+    let mut arena = AlignedArena::new(info.arena_bytes);
+    // A table for a CPU without SIMD that refuses generic fallbacks: what a
+    // deployment asking for "SIMD or nothing" sees on such a CPU.
+    let kernels = Kernels::for_features(CpuFeatures::NONE).simd_only();
+    let so = SessionOptions {
+        kernels: Some(kernels),
+        ..Default::default()
+    };
+    let e = Session::with_options(&model, 0, arena.as_mut_slice(), so).unwrap_err();
+    let want = if cfg!(target_arch = "x86_64") {
+        "avx2"
+    } else {
+        "neon"
+    };
+    assert_eq!(
+        e,
+        Error::UnsupportedFormat {
+            format: 4,
+            name: "i4g32",
+            missing: want
+        }
+    );
+    assert!(
+        e.to_string().contains("i4g32") && e.to_string().contains(want),
+        "{e}"
+    );
+    // The same package runs with the generic kernels.
+    let so = SessionOptions {
+        kernels: Some(Kernels::generic()),
+        ..Default::default()
+    };
+    Session::with_options(&model, 0, arena.as_mut_slice(), so).unwrap();
+}
