@@ -208,7 +208,7 @@ impl<'m, 'a> Session<'m, 'a> {
             kernels: opts.kernels.unwrap_or_else(Kernels::best),
         };
         for i in 0..task.rec.program_len {
-            s.step(i)?;
+            s.step(i, true)?;
         }
         let out = s
             .slot(task.rec.output_slot, 0)
@@ -344,8 +344,11 @@ impl<'m, 'a> Session<'m, 'a> {
             .ok_or(bad(i, "program range"))
     }
 
-    /// Decodes and checks op `i`.
-    fn step(&self, i: u32) -> Result<Step<'a>> {
+    /// Decodes and checks op `i`. With `plan` (session creation) a `Moe` op
+    /// also walks every expert component of the path to bind kernels and size
+    /// its scratch; `run` skips that walk, since creation already proved the
+    /// scratch slot large enough and the kernels present.
+    fn step(&self, i: u32, plan: bool) -> Result<(Opcode, Step<'a>)> {
         let hp = self.model.hparams();
         let (d, n, kk) = (hp.d_model as usize, hp.experts as usize, hp.top_k as usize);
         let o = self.op(i)?;
@@ -357,7 +360,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 Ok(0..0)
             }
         };
-        Ok(match opcode {
+        let step = match opcode {
             Opcode::Encode => {
                 let input = o.a0 as usize;
                 let m = self
@@ -468,37 +471,39 @@ impl<'m, 'a> Session<'m, 'a> {
                 if token >= l {
                     return Err(bad(i, "token beyond the sequence"));
                 }
-                let (mut max_rank, mut q_bytes) = (0, 0);
-                for j in (0..n).filter(|j| self.path_union & (1 << j) != 0) {
-                    for c in 0..=stage {
-                        let e = self
-                            .model
-                            .expert(j, c)
-                            .ok_or(bad(i, "missing expert component"))?;
-                        for t in [e.conv_w, e.fc1_w, e.fc2_w] {
-                            let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
-                            max_rank = max_rank.max(t.rank);
-                            q_bytes = q_bytes.max(self.bind(&t, i)?);
-                        }
-                        for t in [e.conv_b, e.ln_g, e.ln_b, e.fc1_b, e.fc2_b] {
-                            let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
-                            if !t.is_f32() || t.is_low_rank() {
-                                return Err(bad(i, "expert vectors must be dense f32"));
+                let scratch = if plan {
+                    let (mut max_rank, mut q_bytes) = (0, 0);
+                    for j in (0..n).filter(|j| self.path_union & (1 << j) != 0) {
+                        for c in 0..=stage {
+                            let e = self
+                                .model
+                                .expert(j, c)
+                                .ok_or(bad(i, "missing expert component"))?;
+                            for t in [e.conv_w, e.fc1_w, e.fc2_w] {
+                                let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
+                                max_rank = max_rank.max(t.rank);
+                                q_bytes = q_bytes.max(self.bind(&t, i)?);
+                            }
+                            for t in [e.conv_b, e.ln_g, e.ln_b, e.fc1_b, e.fc2_b] {
+                                let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
+                                if !t.is_f32() || t.is_low_rank() {
+                                    return Err(bad(i, "expert vectors must be dense f32"));
+                                }
                             }
                         }
                     }
-                }
+                    let need = moe_scratch(d, hp.ffn_hidden as usize, max_rank, q_bytes);
+                    self.slot_min(o.a6, need, i)?
+                } else {
+                    self.slot(o.a6, i)?
+                };
                 Step::Moe {
                     u: self.slot_min(o.a0, l * d, i)?,
                     route: self.slot_min(o.a2, 1 + 2 * kk, i)?,
                     stage,
                     token,
                     out: self.slot_min(o.a5, d, i)?,
-                    scratch: self.slot_min(
-                        o.a6,
-                        moe_scratch(d, hp.ffn_hidden as usize, max_rank, q_bytes),
-                        i,
-                    )?,
+                    scratch,
                 }
             }
             Opcode::Copy => {
@@ -512,7 +517,8 @@ impl<'m, 'a> Session<'m, 'a> {
                     dst: dst.start + dof..dst.start + dof + len,
                 }
             }
-        })
+        };
+        Ok((opcode, step))
     }
 
     /// Runs the task. `inputs` holds one `[tokens * features]` slice per task
@@ -553,8 +559,7 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         let mut stats = RunStats::default();
         for i in 0..self.task.rec.program_len {
-            let step = self.step(i)?;
-            let opcode = Opcode::from_u16(self.op(i)?.opcode).ok_or(bad(i, "unknown opcode"))?;
+            let (opcode, step) = self.step(i, false)?;
             tracer.op_begin(i, opcode);
             self.exec(i, step, inputs, tracer, &mut stats)?;
             tracer.op_end(i, opcode);
@@ -792,11 +797,11 @@ fn expert_component(
     let (obuf, rest) = rest.split_at_mut(d);
     let (cat, rest) = rest.split_at_mut(3 * d);
     let r = cw.rank.max(w1.rank).max(w2.rank);
-    if rest.len() < 2 * r {
+    if rest.len() < r {
         return Err(bad(i, "scratch too small for an expert's rank"));
     }
     let (tmp, rest) = rest.split_at_mut(r);
-    let q: &mut [u8] = bytemuck::cast_slice_mut(&mut rest[r..]);
+    let q: &mut [u8] = bytemuck::cast_slice_mut(rest);
     if cw.is_f32() && !cw.is_low_rank() {
         k::conv3_at(cw.a, cb.a, u, d, token, hbuf);
     } else {
@@ -827,7 +832,7 @@ fn expert_component(
 /// largest factor rank `r` and kernel scratch bytes `q` of its experts. The
 /// packer plans exactly this.
 pub fn moe_scratch(d: usize, h: usize, r: usize, q: usize) -> usize {
-    5 * d + h + 2 * r + q.div_ceil(4)
+    5 * d + h + r + q.div_ceil(4)
 }
 
 /// `y = W x + b` over `rows` rows, through `tmp` for a low-rank `W = U V`
