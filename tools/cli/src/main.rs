@@ -5,12 +5,15 @@
 //! atomically (a temporary file renamed into place).
 #![warn(missing_docs)]
 
+mod bench;
 mod demo;
 mod eval;
+mod export_onnx;
 mod gen;
 mod inspect;
 mod npy;
 mod pack;
+mod profile;
 mod residency;
 mod routes;
 mod run;
@@ -54,6 +57,12 @@ enum Command {
     Residency(residency::ResidencyArgs),
     /// Measured distribution of routed experts per task and modality.
     Routes(routes::RoutesArgs),
+    /// Profile a task: trace JSON, latency/energy summary and plots.
+    Profile(profile::Args),
+    /// Benchmark matrix (packages x tasks x threads), llama-bench style.
+    Bench(bench::Args),
+    /// Export a task's dense parts and experts as ONNX graphs for NPU compilers.
+    ExportOnnx(export_onnx::Args),
 }
 
 /// Paths of delta packs applied on top of a base package, in chain order.
@@ -76,6 +85,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::main(&a),
         Command::Residency(a) => residency::main(&a),
         Command::Routes(a) => routes::main(&a),
+        Command::Profile(a) => profile::main(&a),
+        Command::Bench(a) => bench::main(&a),
+        Command::ExportOnnx(a) => export_onnx::main(&a),
     }
 }
 

@@ -1,0 +1,1 @@
+//! CUDA backend (cudarc, NVRTC) for Jetson and desktop GPUs.

@@ -1,0 +1,1 @@
+//! NPU delegation: per-segment ONNX export and a tract reference delegate.
