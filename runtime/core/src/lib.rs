@@ -8,17 +8,21 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
+mod backend;
 mod error;
 #[cfg(feature = "std")]
 mod mapped;
+mod meter;
 mod model;
 mod residency;
 mod session;
 mod trace;
 
+pub use backend::{Backend, CpuBackend};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "std")]
 pub use mapped::{AlignedArena, MappedModel};
+pub use meter::{wrapping_delta, CallbackClock, CallbackMeter, Clock, EnergyMeter, MeterError};
 pub use model::{BlobView, Model, TaskInfo, TensorView, MAX_CHAIN};
 pub use residency::{BlobSource, CacheStats, ResidencyCache, MAX_SLOTS};
 pub use session::{moe_scratch, RunStats, Session, SessionOptions};

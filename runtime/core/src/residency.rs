@@ -28,6 +28,11 @@ pub trait BlobSource {
     fn capacity(&self) -> usize {
         usize::MAX
     }
+    /// Whether `blob` is resident now (a fetch would hit), for tracers;
+    /// `None` when the source cannot tell.
+    fn holds(&self, _blob: u32) -> Option<bool> {
+        None
+    }
 }
 
 /// Counters of a [`ResidencyCache`].
@@ -215,6 +220,9 @@ impl BlobSource for ResidencyCache<'_> {
     }
     fn capacity(&self) -> usize {
         self.slot_bytes
+    }
+    fn holds(&self, blob: u32) -> Option<bool> {
+        Some(self.resident().any(|b| b == blob))
     }
     fn fetch(&mut self, model: &Model<'_>, blob: u32) -> Result<&[u8]> {
         let i = self.load(model, blob)?;

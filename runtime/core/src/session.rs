@@ -724,7 +724,14 @@ impl<'m, 'a> Session<'m, 'a> {
                             .ok_or(bad(i, "missing expert component"))?;
                         m.tracer.expert_fetch(rec.blob);
                         let bytes = match source.as_deref_mut() {
-                            Some(src) => src.fetch(model, rec.blob)?,
+                            Some(src) => {
+                                if m.tracer.wants_costly_events() {
+                                    if let Some(hit) = src.holds(rec.blob) {
+                                        m.tracer.cache_access(rec.blob, hit);
+                                    }
+                                }
+                                src.fetch(model, rec.blob)?
+                            }
                             None => model.blob(rec.blob).ok_or(bad(i, "no such blob"))?.bytes,
                         };
                         expert_component(
