@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod backend;
 mod error;
 #[cfg(feature = "std")]
 mod mapped;
@@ -18,6 +19,7 @@ mod residency;
 mod session;
 mod trace;
 
+pub use backend::{Backend, CpuBackend};
 pub use backend::{Backend, CpuBackend};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "std")]
