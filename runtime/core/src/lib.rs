@@ -8,8 +8,6 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
-mod backend;
-mod backend;
 mod error;
 #[cfg(feature = "std")]
 mod mapped;
@@ -19,8 +17,6 @@ mod residency;
 mod session;
 mod trace;
 
-pub use backend::{Backend, CpuBackend};
-pub use backend::{Backend, CpuBackend};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "std")]
 pub use mapped::{AlignedArena, MappedModel};
