@@ -8,6 +8,7 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
+mod backend;
 mod error;
 #[cfg(feature = "std")]
 mod mapped;
@@ -17,6 +18,7 @@ mod residency;
 mod session;
 mod trace;
 
+pub use backend::{Backend, CpuBackend};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "std")]
 pub use mapped::{AlignedArena, MappedModel};
