@@ -1,1 +1,31 @@
 //! CUDA backend (cudarc, NVRTC) for Jetson and desktop GPUs.
+//!
+//! [`CudaBackend`] implements the runtime's [`taskpath_runtime::Backend`]
+//! for every op of the reference model (Encode, LayerNorm, Linear,
+//! Attention, AttnPool, Gate, Route, Moe with low-rank factors and the k = 3
+//! convolution, Copy) and every weight format (f32, f16, i8row and the
+//! int4/int2 LUT formats). Kernels are CUDA C ([`kernels::SOURCE`]) compiled
+//! by NVRTC at first use and cached per process; cudarc loads libcuda and
+//! libnvrtc dynamically, so this crate builds and its host tests run on
+//! machines without CUDA, where the backend reports itself unavailable.
+//!
+//! Weights: on an integrated GPU (Jetson, unified memory) the package pages
+//! are registered with the driver and read in place ([`Residency::Mapped`]);
+//! on a discrete GPU trunks, routers and heads are uploaded once and expert
+//! blobs go through a budgeted device cache with the CPU `ResidencyCache`'s
+//! LRU + pin policy ([`SlotCache`]), uploaded on a second stream that runs
+//! ahead of the compute stream.
+//!
+//! Numerics: see `src/kernels.cu`; outputs match the CPU path within 1e-4
+//! (the device check in `scripts/cuda-device-check.sh` measures it).
+
+mod cache;
+mod device;
+mod error;
+pub mod geometry;
+pub mod kernels;
+mod plan;
+
+pub use cache::{Lookup, SlotCache};
+pub use device::{CudaBackend, CudaOptions, CudaTask, DeviceInfo, Residency};
+pub use error::{CudaError, Result};
