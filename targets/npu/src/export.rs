@@ -1,0 +1,819 @@
+//! ONNX export of a task's segments (docs/NPU.md).
+//!
+//! Each dense segment is translated op by op from the task's op program, so
+//! the graph computes what the CPU runs; each expert component becomes a
+//! graph of its own over the conv window. Shapes are static, the opset is
+//! [`OPSET`] and weights are either f32 initializers or, with
+//! [`Precision::Int8`], per-output-channel symmetric int8 initializers behind
+//! `DequantizeLinear` (weight-only QDQ).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use taskpath_cpu::quant::{dequantize, WeightFormat};
+use taskpath_format::records::{blob_kind, gating, ExpertRec};
+use taskpath_format::{Opcode, NONE};
+use taskpath_runtime::{Model, TensorView};
+
+use crate::error::{Error, Result};
+use crate::plan::{Plan, Segment, SegmentKind, Source, Step};
+use crate::proto::{self, dtype, Attr, Msg};
+
+/// The ONNX opset the graphs use: the first with `LayerNormalization`, and
+/// one that tract-onnx 0.23 and onnxruntime 1.x both run.
+pub const OPSET: i64 = 17;
+
+/// Relative bound (`max|a - b| <= bound * max|ref|` per output tensor) of an
+/// f32 graph against the CPU runtime's values for the same part.
+pub const F32_REL_BOUND: f32 = 1e-5;
+
+/// The same bound for the int8 QDQ graphs against the CPU's f32 values
+/// (measured and documented in docs/NPU.md).
+pub const INT8_REL_BOUND: f32 = 3e-2;
+
+/// Weight precision of an exported graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 initializers.
+    F32,
+    /// int8 per-channel weights behind `DequantizeLinear`.
+    Int8,
+}
+
+impl Precision {
+    /// `f32` / `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+    /// Its relative bound against the CPU f32 values.
+    pub fn bound(self) -> f32 {
+        match self {
+            Precision::F32 => F32_REL_BOUND,
+            Precision::Int8 => INT8_REL_BOUND,
+        }
+    }
+}
+
+/// One exported graph.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// Segment name, e.g. `trunk.img_rows`.
+    pub name: String,
+    /// Index of the segment in the plan.
+    pub segment: usize,
+    /// Precision of its weights.
+    pub precision: Precision,
+    /// Serialized `ModelProto`.
+    pub bytes: Vec<u8>,
+    /// Initializer -> package tensor it comes from (for the manifest).
+    pub tensors: Vec<Value>,
+}
+
+impl Graph {
+    /// File name: `<name>.onnx` or `<name>.int8.onnx`.
+    pub fn file_name(&self) -> String {
+        match self.precision {
+            Precision::F32 => format!("{}.onnx", self.name),
+            Precision::Int8 => format!("{}.int8.onnx", self.name),
+        }
+    }
+}
+
+/// Builds one graph.
+struct Builder<'m, 'a> {
+    model: &'m Model<'a>,
+    graph: String,
+    precision: Precision,
+    nodes: Vec<Msg>,
+    inits: Vec<Msg>,
+    init_names: Vec<String>,
+    tensors: Vec<Value>,
+    n: usize,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl<'m, 'a> Builder<'m, 'a> {
+    fn new(model: &'m Model<'a>, graph: &str, precision: Precision) -> Self {
+        Self {
+            model,
+            graph: graph.to_string(),
+            precision,
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            init_names: Vec::new(),
+            tensors: Vec::new(),
+            n: 0,
+        }
+    }
+
+    fn err(&self, why: impl Into<String>) -> Error {
+        Error::Export {
+            graph: self.graph.clone(),
+            why: why.into(),
+        }
+    }
+
+    fn fresh(&mut self, hint: &str) -> String {
+        self.n += 1;
+        format!("{hint}_{}", self.n)
+    }
+
+    /// A node with one output; returns the output's name.
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: &[Attr]) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        let name = format!("n{}_{op}", self.n);
+        self.nodes
+            .push(proto::node(&name, op, inputs, &[&out], attrs));
+        out
+    }
+
+    fn unique(&self, name: &str) -> String {
+        let mut n = name.to_string();
+        let mut k = 1;
+        while self.init_names.contains(&n) {
+            k += 1;
+            n = format!("{name}#{k}");
+        }
+        n
+    }
+
+    fn init(&mut self, name: &str, dims: &[usize], dt: i32, raw: &[u8]) -> String {
+        let name = self.unique(name);
+        self.inits.push(proto::tensor(&name, dims, dt, raw));
+        self.init_names.push(name.clone());
+        name
+    }
+
+    fn const_f32(&mut self, hint: &str, dims: &[usize], v: &[f32]) -> String {
+        let name = self.fresh(hint);
+        self.init(&name, dims, dtype::FLOAT, &f32_bytes(v))
+    }
+
+    fn const_i64(&mut self, hint: &str, v: &[i64]) -> String {
+        let name = self.fresh(hint);
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.init(&name, &[v.len()], dtype::INT64, &raw)
+    }
+
+    /// Name of tensor `id` in its package.
+    fn tensor_name(&self, id: u32) -> String {
+        self.model
+            .tensor_rec(id)
+            .map(|(p, t)| p.str(t.name_off, t.name_len).to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("tensor{id}"))
+    }
+
+    fn record(&mut self, id: u32, t: &TensorView<'_>, inits: &[&str]) {
+        let fmt = WeightFormat::from_u16(t.format).map_or("unknown", |f| f.name());
+        self.tensors.push(json!({
+            "initializers": inits,
+            "tensor": id,
+            "name": self.tensor_name(id),
+            "blob": t.blob,
+            "format": fmt,
+            "layout": if t.is_low_rank() { "low_rank" } else { "dense" },
+            "rows": t.rows,
+            "cols": t.cols,
+            "rank": t.rank,
+        }));
+    }
+
+    /// A dense f32 vector/matrix tensor as an f32 initializer of shape `dims`.
+    fn vector(&mut self, id: u32, dims: &[usize]) -> Result<String> {
+        let t = self
+            .model
+            .tensor(id)
+            .ok_or_else(|| self.err(format!("tensor {id} does not exist")))?;
+        self.vector_view(id, &t, dims)
+    }
+
+    fn vector_view(&mut self, id: u32, t: &TensorView<'_>, dims: &[usize]) -> Result<String> {
+        if !t.is_f32() || t.is_low_rank() {
+            return Err(self.err(format!(
+                "{} must be a dense f32 tensor",
+                self.tensor_name(id)
+            )));
+        }
+        if t.a.len() != dims.iter().product::<usize>() {
+            return Err(self.err(format!("{} has the wrong size", self.tensor_name(id))));
+        }
+        let name = self.tensor_name(id);
+        let n = self.init(&name, dims, dtype::FLOAT, &f32_bytes(t.a));
+        self.record(id, t, &[&n]);
+        Ok(n)
+    }
+
+    /// A `[rows, cols]` weight (f32 initializer, or int8 per-row + DequantizeLinear).
+    fn weight(&mut self, name: &str, rows: usize, cols: usize, w: &[f32]) -> (String, Vec<String>) {
+        match self.precision {
+            Precision::F32 => {
+                let n = self.init(name, &[rows, cols], dtype::FLOAT, &f32_bytes(w));
+                (n.clone(), vec![n])
+            }
+            Precision::Int8 => {
+                let (q, scales) = quantize_rows(rows, cols, w);
+                let qn = self.init(
+                    &format!("{name}.q"),
+                    &[rows, cols],
+                    dtype::INT8,
+                    &q.iter().map(|&v| v as u8).collect::<Vec<_>>(),
+                );
+                let sn = self.init(
+                    &format!("{name}.scale"),
+                    &[rows],
+                    dtype::FLOAT,
+                    &f32_bytes(&scales),
+                );
+                let zn = self.init(
+                    &format!("{name}.zero_point"),
+                    &[rows],
+                    dtype::INT8,
+                    &vec![0u8; rows],
+                );
+                let out = self.node(
+                    "DequantizeLinear",
+                    &[&qn, &sn, &zn],
+                    &[Attr::Int("axis", 0)],
+                );
+                (out, vec![qn, sn, zn])
+            }
+        }
+    }
+
+    /// `y = x W^T + b` with `W` dense or `U V` (two Gemms, like the CPU).
+    fn linear(
+        &mut self,
+        x: &str,
+        id: u32,
+        w: &TensorView<'_>,
+        bias: Option<u32>,
+    ) -> Result<String> {
+        let name = self.tensor_name(id);
+        let b = match bias {
+            Some(b) if b != NONE => Some(self.vector(b, &[w.rows])?),
+            _ => None,
+        };
+        let (a, v) = dense_factors(w).map_err(|e| self.err(format!("{name}: {e}")))?;
+        let gemm = |s: &mut Self, x: &str, wn: &str, b: Option<&str>| {
+            let mut ins = vec![x, wn];
+            ins.extend(b);
+            s.node("Gemm", &ins, &[Attr::Int("transB", 1)])
+        };
+        if let Some(v) = v {
+            let (vn, mut inits) = self.weight(&format!("{name}.V"), w.rank, w.cols, &v);
+            let (un, more) = self.weight(&format!("{name}.U"), w.rows, w.rank, &a);
+            inits.extend(more);
+            let refs: Vec<&str> = inits.iter().map(String::as_str).collect();
+            self.record(id, w, &refs);
+            let t = gemm(self, x, &vn, None);
+            Ok(gemm(self, &t, &un, b.as_deref()))
+        } else {
+            let (wn, inits) = self.weight(&name, w.rows, w.cols, &a);
+            let refs: Vec<&str> = inits.iter().map(String::as_str).collect();
+            self.record(id, w, &refs);
+            Ok(gemm(self, x, &wn, b.as_deref()))
+        }
+    }
+
+    fn layernorm(&mut self, x: &str, g: &str, b: &str, eps: f32, scale: f32) -> String {
+        let x = if scale == 1.0 {
+            x.to_string()
+        } else {
+            let s = self.const_f32("scale", &[], &[scale]);
+            self.node("Mul", &[x, &s], &[])
+        };
+        self.node(
+            "LayerNormalization",
+            &[&x, g, b],
+            &[Attr::Int("axis", -1), Attr::Float("epsilon", eps)],
+        )
+    }
+
+    /// Exact GELU `x/2 (1 + erf(x / sqrt 2))` (the op itself is opset 20).
+    fn gelu(&mut self, x: &str) -> String {
+        let c = self.const_f32("inv_sqrt2", &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+        let one = self.const_f32("one", &[], &[1.0]);
+        let half = self.const_f32("half", &[], &[0.5]);
+        let t = self.node("Mul", &[x, &c], &[]);
+        let t = self.node("Erf", &[&t], &[]);
+        let t = self.node("Add", &[&t, &one], &[]);
+        let t = self.node("Mul", &[x, &t], &[]);
+        self.node("Mul", &[&t, &half], &[])
+    }
+
+    fn reshape(&mut self, x: &str, dims: [usize; 2]) -> String {
+        let s = self.const_i64("shape", &[dims[0] as i64, dims[1] as i64]);
+        self.node("Reshape", &[x, &s], &[])
+    }
+
+    fn finish(
+        self,
+        seg: &Segment,
+        si: usize,
+        outputs: &[(String, [usize; 2])],
+        task: &str,
+    ) -> Graph {
+        let mut nodes = self.nodes;
+        for (p, (val, _)) in seg.outputs.iter().zip(outputs) {
+            nodes.push(proto::node(
+                &format!("out_{}", p.name),
+                "Identity",
+                &[val],
+                &[&p.name],
+                &[],
+            ));
+        }
+        let ins: Vec<Msg> = seg
+            .inputs
+            .iter()
+            .map(|p| proto::value_info(&p.name, &p.shape))
+            .collect();
+        let outs: Vec<Msg> = seg
+            .outputs
+            .iter()
+            .map(|p| proto::value_info(&p.name, &p.shape))
+            .collect();
+        let doc = format!(
+            "taskpath segment {} of task {task} ({} weights)",
+            seg.name,
+            self.precision.name()
+        );
+        let meta = vec![
+            ("taskpath.segment".to_string(), seg.name.clone()),
+            ("taskpath.task".to_string(), task.to_string()),
+            (
+                "taskpath.precision".to_string(),
+                self.precision.name().to_string(),
+            ),
+        ];
+        let bytes = proto::model(
+            &seg.name,
+            &doc,
+            &nodes,
+            &self.inits,
+            &ins,
+            &outs,
+            OPSET,
+            &meta,
+        );
+        Graph {
+            name: seg.name.clone(),
+            segment: si,
+            precision: self.precision,
+            bytes,
+            tensors: self.tensors,
+        }
+    }
+}
+
+/// Symmetric per-row int8: `scale_r = max|w_r| / 127` (1 for an all-zero row),
+/// `q = round(w / scale)` clamped to `[-127, 127]`.
+pub fn quantize_rows(rows: usize, cols: usize, w: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; rows * cols];
+    let mut scales = vec![1.0f32; rows];
+    for r in 0..rows {
+        let row = &w[r * cols..(r + 1) * cols];
+        let m = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let s = if m > 0.0 && m.is_finite() {
+            m / 127.0
+        } else {
+            1.0
+        };
+        scales[r] = s;
+        for (qi, &v) in q[r * cols..(r + 1) * cols].iter_mut().zip(row) {
+            *qi = (v / s).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (q, scales)
+}
+
+/// The f32 values of a matrix: `(dense, None)` or `(U, Some(V))`, dequantizing
+/// packed formats to exactly the values the CPU kernels multiply by.
+fn dense_factors(w: &TensorView<'_>) -> std::result::Result<(Vec<f32>, Option<Vec<f32>>), String> {
+    if w.is_f32() {
+        return Ok(if w.is_low_rank() {
+            (w.a.to_vec(), Some(w.b.to_vec()))
+        } else {
+            (w.a.to_vec(), None)
+        });
+    }
+    let fmt = WeightFormat::from_u16(w.format)
+        .ok_or_else(|| format!("unknown weight format {}", w.format))?;
+    let deq = |rows: usize, cols: usize, raw: &[u8]| {
+        let mut out = vec![0.0; rows * cols];
+        dequantize(fmt, rows, cols, raw, &mut out).map_err(|e| e.to_string())?;
+        Ok::<_, String>(out)
+    };
+    if w.is_low_rank() {
+        Ok((
+            deq(w.rows, w.rank, w.raw_a)?,
+            Some(deq(w.rank, w.cols, w.raw_b)?),
+        ))
+    } else {
+        Ok((deq(w.rows, w.cols, w.raw_a)?, None))
+    }
+}
+
+/// Current ONNX value of each slot while translating a segment.
+#[derive(Default)]
+struct Slots {
+    cur: HashMap<u32, (String, [usize; 2])>,
+    /// Values written piecewise by `Copy` at `(offset, value, len)`.
+    pieces: HashMap<u32, Vec<(usize, String, usize)>>,
+}
+
+fn dense_graph(model: &Model<'_>, plan: &Plan, si: usize, precision: Precision) -> Result<Graph> {
+    let seg = &plan.segments[si];
+    let hp = model.hparams();
+    let d = hp.d_model as usize;
+    let mut b = Builder::new(model, &seg.name, precision);
+    let mut st = Slots::default();
+    for p in &seg.inputs {
+        // Inputs are bound on first read (below); nothing to do up front.
+        let _ = p;
+    }
+    let read = |b: &mut Builder<'_, '_>,
+                st: &mut Slots,
+                src: Source,
+                shape: [usize; 2]|
+     -> Result<String> {
+        if let Source::Slot(s) = src {
+            if let Some(mut pieces) = st.pieces.remove(&s) {
+                pieces.sort_by_key(|p| p.0);
+                let mut at = 0;
+                for p in &pieces {
+                    if p.0 != at {
+                        return Err(b.err("a copied value is read before it is fully written"));
+                    }
+                    at += p.2;
+                }
+                let names: Vec<&str> = pieces.iter().map(|p| p.1.as_str()).collect();
+                let cat = b.node("Concat", &names, &[Attr::Int("axis", 1)]);
+                st.cur.insert(s, (cat, [1, at]));
+            }
+            if let Some((name, have)) = st.cur.get(&s).cloned() {
+                if have == shape {
+                    return Ok(name);
+                }
+                if have[0] * have[1] != shape[0] * shape[1] {
+                    return Err(b.err(format!("slot {s} read as {shape:?} but holds {have:?}")));
+                }
+                return Ok(b.reshape(&name, shape));
+            }
+        }
+        let p = seg
+            .inputs
+            .iter()
+            .find(|p| p.source == src)
+            .ok_or_else(|| b.err(format!("{src:?} read before it is written")))?;
+        if p.shape != shape {
+            return Err(b.err(format!("input {} read with another shape", p.name)));
+        }
+        Ok(p.name.clone())
+    };
+    for &i in &seg.ops {
+        let op = &plan.ops[i as usize];
+        let r = op.rec;
+        let tensor = |b: &Builder<'_, '_>, id: u32| {
+            model
+                .tensor(id)
+                .ok_or_else(|| b.err(format!("op {i}: tensor {id} does not exist")))
+        };
+        match op.opcode {
+            Opcode::Encode => {
+                let (src, shape) = op.reads[0];
+                let x = read(&mut b, &mut st, src, shape)?;
+                let w = tensor(&b, r.a2)?;
+                let pos = tensor(&b, r.a4)?;
+                let y = b.linear(&x, r.a2, &w, Some(r.a3))?;
+                let pn = b.vector_view(r.a4, &pos, &[pos.rows, pos.cols])?;
+                let y = b.node("Add", &[&y, &pn], &[]);
+                st.cur.insert(r.a1, (y, op.writes[0].1));
+            }
+            Opcode::LayerNorm => {
+                let (src, shape) = op.reads[0];
+                let x = read(&mut b, &mut st, src, shape)?;
+                let c = shape[1];
+                let g = b.vector(r.a2, &[c])?;
+                let bb = b.vector(r.a3, &[c])?;
+                let y = b.layernorm(&x, &g, &bb, hp.ln_eps, f32::from_bits(r.a4));
+                st.cur.insert(r.a1, (y, shape));
+            }
+            Opcode::Linear => {
+                let (src, shape) = op.reads[0];
+                let x = read(&mut b, &mut st, src, shape)?;
+                let w = tensor(&b, r.a2)?;
+                let y = b.linear(&x, r.a2, &w, Some(r.a3))?;
+                st.cur.insert(r.a1, (y, op.writes[0].1));
+            }
+            Opcode::Attention => {
+                let (l, heads) = (r.a4 as usize, r.a5 as usize);
+                if heads == 0 || d % heads != 0 {
+                    return Err(b.err("heads must divide d_model"));
+                }
+                let dh = d / heads;
+                let mut qkv = Vec::new();
+                for &(src, shape) in &op.reads {
+                    qkv.push(read(&mut b, &mut st, src, shape)?);
+                }
+                let s3 = b.const_i64("shape", &[l as i64, heads as i64, dh as i64]);
+                let split = |b: &mut Builder<'_, '_>, x: &str, perm: Vec<i64>| {
+                    let t = b.node("Reshape", &[x, &s3], &[]);
+                    b.node("Transpose", &[&t], &[Attr::Ints("perm", perm)])
+                };
+                let q = split(&mut b, &qkv[0], vec![1, 0, 2]); // [H, L, dh]
+                let kt = split(&mut b, &qkv[1], vec![1, 2, 0]); // [H, dh, L]
+                let v = split(&mut b, &qkv[2], vec![1, 0, 2]); // [H, L, dh]
+                let s = b.node("MatMul", &[&q, &kt], &[]);
+                let c = b.const_f32("inv_sqrt_dh", &[], &[1.0 / (dh as f32).sqrt()]);
+                let s = b.node("Mul", &[&s, &c], &[]);
+                let s = b.node("Softmax", &[&s], &[Attr::Int("axis", -1)]);
+                let o = b.node("MatMul", &[&s, &v], &[]);
+                let o = b.node("Transpose", &[&o], &[Attr::Ints("perm", vec![1, 0, 2])]);
+                let o = b.reshape(&o, [l, d]);
+                st.cur.insert(r.a3, (o, [l, d]));
+            }
+            Opcode::AttnPool => {
+                let (src, shape) = op.reads[0];
+                let u = read(&mut b, &mut st, src, shape)?;
+                let q = b.vector(r.a2, &[1, d])?;
+                let s = b.node("Gemm", &[&u, &q], &[Attr::Int("transB", 1)]); // [L, 1]
+                let c = b.const_f32("inv_sqrt_d", &[], &[1.0 / (d as f32).sqrt()]);
+                let s = b.node("Mul", &[&s, &c], &[]);
+                let s = b.node("Softmax", &[&s], &[Attr::Int("axis", 0)]);
+                let p = b.node("Gemm", &[&s, &u], &[Attr::Int("transA", 1)]); // [1, D]
+                st.cur.insert(r.a3, (p, [1, d]));
+            }
+            Opcode::Gate => {
+                let n = hp.experts as usize;
+                let (src, shape) = op.reads[0];
+                let p = read(&mut b, &mut st, src, shape)?;
+                // Gate vectors stay f32 in both precisions: top-k routing is
+                // the part of the model least tolerant of weight error.
+                let g = b.vector(r.a1, &[n, d])?;
+                let t = if hp.gating == gating::SOFTMAX {
+                    b.node("Gemm", &[&p, &g], &[Attr::Int("transB", 1)])
+                } else {
+                    let diff = b.node("Sub", &[&p, &g], &[]); // [N, D]
+                    let ss = b.node(
+                        "ReduceSumSquare",
+                        &[&diff],
+                        &[Attr::Ints("axes", vec![1]), Attr::Int("keepdims", 0)],
+                    );
+                    let dist = b.node("Sqrt", &[&ss], &[]);
+                    let neg = b.node("Neg", &[&dist], &[]);
+                    b.reshape(&neg, [1, n])
+                };
+                let scale = f32::from_bits(r.a4);
+                let t = if scale == 1.0 {
+                    t
+                } else {
+                    let c = b.const_f32("router_scale", &[], &[scale]);
+                    b.node("Mul", &[&t, &c], &[])
+                };
+                let y = if r.a3 != 0 {
+                    let prev = read(&mut b, &mut st, Source::Slot(r.a2), [1, n])?;
+                    b.node("Add", &[&prev, &t], &[])
+                } else {
+                    t
+                };
+                st.cur.insert(r.a2, (y, [1, n]));
+            }
+            Opcode::Copy => {
+                let (src, shape) = op.reads[0];
+                if r.a1 != 0 {
+                    return Err(b.err(format!(
+                        "op {i}: a copy from inside a value is not exported"
+                    )));
+                }
+                let x = read(&mut b, &mut st, src, shape)?;
+                st.cur.remove(&r.a2);
+                st.pieces
+                    .entry(r.a2)
+                    .or_default()
+                    .push((r.a3 as usize, x, r.a4 as usize));
+            }
+            Opcode::Route | Opcode::Moe => {
+                return Err(b.err(format!("op {i}: glue op inside a dense segment")))
+            }
+        }
+    }
+    let mut outs = Vec::new();
+    for p in &seg.outputs {
+        let v = read(&mut b, &mut st, p.source, p.shape)?;
+        outs.push((v, p.shape));
+    }
+    Ok(b.finish(seg, si, &outs, &plan.task_name))
+}
+
+fn expert_graph(
+    model: &Model<'_>,
+    plan: &Plan,
+    si: usize,
+    e: &ExpertRec,
+    precision: Precision,
+) -> Result<Graph> {
+    let seg = &plan.segments[si];
+    let hp = model.hparams();
+    let d = hp.d_model as usize;
+    let h = hp.ffn_hidden as usize;
+    let mut b = Builder::new(model, &seg.name, precision);
+    let t = |b: &Builder<'_, '_>, id: u32| {
+        model
+            .tensor(id)
+            .ok_or_else(|| b.err(format!("tensor {id} does not exist")))
+    };
+    let x = "x";
+    let cw = t(&b, e.conv_w)?;
+    if cw.rows != d || cw.cols != 3 * d {
+        return Err(b.err("conv weight is not [D, 3D]"));
+    }
+    let hb = b.linear(x, e.conv_w, &cw, Some(e.conv_b))?;
+    let hb = b.gelu(&hb);
+    let starts = b.const_i64("starts", &[d as i64]);
+    let ends = b.const_i64("ends", &[2 * d as i64]);
+    let axes = b.const_i64("axes", &[1]);
+    let ut = b.node("Slice", &[x, &starts, &ends, &axes], &[]);
+    let hb = b.node("Add", &[&hb, &ut], &[]);
+    let g = b.vector(e.ln_g, &[d])?;
+    let bb = b.vector(e.ln_b, &[d])?;
+    let hb = b.layernorm(&hb, &g, &bb, hp.ln_eps, 1.0);
+    let w1 = t(&b, e.fc1_w)?;
+    let w2 = t(&b, e.fc2_w)?;
+    if w1.rows != h || w1.cols != d || w2.rows != d || w2.cols != h {
+        return Err(b.err("fc1/fc2 shapes do not match the model's widths"));
+    }
+    let m = b.linear(&hb, e.fc1_w, &w1, Some(e.fc1_b))?;
+    let m = b.gelu(&m);
+    let y = b.linear(&m, e.fc2_w, &w2, Some(e.fc2_b))?;
+    Ok(b.finish(seg, si, &[(y, [1, d])], &plan.task_name))
+}
+
+/// The graph of segment `si` of `plan`.
+pub fn segment_graph(
+    model: &Model<'_>,
+    plan: &Plan,
+    si: usize,
+    precision: Precision,
+) -> Result<Graph> {
+    match plan.segments[si].kind {
+        SegmentKind::Expert { expert, component } => {
+            let e = model
+                .expert(expert, component)
+                .ok_or_else(|| Error::Export {
+                    graph: plan.segments[si].name.clone(),
+                    why: "expert component missing".into(),
+                })?;
+            expert_graph(model, plan, si, &e, precision)
+        }
+        _ => dense_graph(model, plan, si, precision),
+    }
+}
+
+/// Every graph of a task, in plan order, for each requested precision.
+pub fn export_task(model: &Model<'_>, plan: &Plan, precisions: &[Precision]) -> Result<Vec<Graph>> {
+    let mut out = Vec::new();
+    for si in 0..plan.segments.len() {
+        for &p in precisions {
+            out.push(segment_graph(model, plan, si, p)?);
+        }
+    }
+    Ok(out)
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        blob_kind::TRUNK => "trunk",
+        blob_kind::ROUTER => "router",
+        blob_kind::EXPERT => "expert",
+        blob_kind::HEAD => "head",
+        _ => "unknown",
+    }
+}
+
+fn port_json(p: &crate::plan::Port) -> Value {
+    let source = match p.source {
+        Source::TaskInput(i) => format!("task_input:{i}"),
+        Source::Slot(s) => format!("slot:{s}"),
+        Source::Window => "moe_window".into(),
+    };
+    json!({"name": p.name, "shape": p.shape, "dtype": "float32", "source": source})
+}
+
+/// The manifest (docs/NPU.md, "Manifest") of an export.
+pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value) -> Result<Value> {
+    let info = model.task(plan.task)?;
+    let hp = model.hparams();
+    let mname = |m: usize| model.modality(m).map_or("?", |(n, _, _)| n);
+    let mut out_graphs = Vec::new();
+    for (si, seg) in plan.segments.iter().enumerate() {
+        let mut files = serde_json::Map::new();
+        let mut tensors = Value::Null;
+        for g in graphs.iter().filter(|g| g.segment == si) {
+            files.insert(g.precision.name().into(), json!(g.file_name()));
+            if g.precision == Precision::F32 || tensors.is_null() {
+                tensors = json!(g.tensors);
+            }
+        }
+        let blobs: Vec<Value> = seg
+            .blobs
+            .iter()
+            .filter_map(|&bi| model.blob(bi))
+            .map(|b| {
+                let off = model
+                    .part(b.part)
+                    .and_then(|p| {
+                        let local = b.index - p.hparams().blob_base;
+                        p.blob_file_offset(local as usize)
+                    })
+                    .unwrap_or(0);
+                json!({
+                    "index": b.index,
+                    "package": b.part,
+                    "kind": kind_name(b.rec.kind),
+                    "file_offset": off,
+                    "len": b.rec.len,
+                    "checksum": format!("{:#018x}", b.rec.checksum),
+                })
+            })
+            .collect();
+        let (kind, extra) = match seg.kind {
+            SegmentKind::Trunk { modality } => ("trunk", json!({"modality": mname(modality)})),
+            SegmentKind::Router { modality } => (
+                "router",
+                json!({"modality": mname(modality), "heads": info.stage + 1}),
+            ),
+            SegmentKind::Expert { expert, component } => {
+                ("expert", json!({"expert": expert, "component": component}))
+            }
+            SegmentKind::Head => ("head", json!({})),
+        };
+        let mut g = json!({
+            "name": seg.name,
+            "kind": kind,
+            "files": files,
+            "ops": seg.ops,
+            "inputs": seg.inputs.iter().map(port_json).collect::<Vec<_>>(),
+            "outputs": seg.outputs.iter().map(port_json).collect::<Vec<_>>(),
+            "blobs": blobs,
+            "tensors": tensors,
+        });
+        if let (Some(o), Some(e)) = (g.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        out_graphs.push(g);
+    }
+    let steps: Vec<Value> = plan
+        .steps
+        .iter()
+        .map(|s| match *s {
+            Step::Segment(si) => json!({"run": plan.segments[si].name}),
+            Step::Route(i) => {
+                let r = plan.ops[i as usize].rec;
+                let mask = model.path_mask(&info, r.a1 as usize).unwrap_or(0);
+                json!({"glue": "route", "op": i, "modality": mname(r.a1 as usize),
+                       "logits": format!("slot:{}", r.a0), "route": format!("slot:{}", r.a2),
+                       "path_mask": format!("{mask:#x}"), "top_k": hp.top_k})
+            }
+            Step::Moe(i) => {
+                let r = plan.ops[i as usize].rec;
+                json!({"glue": "moe", "op": i, "u": format!("slot:{}", r.a0),
+                       "tokens": r.a1, "token": r.a4, "components": r.a3 + 1,
+                       "route": format!("slot:{}", r.a2), "out": format!("slot:{}", r.a5)})
+            }
+        })
+        .collect();
+    Ok(json!({
+        "format": "taskpath-onnx/1",
+        "opset": OPSET,
+        "ir_version": proto::IR_VERSION,
+        "package": package,
+        "task": {
+            "name": info.name,
+            "index": info.index,
+            "stage": info.stage,
+            "outputs": info.outputs,
+            "modalities": info.modalities().map(|m| {
+                let (n, l, f) = model.modality(m).unwrap_or(("?", 0, 0));
+                json!({"name": n, "tokens": l, "features": f})
+            }).collect::<Vec<_>>(),
+            "output": format!("slot:{}", plan.output.0),
+        },
+        "hparams": {
+            "d_model": hp.d_model, "heads": hp.heads, "experts": hp.experts,
+            "top_k": hp.top_k, "ffn_hidden": hp.ffn_hidden, "ln_eps": hp.ln_eps,
+            "gating": if hp.gating == gating::SOFTMAX { "softmax" } else { "laplace" },
+        },
+        "tolerance": {"f32": F32_REL_BOUND, "int8": INT8_REL_BOUND,
+                       "metric": "max|onnx - cpu| <= tol * max|cpu| per output"},
+        "graphs": out_graphs,
+        "steps": steps,
+    }))
+}

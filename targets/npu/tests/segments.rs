@@ -1,0 +1,240 @@
+//! The segmenter, the CPU executor and the exporter, without tract.
+
+mod common;
+
+use common::*;
+use taskpath_cpu::quant::WeightFormat;
+use taskpath_npu::export::quantize_rows;
+use taskpath_npu::{
+    export_task, manifest, rel_error, CpuOnly, Executor, Plan, Precision, SegmentKind, Source, Step,
+};
+use taskpath_pack::{pack, pack_delta, PackOptions};
+use taskpath_runtime::{AlignedArena, Model};
+
+/// Every sample of every bundled test set through the executor with no
+/// delegate equals the session bit for bit.
+fn assert_bit_identical(model: &Model<'_>, tasks: &[&str]) {
+    for &name in tasks {
+        let t = model.task_index(name).unwrap();
+        let info = model.task(t).unwrap();
+        let ds = test_set(name);
+        let want = session_outputs(model, t, &ds);
+        let mut ex = Executor::new(model, t, CpuOnly, |_| Ok(None)).unwrap();
+        assert!(ex.delegated_segments().is_empty());
+        for (x, w) in ds.samples.iter().zip(&want) {
+            let refs: Vec<&[f32]> = x.inputs.iter().map(Vec::as_slice).collect();
+            let mut out = vec![0f32; info.outputs];
+            let st = ex.run(&refs, &mut out).unwrap();
+            assert_eq!(st.delegated, 0);
+            let a: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            let b: Vec<u32> = w.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(
+                a, b,
+                "task {name}: segmented CPU run differs from the session"
+            );
+        }
+    }
+}
+
+const TASKS: [&str; 5] = ["DIGIT-10", "WDBC", "DIGIT-PARITY", "DIAB", "GSE-MET"];
+
+#[test]
+fn cpu_executor_equals_the_session_bit_for_bit_f32_and_narrow_paths() {
+    let ck = checkpoint();
+    let pkg = package(&ck, None, true);
+    let model = Model::from_bytes(pkg.as_slice()).unwrap();
+    assert_bit_identical(&model, &TASKS);
+}
+
+#[test]
+fn cpu_executor_equals_the_session_bit_for_bit_int4_experts() {
+    let ck = checkpoint();
+    let pkg = package(&ck, Some(WeightFormat::I4G32), false);
+    let model = Model::from_bytes(pkg.as_slice()).unwrap();
+    assert_bit_identical(&model, &TASKS);
+}
+
+#[test]
+fn cpu_executor_follows_a_delta_chain() {
+    let ck = checkpoint();
+    let opts = PackOptions::default();
+    let base = AlignedArena::from_bytes(&pack(&ck.stage_prefix(0).unwrap(), &opts).unwrap());
+    let m0 = Model::from_bytes(base.as_slice()).unwrap();
+    let d1 =
+        AlignedArena::from_bytes(&pack_delta(&ck.stage_prefix(1).unwrap(), &m0, &opts).unwrap());
+    let m1 = m0.with_delta(d1.as_slice()).unwrap();
+    let d2 = AlignedArena::from_bytes(&pack_delta(&ck, &m1, &opts).unwrap());
+    let m2 = m1.with_delta(d2.as_slice()).unwrap();
+    // DIAB lives in the first delta, GSE-MET in the second.
+    assert_eq!(m2.task(m2.task_index("GSE-MET").unwrap()).unwrap().part, 2);
+    assert_bit_identical(&m2, &["DIAB", "GSE-MET", "WDBC"]);
+}
+
+#[test]
+fn every_task_splits_into_trunks_routers_path_experts_and_one_head() {
+    let ck = checkpoint();
+    let pkg = package(&ck, None, true);
+    let model = Model::from_bytes(pkg.as_slice()).unwrap();
+    let hp = model.hparams();
+    let d = hp.d_model as usize;
+    for t in 0..model.task_count() {
+        let info = model.task(t).unwrap();
+        let plan = Plan::new(&model, t).unwrap();
+        let mods: Vec<usize> = info.modalities().collect();
+        let union = mods
+            .iter()
+            .map(|&m| model.path_mask(&info, m).unwrap())
+            .fold(0u64, |a, b| a | b);
+        let count =
+            |f: &dyn Fn(&SegmentKind) -> bool| plan.segments.iter().filter(|s| f(&s.kind)).count();
+        assert_eq!(
+            count(&|k| matches!(k, SegmentKind::Trunk { .. })),
+            mods.len()
+        );
+        assert_eq!(
+            count(&|k| matches!(k, SegmentKind::Router { .. })),
+            mods.len()
+        );
+        assert_eq!(count(&|k| matches!(k, SegmentKind::Head)), 1);
+        assert_eq!(
+            count(&|k| matches!(k, SegmentKind::Expert { .. })),
+            union.count_ones() as usize * (info.stage + 1),
+            "task {}: one expert segment per component on the path",
+            info.name
+        );
+        // Every op is in exactly one dense segment or is glue.
+        let mut seen = vec![0u32; info.rec.program_len as usize];
+        for s in &plan.segments {
+            for &i in &s.ops {
+                seen[i as usize] += 1;
+            }
+        }
+        for st in &plan.steps {
+            if let Step::Route(i) | Step::Moe(i) = *st {
+                seen[i as usize] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "task {}: {seen:?}", info.name);
+        // Ports: trunk x [L, F] -> u [L, D]; router u -> logits [1, N];
+        // head y.<m> [1, D] per modality -> logits [1, outputs].
+        for s in &plan.segments {
+            match s.kind {
+                SegmentKind::Trunk { modality } => {
+                    let (_, l, f) = model.modality(modality).unwrap();
+                    assert_eq!(s.inputs.len(), 1);
+                    assert!(matches!(s.inputs[0].source, Source::TaskInput(_)));
+                    assert_eq!(s.inputs[0].shape, [l, f]);
+                    assert_eq!(s.outputs.len(), 1);
+                    assert_eq!(s.outputs[0].shape, [l, d]);
+                }
+                SegmentKind::Router { modality } => {
+                    let (_, l, _) = model.modality(modality).unwrap();
+                    assert_eq!(s.inputs[0].shape, [l, d]);
+                    assert_eq!(s.outputs[0].shape, [1, hp.experts as usize]);
+                }
+                SegmentKind::Head => {
+                    assert_eq!(s.inputs.len(), mods.len());
+                    for (p, &m) in s.inputs.iter().zip(&mods) {
+                        assert_eq!(p.name, format!("y.{}", model.modality(m).unwrap().0));
+                        assert_eq!(p.shape, [1, d]);
+                    }
+                    assert_eq!(s.outputs[0].shape, [1, info.outputs]);
+                    assert_eq!(s.name, format!("head.{}", info.name));
+                }
+                SegmentKind::Expert { expert, .. } => {
+                    assert!(union & (1 << expert) != 0);
+                    assert_eq!(s.inputs[0].shape, [1, 3 * d]);
+                    assert_eq!(s.outputs[0].shape, [1, d]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn export_writes_a_graph_per_segment_and_precision_and_a_manifest_naming_the_blobs() {
+    let ck = checkpoint();
+    for quant in [None, Some(WeightFormat::I4G32)] {
+        let pkg = package(&ck, quant, true);
+        let model = Model::from_bytes(pkg.as_slice()).unwrap();
+        for t in 0..model.task_count() {
+            let plan = Plan::new(&model, t).unwrap();
+            let graphs = export_task(&model, &plan, &[Precision::F32, Precision::Int8]).unwrap();
+            assert_eq!(graphs.len(), 2 * plan.segments.len());
+            for g in &graphs {
+                // ModelProto field 1 (ir_version) = 8 comes first.
+                assert_eq!(&g.bytes[..2], &[0x08, 0x08], "{}", g.name);
+                assert!(!g.tensors.is_empty(), "{} maps no package tensor", g.name);
+            }
+            let m = manifest(&model, &plan, &graphs, serde_json::json!({"base": "mem"})).unwrap();
+            assert_eq!(m["opset"], 17);
+            let mg = m["graphs"].as_array().unwrap();
+            assert_eq!(mg.len(), plan.segments.len());
+            for (g, s) in mg.iter().zip(&plan.segments) {
+                assert_eq!(g["name"], s.name.as_str());
+                assert_eq!(g["files"]["f32"], format!("{}.onnx", s.name));
+                assert_eq!(g["files"]["int8"], format!("{}.int8.onnx", s.name));
+                let blobs = g["blobs"].as_array().unwrap();
+                assert_eq!(blobs.len(), s.blobs.len());
+                assert!(!blobs.is_empty());
+                for b in blobs {
+                    let v = model.blob(b["index"].as_u64().unwrap() as u32).unwrap();
+                    assert_eq!(b["checksum"], format!("{:#018x}", v.rec.checksum));
+                    assert_eq!(b["len"], v.rec.len);
+                }
+                // Every tensor it maps lives in one of its blobs.
+                for tn in g["tensors"].as_array().unwrap() {
+                    let blob = tn["blob"].as_u64().unwrap();
+                    assert!(s.blobs.contains(&(blob as u32)), "{}: {tn}", s.name);
+                }
+                if quant.is_some() && matches!(s.kind, SegmentKind::Expert { .. }) {
+                    assert!(g["tensors"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|tn| tn["format"] == WeightFormat::I4G32.name()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn executor_refuses_bad_inputs_with_a_message() {
+    let ck = checkpoint();
+    let pkg = package(&ck, None, false);
+    let model = Model::from_bytes(pkg.as_slice()).unwrap();
+    let t = model.task_index("WDBC").unwrap();
+    let mut ex = Executor::new(&model, t, CpuOnly, |_| Ok(None)).unwrap();
+    let x = vec![0f32; 10];
+    let mut out = vec![0f32; 2];
+    let e = ex.run(&[&x, &x], &mut out).unwrap_err().to_string();
+    assert!(e.contains("2 inputs given, the task takes 3"), "{e}");
+    let short = vec![0f32; 9];
+    let e = ex.run(&[&x, &short, &x], &mut out).unwrap_err().to_string();
+    assert!(e.contains("input 1 (cell_se) has 9 values"), "{e}");
+    let mut out3 = vec![0f32; 3];
+    let e = ex.run(&[&x, &x, &x], &mut out3).unwrap_err().to_string();
+    assert!(e.contains("2 outputs"), "{e}");
+    assert!(ex.run(&[&x, &x, &x], &mut out).is_ok());
+}
+
+#[test]
+fn int8_weights_are_symmetric_per_row() {
+    // Row 0: max 1.0 -> scale 1/127; 0.5 * 127 = 63.5 rounds away from zero.
+    // Row 1: all zero -> scale 1, zeros. Row 2: max 254 -> scale 2.
+    let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 254.0, -3.0, 1.0];
+    let (q, s) = quantize_rows(3, 3, &w);
+    assert_eq!(q, [64, -127, 32, 0, 0, 0, 127, -2, 1]);
+    assert_eq!(s, [1.0 / 127.0, 1.0, 2.0]);
+}
+
+#[test]
+fn rel_error_is_relative_to_the_reference_scale() {
+    assert_eq!(rel_error(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+    assert!((rel_error(&[1.0, 2.1], &[1.0, 2.0]) - 0.05).abs() < 1e-6);
+    assert_eq!(rel_error(&[0.0], &[0.0]), 0.0);
+    assert_eq!(rel_error(&[1e-9], &[0.0]), f32::INFINITY);
+    assert_eq!(rel_error(&[f32::NAN], &[1.0]), f32::INFINITY);
+    assert_eq!(rel_error(&[1.0], &[1.0, 2.0]), f32::INFINITY);
+}
