@@ -7,7 +7,7 @@ use serde::Serialize;
 use taskpath_checkpoint::Dataset;
 use taskpath_runtime::Model;
 
-use crate::run::run_samples;
+use crate::run::{run_samples_on, Target};
 use crate::util::{argmax, config_of, open_model, outln, task_by_name, Table};
 use crate::DeltaArgs;
 
@@ -29,6 +29,9 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Where to run: the CPU path, or the CUDA backend.
+    #[arg(long, value_enum, default_value_t = Target::Cpu)]
+    pub target: Target,
 }
 
 /// Agreement of the runtime's outputs with the dataset's stored logits.
@@ -106,6 +109,16 @@ pub fn scores(
 /// Runs every selected task that has `dir/{TASK}.test.json` (with `only`
 /// non-empty, exactly those tasks, each of which must have one).
 pub fn evaluate(model: &Model<'_>, dir: &Path, only: &[String]) -> Result<Vec<EvalRow>> {
+    evaluate_on(model, dir, only, Target::Cpu)
+}
+
+/// [`evaluate`] on `target`.
+pub fn evaluate_on(
+    model: &Model<'_>,
+    dir: &Path,
+    only: &[String],
+    target: Target,
+) -> Result<Vec<EvalRow>> {
     let config = config_of(model)?;
     let total_bytes: usize = (0..model.blob_count() as u32)
         .filter_map(|b| model.blob(b))
@@ -139,7 +152,7 @@ pub fn evaluate(model: &Model<'_>, dir: &Path, only: &[String]) -> Result<Vec<Ev
                 ds.task
             );
         }
-        let o = run_samples(model, &task, &ds.samples, 1)?;
+        let o = run_samples_on(model, &task, &ds.samples, 1, target)?;
         let preds: Vec<usize> = o.outputs.iter().map(|v| argmax(v)).collect();
         let labels: Vec<Option<i64>> = ds.samples.iter().map(|s| s.label).collect();
         let (accuracy, balanced_accuracy) = scores(&preds, &labels, task.outputs);
@@ -234,7 +247,7 @@ pub fn table(rows: &[EvalRow]) -> Table {
 pub fn main(a: &EvalArgs) -> Result<()> {
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
-    let rows = evaluate(&model, &a.data, &a.tasks)?;
+    let rows = evaluate_on(&model, &a.data, &a.tasks, a.target)?;
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {

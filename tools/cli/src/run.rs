@@ -34,6 +34,20 @@ pub struct RunArgs {
     /// Print one JSON object (outputs, argmax, timing) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Where to run: the CPU path, or the CUDA backend (errors with the
+    /// reason on a machine without a usable GPU).
+    #[arg(long, value_enum, default_value_t = Target::Cpu)]
+    pub target: Target,
+}
+
+/// Where `run` and `eval` execute a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The CPU path (the reference).
+    #[default]
+    Cpu,
+    /// The CUDA backend (taskpath-cuda).
+    Cuda,
 }
 
 /// `(name, tokens, features)` of each of the task's modalities, in model order.
@@ -303,6 +317,71 @@ pub fn run_samples(
     })
 }
 
+/// [`run_samples`] on `target`.
+pub fn run_samples_on(
+    model: &Model<'_>,
+    task: &TaskInfo<'_>,
+    samples: &[Sample],
+    repeat: usize,
+    target: Target,
+) -> Result<Outcome> {
+    match target {
+        Target::Cpu => run_samples(model, task, samples, repeat),
+        #[cfg(feature = "cuda")]
+        Target::Cuda => {
+            let cuda = taskpath_cuda::CudaBackend::new(Default::default());
+            run_on_backend(&cuda, model, task, samples, repeat)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Target::Cuda => bail!(
+            "--target cuda: this taskpath was built without the `cuda` feature \
+             (cargo build -p taskpath-cli --features cuda)"
+        ),
+    }
+}
+
+/// Runs every sample `repeat` times through `backend` (same timing rules as
+/// [`run_samples`]).
+pub fn run_on_backend<B>(
+    backend: &B,
+    model: &Model<'_>,
+    task: &TaskInfo<'_>,
+    samples: &[Sample],
+    repeat: usize,
+) -> Result<Outcome>
+where
+    B: taskpath_runtime::Backend,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    backend.is_available()?;
+    let started = Instant::now();
+    let mut arena = AlignedArena::new(task.arena_bytes);
+    let mut handle = backend
+        .init(model, task.index, arena.as_mut_slice())
+        .with_context(|| format!("preparing task {} on {}", task.name, backend.name()))?;
+    let session = started.elapsed();
+    let (mut outputs, mut runs) = (Vec::new(), Vec::new());
+    let mut stats = RunStats::default();
+    for (i, s) in samples.iter().enumerate() {
+        let refs: Vec<&[f32]> = s.inputs.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0f32; task.outputs];
+        for _ in 0..repeat.max(1) {
+            let t = Instant::now();
+            stats = backend
+                .execute(&mut handle, &refs, &mut out)
+                .with_context(|| format!("running sample {i} of task {}", task.name))?;
+            runs.push(t.elapsed());
+        }
+        outputs.push(out);
+    }
+    Ok(Outcome {
+        outputs,
+        session,
+        runs,
+        stats,
+    })
+}
+
 fn list(v: &[f32]) -> String {
     let s: Vec<String> = v.iter().map(|x| format!("{x:.6}")).collect();
     format!("[{}]", s.join(", "))
@@ -314,7 +393,7 @@ pub fn main(a: &RunArgs) -> Result<()> {
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
     let (task, samples) = load_inputs(&model, a.task.as_deref(), &a.inputs)?;
-    let o = run_samples(&model, &task, &samples, a.repeat)?;
+    let o = run_samples_on(&model, &task, &samples, a.repeat, a.target)?;
     let argmaxes: Vec<usize> = o.outputs.iter().map(|v| argmax(v)).collect();
     let labelled: Vec<(usize, i64)> = samples
         .iter()
@@ -372,4 +451,44 @@ pub fn main(a: &RunArgs) -> Result<()> {
         o.stats.weight_bytes
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskpath_checkpoint::random::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
+
+    /// `--target cuda` either runs (a GPU is there) and agrees with the CPU,
+    /// or fails with the backend's reason, never a panic.
+    #[test]
+    fn cuda_target_runs_or_says_why() {
+        let ck = random_checkpoint(&RandomSpec::small(32, 2, 4, 2, 1), 5);
+        let bytes = taskpath_pack::pack(&ck, &Default::default()).unwrap();
+        let arena = AlignedArena::from_bytes(&bytes);
+        let model = Model::from_bytes(arena.as_slice()).unwrap();
+        let task = model.task(0).unwrap();
+        let sample = Sample {
+            inputs: random_inputs(&ck.config, 0, &mut SplitMix64::new(2)),
+            label: None,
+            logits: None,
+        };
+        let samples = [sample];
+        let cpu = run_samples_on(&model, &task, &samples, 1, Target::Cpu).unwrap();
+        match run_samples_on(&model, &task, &samples, 1, Target::Cuda) {
+            Ok(o) => {
+                for (a, b) in o.outputs[0].iter().zip(&cpu.outputs[0]) {
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                eprintln!("--target cuda here: {msg}");
+                assert!(
+                    msg.contains("CUDA is not available")
+                        || msg.contains("without the `cuda` feature"),
+                    "{msg}"
+                );
+            }
+        }
+    }
 }
