@@ -15,6 +15,12 @@ compile_error!(
 mod error;
 mod package;
 pub mod records;
+#[cfg(feature = "count-steps")]
+pub mod steps;
+#[cfg(not(feature = "count-steps"))]
+mod steps;
+#[cfg(all(test, feature = "std"))]
+mod tests;
 #[cfg(feature = "std")]
 pub mod writer;
 

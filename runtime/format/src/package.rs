@@ -4,6 +4,7 @@ use core::marker::PhantomData;
 
 use crate::error::{FormatError, Result};
 use crate::records::*;
+use crate::steps;
 use crate::Opcode;
 
 /// Package magic: non-ASCII first byte, then "TPK", then CR LF SUB LF so that
@@ -31,6 +32,11 @@ pub const MAX_MODALITIES: usize = 32;
 pub const MAX_EXPERTS: u32 = 64;
 /// Largest accepted model width, heads, hidden width, token count or feature count.
 pub const MAX_DIM: u32 = 1 << 16;
+/// Longest accepted name (modality, tensor, task), in bytes. Without a cap,
+/// every record could name the whole string table: validation would do
+/// `records x strings` work and a caller copying names (the C ABI keeps a
+/// NUL-terminated copy of each task name) would allocate as much.
+pub const MAX_NAME_LEN: u32 = 256;
 
 /// The fixed header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,6 +272,7 @@ impl<'a> Package<'a> {
                 value: h.version_major.into(),
             });
         }
+        steps::scan(120);
         let actual = xxhash_rust::xxh3::xxh3_64(&hb[..120]);
         if actual != h.header_checksum {
             return Err(FormatError::Checksum {
@@ -366,6 +373,7 @@ impl<'a> Package<'a> {
             meta_end,
         )?;
         let meta = &bytes[h.header_len as usize..meta_end as usize];
+        steps::scan(meta.len());
         let actual = xxhash_rust::xxh3::xxh3_64(meta);
         if actual != h.meta_checksum {
             return Err(FormatError::Checksum {
@@ -382,6 +390,7 @@ impl<'a> Package<'a> {
         const KINDS: usize = 13;
         let mut found: [Option<(usize, usize)>; KINDS] = [None; KINDS];
         for (i, s) in sections.iter().enumerate() {
+            steps::add(1);
             let s_end = end("sections.len", idx(i), s.offset, s.len, meta_end)?;
             if s.offset < u64::from(h.header_len) {
                 return Err(oob("sections.offset", idx(i), s.offset, s.len, meta_end));
@@ -586,6 +595,7 @@ impl<'a> Package<'a> {
             ));
         }
         for (i, m) in self.modalities().iter().enumerate() {
+            steps::add(1);
             self.check_str("modalities.name", i, m.name_off, m.name_len)?;
             if m.tokens == 0 || m.tokens > MAX_DIM {
                 return Err(inv(
@@ -611,6 +621,7 @@ impl<'a> Package<'a> {
         let mut prev_end = 0u64;
         let n_tasks_global = u64::from(hp.task_base) + self.tasks().len() as u64;
         for (i, b) in self.blobs().iter().enumerate() {
+            steps::add(1);
             if b.offset % align != 0 {
                 return Err(inv(
                     "blobs.offset",
@@ -677,6 +688,7 @@ impl<'a> Package<'a> {
         }
 
         for (i, t) in self.tensors().iter().enumerate() {
+            steps::add(1);
             self.check_str("tensors.name", i, t.name_off, t.name_len)?;
             let blob = self.local_blob(t.blob).ok_or(inv(
                 "tensors.blob",
@@ -769,6 +781,7 @@ impl<'a> Package<'a> {
 
         let (d, n, hdim) = (hp.d_model, hp.experts, hp.ffn_hidden);
         for (i, e) in self.experts().iter().enumerate() {
+            steps::add(1);
             if u32::from(e.expert) >= n {
                 return Err(inv(
                     "experts.expert",
@@ -805,6 +818,7 @@ impl<'a> Package<'a> {
             }
         }
         for (i, r) in self.routers().iter().enumerate() {
+            steps::add(1);
             if usize::from(r.modality) >= n_mod {
                 return Err(inv(
                     "routers.modality",
@@ -831,6 +845,7 @@ impl<'a> Package<'a> {
             self.check_tensor("routers.gate", i, r.gate, r.blob, n, d)?;
         }
         for (i, p) in self.paths().iter().enumerate() {
+            steps::add(1);
             if u64::from(p.task) < u64::from(hp.task_base) || u64::from(p.task) >= n_tasks_global {
                 return Err(inv(
                     "paths.task",
@@ -858,6 +873,7 @@ impl<'a> Package<'a> {
             }
         }
         for (i, s) in self.slots().iter().enumerate() {
+            steps::add(1);
             end(
                 "slots.len",
                 idx(i),
@@ -867,6 +883,7 @@ impl<'a> Package<'a> {
             )?;
         }
         for (i, o) in self.program().iter().enumerate() {
+            steps::add(1);
             if Opcode::from_u16(o.opcode).is_none() {
                 return Err(inv(
                     "program.opcode",
@@ -884,7 +901,9 @@ impl<'a> Package<'a> {
         } else {
             (1u32 << n_mod) - 1
         };
+        let mut prev_slots_end = 0u64;
         for (i, t) in self.tasks().iter().enumerate() {
+            steps::add(1);
             self.check_str("tasks.name", i, t.name_off, t.name_len)?;
             if t.stage >= hp.stages {
                 return Err(inv(
@@ -931,13 +950,25 @@ impl<'a> Package<'a> {
                 t.program_len.into(),
                 self.program().len() as u64,
             )?;
-            end(
+            let slots_end = end(
                 "tasks.slot_count",
                 idx(i),
                 t.slot_start.into(),
                 t.slot_count.into(),
                 self.slots().len() as u64,
             )?;
+            // Disjoint, ascending slot ranges keep the per-slot checks below
+            // linear in the slot table: tasks sharing one long range would
+            // cost tasks x slots.
+            if u64::from(t.slot_start) < prev_slots_end {
+                return Err(inv(
+                    "tasks.slot_start",
+                    idx(i),
+                    t.slot_start.into(),
+                    "slot ranges of tasks must be ascending and disjoint",
+                ));
+            }
+            prev_slots_end = slots_end;
             end(
                 "tasks.path_len",
                 idx(i),
@@ -972,6 +1003,7 @@ impl<'a> Package<'a> {
             let global = u64::from(hp.task_base) + i as u64;
             let mut seen = 0u32;
             for k in 0..t.path_len {
+                steps::add(1);
                 let p = self.paths().get((t.path_start + k) as usize).ok_or(oob(
                     "tasks.path_start",
                     idx(i),
@@ -1000,6 +1032,7 @@ impl<'a> Package<'a> {
                 ));
             }
             for k in 0..t.slot_count {
+                steps::add(1);
                 let s = self.slots().get((t.slot_start + k) as usize).ok_or(oob(
                     "tasks.slot_start",
                     idx(i),
@@ -1017,6 +1050,7 @@ impl<'a> Package<'a> {
             }
         }
         for (i, s) in self.stats().iter().enumerate() {
+            steps::add(1);
             if u64::from(s.task) >= n_tasks_global
                 || s.modality as usize >= n_mod
                 || s.expert >= n
@@ -1035,6 +1069,14 @@ impl<'a> Package<'a> {
     }
 
     fn check_str(&self, field: &'static str, i: usize, off: u32, len: u32) -> Result<()> {
+        if len > MAX_NAME_LEN {
+            return Err(FormatError::invalid(
+                field,
+                idx(i),
+                len.into(),
+                "name longer than 256 bytes",
+            ));
+        }
         let e = end(
             field,
             idx(i),
@@ -1042,6 +1084,7 @@ impl<'a> Package<'a> {
             len.into(),
             self.strings().len() as u64,
         )?;
+        steps::scan(len as usize);
         if len == 0 || core::str::from_utf8(&self.strings()[off as usize..e as usize]).is_err() {
             return Err(FormatError::invalid(
                 field,
@@ -1144,7 +1187,7 @@ impl<'a> Package<'a> {
     }
     /// A validated string (empty on a bad reference, which validation rules out).
     pub fn str(&self, off: u32, len: u32) -> &'a str {
-        let (a, b) = (off as usize, off as usize + len as usize);
+        let (a, b) = (off as usize, (off as usize).saturating_add(len as usize));
         self.strings()
             .get(a..b)
             .and_then(|s| core::str::from_utf8(s).ok())
@@ -1153,12 +1196,18 @@ impl<'a> Package<'a> {
     /// Bytes of blob `local` (local index), unchecked against its checksum.
     pub fn blob_bytes(&self, local: usize) -> Option<&'a [u8]> {
         let b = self.blobs().get(local)?;
-        let start = self.layout.header.data_off + b.offset;
-        self.bytes.get(start as usize..(start + b.len) as usize)
+        // Checked: a `view` over other bytes may hold any offsets.
+        let start = self.layout.header.data_off.checked_add(b.offset)?;
+        let end = start.checked_add(b.len)?;
+        self.bytes
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
     /// File offset of blob `local`.
     pub fn blob_file_offset(&self, local: usize) -> Option<u64> {
-        Some(self.layout.header.data_off + self.blobs().get(local)?.offset)
+        self.layout
+            .header
+            .data_off
+            .checked_add(self.blobs().get(local)?.offset)
     }
     /// Checks blob `local`'s checksum.
     pub fn verify_blob(&self, local: usize) -> Result<()> {
