@@ -2,20 +2,15 @@
 //! never exceeded, and a budget below one expert is refused up front.
 
 use taskpath_checkpoint::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
-use taskpath_format::records::blob_kind;
 use taskpath_pack::{pack, PackOptions};
-use taskpath_runtime::{AlignedArena, Error, Model, ResidencyCache, Session};
+use taskpath_runtime::{cache_footprint, AlignedArena, Error, Model, ResidencyCache, Session};
 
 #[test]
 fn budgets_give_identical_outputs_and_hold_no_more_than_the_budget() {
     let ck = random_checkpoint(&RandomSpec::reference(), 31);
     let bytes = AlignedArena::from_bytes(&pack(&ck, &PackOptions::default()).unwrap());
     let model = Model::from_bytes(bytes.as_slice()).unwrap();
-    let expert_bytes: usize = (0..model.blob_count() as u32)
-        .filter_map(|i| model.blob(i))
-        .filter(|b| b.rec.kind == blob_kind::EXPERT)
-        .map(|b| b.bytes.len())
-        .sum();
+    let expert_bytes = model.expert_bytes();
     let mut rng = SplitMix64::new(4);
     let samples: Vec<(usize, Vec<Vec<f32>>)> = (0..40)
         .map(|i| {
@@ -72,7 +67,7 @@ fn a_budget_below_one_expert_is_refused_at_creation() {
     let ck = random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 3);
     let bytes = AlignedArena::from_bytes(&pack(&ck, &PackOptions::default()).unwrap());
     let model = Model::from_bytes(bytes.as_slice()).unwrap();
-    let need = ResidencyCache::slot_bytes(&model);
+    let need = ResidencyCache::min_budget(&model);
     let mut mem = AlignedArena::new(need - 1);
     let e = ResidencyCache::new(&model, mem.as_mut_slice()).unwrap_err();
     assert_eq!(
@@ -85,13 +80,117 @@ fn a_budget_below_one_expert_is_refused_at_creation() {
     assert!(e.to_string().contains("expert budget too small"), "{e}");
     let mut mem = AlignedArena::new(need);
     let mut cache = ResidencyCache::new(&model, mem.as_mut_slice()).unwrap();
-    assert_eq!(cache.slots(), 1);
-    // With one slot nothing can be pinned: the last slot must stay free.
-    let expert = (0..model.blob_count() as u32)
-        .find(|&i| model.blob(i).unwrap().rec.kind == blob_kind::EXPERT)
-        .unwrap();
+    assert_eq!(cache.budget(), need);
+    // At the minimum budget nothing can be pinned: room for the largest
+    // blob must stay free.
+    let expert = model.expert_blobs().next().unwrap().index;
     assert!(matches!(
         cache.pin(&model, expert),
         Err(Error::BudgetTooSmall { .. })
     ));
+}
+
+/// `Model::expert_blobs` against an independent walk of the blob table by
+/// its records' kind.
+#[test]
+fn expert_blobs_are_the_expert_kind_blobs() {
+    let ck = random_checkpoint(&RandomSpec::reference(), 31);
+    let bytes = AlignedArena::from_bytes(&pack(&ck, &PackOptions::default()).unwrap());
+    let model = Model::from_bytes(bytes.as_slice()).unwrap();
+    let want: Vec<u32> = (0..model.blob_count() as u32)
+        .filter(|&i| model.blob(i).unwrap().rec.kind == taskpath_format::records::blob_kind::EXPERT)
+        .collect();
+    let got: Vec<u32> = model.expert_blobs().map(|b| b.index).collect();
+    assert_eq!(got, want);
+    // N=5 experts x 3 stages.
+    assert_eq!(got.len(), 15);
+    let sum: usize = want
+        .iter()
+        .map(|&i| model.blob(i).unwrap().bytes.len())
+        .sum();
+    assert_eq!(model.expert_bytes(), sum);
+    // Every (j, c) record is found by index as by the scan, and points at its blob.
+    for j in 0..5 {
+        for c in 0..3 {
+            let e = model.expert(j, c).unwrap();
+            let i = model.expert_index(j, c).unwrap();
+            assert_eq!(model.expert_at(i).unwrap().blob, e.blob);
+            let b = model.blob(e.blob).unwrap();
+            assert_eq!(
+                (usize::from(b.rec.expert), usize::from(b.rec.component)),
+                (j, c)
+            );
+        }
+    }
+    assert!(model.expert(5, 0).is_none() && model.expert(0, 3).is_none());
+}
+
+/// Variable-size slots: later stages' low-rank components are smaller than
+/// stage-1 ones, and the cache packs them by size, so a budget holds more
+/// blobs than fixed slots of the largest blob would; the arena compacts
+/// when the free bytes suffice but no gap does; outputs stay bit-identical.
+#[test]
+fn blobs_of_different_sizes_share_the_budget_by_size() {
+    let ck = random_checkpoint(&RandomSpec::reference(), 31);
+    let bytes = AlignedArena::from_bytes(&pack(&ck, &PackOptions::default()).unwrap());
+    let model = Model::from_bytes(bytes.as_slice()).unwrap();
+    let sizes: Vec<(u32, usize)> = model
+        .expert_blobs()
+        .map(|b| (b.index, cache_footprint(b.bytes.len())))
+        .collect();
+    let largest = ResidencyCache::min_budget(&model);
+    let smallest = sizes.iter().map(|s| s.1).min().unwrap();
+    assert!(smallest * 2 <= largest, "sizes {smallest}..{largest}");
+    // Room for 2 fixed slots; the small blobs fit several more.
+    let budget = 2 * largest + largest / 2;
+    let mut mem = AlignedArena::new(budget);
+    let mut cache = ResidencyCache::new(&model, mem.as_mut_slice()).unwrap();
+    let mut small: Vec<u32> = sizes
+        .iter()
+        .filter(|s| s.1 == smallest)
+        .map(|s| s.0)
+        .collect();
+    small.truncate(budget / smallest);
+    for &b in &small {
+        let got = taskpath_runtime::BlobSource::fetch(&mut cache, &model, b)
+            .unwrap()
+            .to_vec();
+        assert_eq!(got, model.blob(b).unwrap().bytes);
+    }
+    assert_eq!(cache.resident_count(), small.len());
+    assert!(cache.resident_count() > budget / largest);
+    assert!(cache.used_bytes() <= budget);
+    // Evicting every other small blob leaves gaps too narrow for a large one
+    // (touch the others so they are the most recent), then load large blobs.
+    let large: Vec<u32> = sizes
+        .iter()
+        .filter(|s| s.1 == largest)
+        .map(|s| s.0)
+        .collect();
+    for round in 0..3 {
+        for &b in small.iter().skip(round % 2).step_by(2) {
+            taskpath_runtime::BlobSource::fetch(&mut cache, &model, b).unwrap();
+        }
+        for &b in &large[..2] {
+            let got = taskpath_runtime::BlobSource::fetch(&mut cache, &model, b)
+                .unwrap()
+                .to_vec();
+            assert_eq!(got, model.blob(b).unwrap().bytes);
+        }
+        assert!(cache.used_bytes() <= budget);
+        // Every resident blob still holds its bytes after any compaction.
+        let resident: Vec<u32> = cache.resident().collect();
+        for b in resident {
+            let got = taskpath_runtime::BlobSource::fetch(&mut cache, &model, b)
+                .unwrap()
+                .to_vec();
+            assert_eq!(
+                got,
+                model.blob(b).unwrap().bytes,
+                "blob {b} after round {round}"
+            );
+        }
+    }
+    assert!(cache.stats().compactions > 0, "{:?}", cache.stats());
+    assert!(cache.stats().peak_resident_bytes as usize <= budget);
 }

@@ -21,11 +21,15 @@ mod trace;
 pub use backend::{Backend, CpuBackend};
 pub use error::{Error, ErrorCode, Result};
 #[cfg(feature = "std")]
-pub use mapped::{AlignedArena, MappedModel};
+pub use mapped::{
+    AlignedArena, MappedModel, MmapPrefetch, PrefetchHints, PrefetchReader, PrefetchStats, ReadAt,
+};
 pub use meter::{wrapping_delta, CallbackClock, CallbackMeter, Clock, EnergyMeter, MeterError};
 pub use model::{BlobView, Model, TaskInfo, TensorView, MAX_CHAIN};
-pub use residency::{BlobSource, CacheStats, ResidencyCache, MAX_SLOTS};
-pub use session::{moe_scratch, RunStats, Session, SessionOptions};
+pub use residency::{
+    cache_footprint, BlobSource, CacheStats, Prefetch, ResidencyCache, CACHE_ALIGN, MAX_SLOTS,
+};
+pub use session::{moe_scratch, RunStats, Session, SessionOptions, EXPERT_INDEX};
 pub use taskpath_cpu::qmatvec::Kernels;
 pub use taskpath_cpu::quant::WeightFormat;
 pub use taskpath_format as format;

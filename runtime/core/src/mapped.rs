@@ -1,13 +1,18 @@
 //! Memory-mapped models and aligned arenas (std).
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::Path;
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use memmap2::Mmap;
 use taskpath_format::{Layout, Package};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::residency::{BlobSource, Prefetch};
 
 /// A model whose packages are memory-mapped files. The mappings are read-only
 /// and shared: pages are read from the file only when a session touches them.
@@ -62,6 +67,29 @@ impl MappedModel {
     /// The mapped bytes of package `i` of the chain.
     pub fn bytes(&self, i: usize) -> Option<&[u8]> {
         self.maps.get(i).map(|(m, _)| &m[..])
+    }
+}
+
+/// A [`Prefetch`] over a [`MappedModel`]: madvise(`MADV_WILLNEED`) over each
+/// hinted blob's pages, so the kernel starts reading them from the file in
+/// the background and the session's later touch of the next modality's
+/// experts finds them in the page cache. Bytes outside the model's mappings
+/// are ignored; advice is a hint and its failure is too. Unix only (a no-op
+/// elsewhere).
+#[derive(Clone, Copy, Debug)]
+pub struct MmapPrefetch<'m>(pub &'m MappedModel);
+
+impl Prefetch for MmapPrefetch<'_> {
+    fn will_need(&mut self, _blob: u32, bytes: &[u8]) {
+        let p = bytes.as_ptr() as usize;
+        for (m, _) in &self.0.maps {
+            let base = m.as_ptr() as usize;
+            if p >= base && p + bytes.len() <= base + m.len() {
+                #[cfg(unix)]
+                let _ = m.advise_range(memmap2::Advice::WillNeed, p - base, bytes.len());
+                return;
+            }
+        }
     }
 }
 
@@ -125,4 +153,268 @@ fn bytemuck_lines(l: &[Line]) -> &[u8] {
 fn bytemuck_lines_mut(l: &mut [Line]) -> &mut [u8] {
     // SAFETY: as in `bytemuck_lines`; the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr().cast::<u8>(), l.len() * 64) }
+}
+
+/// Reads blob bytes: `(package index in the chain, byte offset in that
+/// package's file, destination)`.
+pub type ReadAt = dyn Fn(usize, u64, &mut [u8]) -> std::io::Result<()> + Send + Sync;
+
+/// Counters of a [`PrefetchReader`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefetchStats {
+    /// Fetches served by a prefetched copy that was already complete.
+    pub ready: u64,
+    /// Fetches that found their blob still being read and waited for it.
+    pub waited: u64,
+    /// Fetches of blobs never hinted (or dropped): read on the spot.
+    pub direct: u64,
+    /// Hints ignored because the prefetch budget was full of reads in flight.
+    pub dropped: u64,
+    /// Prefetched blobs discarded unused to make room for newer hints.
+    pub stale: u64,
+    /// Time spent inside `fetch` (waiting for the reader or reading).
+    pub fetch_time: Duration,
+}
+
+#[derive(Debug, Default)]
+struct ReaderState {
+    ready: HashMap<u32, Vec<u8>>,
+    /// Ready blobs, oldest first: hints never fetched (the router picked
+    /// other experts) make room for newer ones in this order.
+    order: VecDeque<u32>,
+    pending: HashSet<u32>,
+    /// Bytes of `ready` + `pending`.
+    held: usize,
+    dropped: u64,
+    stale: u64,
+}
+
+type Shared = (Mutex<ReaderState>, Condvar);
+
+/// A blob to read, or `None` to stop the reader thread.
+type Job = Option<(u32, usize, u64, usize)>;
+
+/// Per global blob: (package index, file offset, length).
+type Locs = Arc<Vec<(usize, u64, usize)>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, ReaderState> {
+    s.0.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A [`BlobSource`] that reads expert blobs through a slow reader (a package
+/// on an SD card or eMMC read with `pread`, a network file), with a
+/// background thread that reads hinted blobs ahead into RAM, at most
+/// `budget` bytes at a time. Hints go through its [`PrefetchHints`] handle
+/// ([`PrefetchReader::hints`]), which a session takes as its [`Prefetch`]. A
+/// prefetched blob is handed over (and its buffer freed) on its first fetch;
+/// hints never fetched are discarded oldest first when newer ones need the
+/// room. Outputs are those of reading in place: only where the bytes come
+/// from, and when, changes.
+pub struct PrefetchReader {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+    worker: Option<JoinHandle<()>>,
+    read: Arc<ReadAt>,
+    locs: Locs,
+    budget: usize,
+    current: Vec<u8>,
+    stats: PrefetchStats,
+}
+
+impl std::fmt::Debug for PrefetchReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefetchReader")
+            .field("blobs", &self.locs.len())
+            .field("budget", &self.budget)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The hint side of a [`PrefetchReader`]: queues hinted blobs for its
+/// background thread. Cheap to clone; hints after the reader is dropped are
+/// ignored.
+#[derive(Clone, Debug)]
+pub struct PrefetchHints {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+    locs: Locs,
+    budget: usize,
+}
+
+impl PrefetchReader {
+    /// A reader of `model`'s blobs through `read`, prefetching at most
+    /// `budget` bytes ahead on one background thread.
+    pub fn new(
+        model: &Model<'_>,
+        budget: usize,
+        read: impl Fn(usize, u64, &mut [u8]) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let mut locs = Vec::with_capacity(model.blob_count());
+        for (part, p) in model.parts().enumerate() {
+            for local in 0..p.blobs().len() {
+                let off = p
+                    .blob_file_offset(local)
+                    .ok_or(Error::Io("blob offset out of range"))?;
+                let len = p.blob_bytes(local).map_or(0, <[u8]>::len);
+                locs.push((part, off, len));
+            }
+        }
+        let read: Arc<ReadAt> = Arc::new(read);
+        let shared: Arc<Shared> = Arc::default();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker = {
+            let (shared, read) = (Arc::clone(&shared), Arc::clone(&read));
+            std::thread::Builder::new()
+                .name("taskpath-prefetch".into())
+                .spawn(move || {
+                    while let Ok(Some((blob, part, off, len))) = rx.recv() {
+                        let mut buf = vec![0u8; len];
+                        let ok = read(part, off, &mut buf).is_ok();
+                        let mut st = lock(&shared);
+                        st.pending.remove(&blob);
+                        if ok {
+                            st.ready.insert(blob, buf);
+                            st.order.push_back(blob);
+                        } else {
+                            // The fetch reads it again and reports the error.
+                            st.held -= len;
+                        }
+                        shared.1.notify_all();
+                    }
+                })
+                .map_err(|_| Error::Io("cannot start the prefetch thread"))?
+        };
+        Ok(Self {
+            shared,
+            tx,
+            worker: Some(worker),
+            read,
+            locs: Arc::new(locs),
+            budget,
+            current: Vec::new(),
+            stats: PrefetchStats::default(),
+        })
+    }
+
+    /// A reader of the package files themselves (`paths[i]` is package `i`
+    /// of the chain), with positioned reads (`pread`).
+    #[cfg(unix)]
+    pub fn from_files<P: AsRef<Path>>(
+        model: &Model<'_>,
+        paths: &[P],
+        budget: usize,
+    ) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let files = paths
+            .iter()
+            .map(|p| File::open(p).map_err(|_| Error::Io("cannot open package file")))
+            .collect::<Result<Vec<File>>>()?;
+        Self::new(model, budget, move |part, off, out| {
+            files
+                .get(part)
+                .ok_or_else(|| std::io::Error::other("no such package"))?
+                .read_exact_at(out, off)
+        })
+    }
+
+    /// The handle a session takes as its [`Prefetch`].
+    pub fn hints(&self) -> PrefetchHints {
+        PrefetchHints {
+            shared: Arc::clone(&self.shared),
+            tx: self.tx.clone(),
+            locs: Arc::clone(&self.locs),
+            budget: self.budget,
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PrefetchStats {
+        let st = lock(&self.shared);
+        PrefetchStats {
+            dropped: st.dropped,
+            stale: st.stale,
+            ..self.stats
+        }
+    }
+}
+
+impl Drop for PrefetchReader {
+    fn drop(&mut self) {
+        let _ = self.tx.send(None);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Prefetch for PrefetchHints {
+    fn will_need(&mut self, blob: u32, _bytes: &[u8]) {
+        let Some(&(part, off, len)) = self.locs.get(blob as usize) else {
+            return;
+        };
+        let mut st = lock(&self.shared);
+        if st.ready.contains_key(&blob) || st.pending.contains(&blob) {
+            return;
+        }
+        while st.held + len > self.budget {
+            let Some(old) = st.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = st.ready.remove(&old) {
+                st.held -= v.len();
+                st.stale += 1;
+            }
+        }
+        if st.held + len > self.budget {
+            st.dropped += 1;
+            return;
+        }
+        if self.tx.send(Some((blob, part, off, len))).is_ok() {
+            st.pending.insert(blob);
+            st.held += len;
+        }
+    }
+}
+
+impl BlobSource for PrefetchReader {
+    fn fetch(&mut self, _model: &Model<'_>, blob: u32) -> Result<&[u8]> {
+        let t0 = Instant::now();
+        let &(part, off, len) = self
+            .locs
+            .get(blob as usize)
+            .ok_or(Error::Io("no such blob"))?;
+        let mut st = lock(&self.shared);
+        let mut waited = false;
+        loop {
+            if let Some(v) = st.ready.remove(&blob) {
+                st.held -= len;
+                st.order.retain(|&b| b != blob);
+                self.current = v;
+                if waited {
+                    self.stats.waited += 1;
+                } else {
+                    self.stats.ready += 1;
+                }
+                break;
+            }
+            if st.pending.contains(&blob) {
+                waited = true;
+                st = self
+                    .shared
+                    .1
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            drop(st);
+            self.current.resize(len, 0);
+            (self.read)(part, off, &mut self.current)
+                .map_err(|_| Error::Io("cannot read an expert blob"))?;
+            self.stats.direct += 1;
+            break;
+        }
+        self.stats.fetch_time += t0.elapsed();
+        Ok(&self.current)
+    }
 }

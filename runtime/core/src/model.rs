@@ -346,13 +346,54 @@ impl<'a> Model<'a> {
             .try_for_each(|p| p.verify_all().map_err(Error::from))
     }
 
-    /// Component `c` of expert slot `j`.
+    /// Component `c` of expert slot `j`. A scan of the expert tables: sessions
+    /// look components up through an index built at creation instead.
     pub fn expert(&self, j: usize, c: usize) -> Option<ExpertRec> {
-        self.parts().find_map(|p| {
-            p.experts()
+        self.expert_index(j, c).and_then(|i| self.expert_at(i))
+    }
+
+    /// Global position of component `c` of expert `j` in the chain's expert
+    /// tables (base first), found by a scan; see [`Model::expert_at`].
+    pub fn expert_index(&self, j: usize, c: usize) -> Option<usize> {
+        let mut base = 0;
+        for p in self.parts() {
+            let t = p.experts();
+            if let Some(k) = t
                 .iter()
-                .find(|e| usize::from(e.expert) == j && usize::from(e.component) == c)
-        })
+                .position(|e| usize::from(e.expert) == j && usize::from(e.component) == c)
+            {
+                return Some(base + k);
+            }
+            base += t.len();
+        }
+        None
+    }
+
+    /// Expert record `i` of the chain's expert tables (base first): constant
+    /// work per package of the chain.
+    pub fn expert_at(&self, i: usize) -> Option<ExpertRec> {
+        let mut rest = i;
+        for p in self.parts() {
+            let t = p.experts();
+            if rest < t.len() {
+                return t.get(rest);
+            }
+            rest -= t.len();
+        }
+        None
+    }
+
+    /// Every expert component's blob, in global blob (file) order: the blobs
+    /// a [`crate::ResidencyCache`] holds.
+    pub fn expert_blobs(&self) -> impl Iterator<Item = BlobView<'a>> + '_ {
+        (0..self.blob_count() as u32)
+            .filter_map(|i| self.blob(i))
+            .filter(|b| b.rec.kind == blob_kind::EXPERT)
+    }
+
+    /// Bytes of all expert blobs (the 100% residency budget).
+    pub fn expert_bytes(&self) -> usize {
+        self.expert_blobs().map(|b| b.bytes.len()).sum()
     }
 
     /// Whether blob `b` is on the path of `task`: the trunks and router heads

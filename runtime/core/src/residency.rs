@@ -3,18 +3,30 @@
 //!
 //! Expert components are the only blobs a task touches sparsely, so they are
 //! the ones worth caching: trunks, routers and heads run for every sample.
-//! The cache holds fixed-size slots (the largest expert blob, rounded up to a
-//! cache line) carved from caller memory, evicts the least recently used
-//! unpinned slot, and can pin a task's hot experts. No allocation.
+//! The cache places each blob at a 64-byte aligned offset of caller memory,
+//! taking exactly its size rounded up to 64 bytes (a first-fit arena of
+//! variable-size slots: the low-rank components of later stages are several
+//! times smaller than stage-1 ones, and fixed slots sized for the largest
+//! would waste that difference). It evicts the least recently used unpinned
+//! blobs until the new one fits the budget, and when the free bytes are
+//! enough but no gap is, it compacts the arena (slides resident blobs down)
+//! instead of evicting more: so its hits are exactly those of an LRU over a
+//! byte capacity, which `taskpath residency` simulates offline. No allocation.
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use taskpath_format::records::blob_kind;
 
-/// Most slots one cache manages.
+/// Most blobs one cache holds at once.
 pub const MAX_SLOTS: usize = 256;
 
-const EMPTY: u32 = u32::MAX;
+/// Granule of the cache's arena: every blob starts on it and takes a
+/// multiple of it (a cache line; f32 and the kernels' packed rows need 16).
+pub const CACHE_ALIGN: usize = 64;
+
+/// Bytes a blob of `len` bytes takes in a [`ResidencyCache`].
+pub const fn cache_footprint(len: usize) -> usize {
+    len.div_ceil(CACHE_ALIGN) * CACHE_ALIGN
+}
 
 /// Where the bytes of an expert blob come from during `run`.
 pub trait BlobSource {
@@ -35,6 +47,23 @@ pub trait BlobSource {
     }
 }
 
+/// Told which blobs a session will likely fetch next, so that a reader can
+/// start bringing them in while the current modality computes.
+///
+/// A session with a prefetcher ([`crate::Session::with_prefetch`]) calls it
+/// when it starts encoding input `i` of a task with the expert component
+/// blobs its router for input `i + 1` may pick (the task path's mask for that
+/// modality, components `0..=stage`), in file order, which the packer makes
+/// hottest first. On std, `MmapPrefetch` (madvise `MADV_WILLNEED`) and
+/// `PrefetchReader` (a background reader thread) implement it; on bare metal
+/// the firmware implements it, e.g. to start a DMA of `bytes` from external
+/// flash. The hook must not block for long: the session waits for it.
+pub trait Prefetch {
+    /// Blob `blob` (global index), whose package bytes are `bytes`, will
+    /// likely be fetched soon.
+    fn will_need(&mut self, blob: u32, bytes: &[u8]);
+}
+
 /// Counters of a [`ResidencyCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -42,191 +71,245 @@ pub struct CacheStats {
     pub hits: u64,
     /// Fetches that copied the blob in.
     pub misses: u64,
-    /// Slots overwritten while holding another blob.
+    /// Blobs dropped to make room for another.
     pub evictions: u64,
     /// Bytes copied from the package into slots.
     pub bytes_copied: u64,
     /// Most bytes held in slots at once (never more than the budget).
     pub peak_resident_bytes: u64,
+    /// Times the arena was compacted because no gap fitted.
+    pub compactions: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     blob: u32,
+    /// Offset in the arena (multiple of [`CACHE_ALIGN`]).
+    off: usize,
+    /// Bytes of the blob.
     len: usize,
     last_use: u64,
     pinned: bool,
 }
 
+const NO_SLOT: Slot = Slot {
+    blob: u32::MAX,
+    off: 0,
+    len: 0,
+    last_use: 0,
+    pinned: false,
+};
+
 /// LRU cache of expert blobs in caller-provided RAM, with pinning.
 #[derive(Debug)]
 pub struct ResidencyCache<'r> {
     mem: &'r mut [u8],
-    slot_bytes: usize,
-    n_slots: usize,
+    /// Resident blobs, sorted by offset: `slots[..n]`.
     slots: [Slot; MAX_SLOTS],
+    n: usize,
+    /// Footprint of the largest expert blob: what pinning must leave free.
+    largest: usize,
     tick: u64,
     stats: CacheStats,
 }
 
 impl<'r> ResidencyCache<'r> {
-    /// Bytes one slot needs for `model`: its largest expert blob, rounded up to 64.
-    pub fn slot_bytes(model: &Model<'_>) -> usize {
-        (0..model.blob_count() as u32)
-            .filter_map(|i| model.blob(i))
-            .filter(|b| b.rec.kind == blob_kind::EXPERT)
-            .map(|b| b.bytes.len())
+    /// The smallest budget for `model`: its largest expert blob, rounded up
+    /// to [`CACHE_ALIGN`].
+    pub fn min_budget(model: &Model<'_>) -> usize {
+        model
+            .expert_blobs()
+            .map(|b| cache_footprint(b.bytes.len()))
             .max()
             .unwrap_or(0)
-            .div_ceil(64)
-            * 64
+            .max(CACHE_ALIGN)
     }
 
     /// A cache over `mem`; its length is the budget. Fails when the budget
-    /// cannot hold one expert blob, or when `mem` is not 16-byte aligned.
+    /// cannot hold the largest expert blob, or when `mem` is not 16-byte aligned.
     pub fn new(model: &Model<'_>, mem: &'r mut [u8]) -> Result<Self> {
-        let slot_bytes = Self::slot_bytes(model).max(64);
-        if mem.len() < slot_bytes {
+        let largest = Self::min_budget(model);
+        if mem.len() < largest {
             return Err(Error::BudgetTooSmall {
-                need: slot_bytes,
+                need: largest,
                 have: mem.len(),
             });
         }
         if !(mem.as_ptr() as usize).is_multiple_of(16) {
             return Err(Error::ArenaMisaligned);
         }
-        let n_slots = (mem.len() / slot_bytes).min(MAX_SLOTS);
-        let slot = Slot {
-            blob: EMPTY,
-            len: 0,
-            last_use: 0,
-            pinned: false,
-        };
         Ok(Self {
             mem,
-            slot_bytes,
-            n_slots,
-            slots: [slot; MAX_SLOTS],
+            slots: [NO_SLOT; MAX_SLOTS],
+            n: 0,
+            largest,
             tick: 0,
             stats: CacheStats::default(),
         })
     }
 
-    /// Number of slots.
-    pub fn slots(&self) -> usize {
-        self.n_slots
+    /// The budget in bytes.
+    pub fn budget(&self) -> usize {
+        self.mem.len()
     }
-    /// Bytes per slot.
-    pub fn slot_size(&self) -> usize {
-        self.slot_bytes
+    /// Number of blobs resident now.
+    pub fn resident_count(&self) -> usize {
+        self.n
     }
     /// Counters so far.
     pub fn stats(&self) -> CacheStats {
         self.stats
     }
-    /// Bytes currently held in slots.
+    /// Bytes of the blobs currently held.
     pub fn resident_bytes(&self) -> usize {
-        self.slots[..self.n_slots]
+        self.slots[..self.n].iter().map(|s| s.len).sum()
+    }
+    /// Arena bytes taken (blob sizes rounded up to [`CACHE_ALIGN`]).
+    pub fn used_bytes(&self) -> usize {
+        self.slots[..self.n]
             .iter()
-            .filter(|s| s.blob != EMPTY)
-            .map(|s| s.len)
+            .map(|s| cache_footprint(s.len))
             .sum()
     }
-    /// Blobs currently resident.
-    pub fn resident(&self) -> impl Iterator<Item = u32> + '_ {
-        self.slots[..self.n_slots]
-            .iter()
-            .filter(|s| s.blob != EMPTY)
-            .map(|s| s.blob)
-    }
-
-    /// Loads and pins `blob`; pinned blobs are never evicted. At least one
-    /// slot always stays unpinned, so pinning fails when it would take the last.
-    pub fn pin(&mut self, model: &Model<'_>, blob: u32) -> Result<()> {
-        let pinned = self.slots[..self.n_slots]
+    fn pinned_bytes(&self) -> usize {
+        self.slots[..self.n]
             .iter()
             .filter(|s| s.pinned)
-            .count();
-        let i = self.load(model, blob)?;
-        if !self.slots[i].pinned && pinned + 1 >= self.n_slots {
+            .map(|s| cache_footprint(s.len))
+            .sum()
+    }
+    /// Blobs currently resident, by arena offset.
+    pub fn resident(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots[..self.n].iter().map(|s| s.blob)
+    }
+
+    /// Loads and pins `blob`; pinned blobs are never evicted. Pinning always
+    /// leaves room for the model's largest expert blob, so it fails (and
+    /// leaves the blob unpinned) when it would take that room.
+    pub fn pin(&mut self, model: &Model<'_>, blob: u32) -> Result<()> {
+        let len = model.blob(blob).ok_or(NO_BLOB)?.bytes.len();
+        let need = self.pinned_bytes() + cache_footprint(len) + self.largest;
+        if need > self.mem.len() {
             return Err(Error::BudgetTooSmall {
-                need: (pinned + 2) * self.slot_bytes,
+                need,
                 have: self.mem.len(),
             });
         }
+        let i = self.load(model, blob)?;
         self.slots[i].pinned = true;
         Ok(())
     }
 
-    /// Unpins everything (the slots stay resident).
+    /// Unpins everything (the blobs stay resident).
     pub fn unpin_all(&mut self) {
         self.slots.iter_mut().for_each(|s| s.pinned = false);
     }
 
+    fn evict_lru(&mut self) -> Result<()> {
+        let victim = self.slots[..self.n]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.pinned)
+            .min_by_key(|(_, s)| s.last_use)
+            .map(|(i, _)| i)
+            .ok_or(Error::BudgetTooSmall {
+                need: self.used_bytes() + self.largest,
+                have: self.mem.len(),
+            })?;
+        self.slots.copy_within(victim + 1..self.n, victim);
+        self.n -= 1;
+        self.stats.evictions += 1;
+        Ok(())
+    }
+
+    /// First gap of `need` bytes: `(index to insert at, offset)`.
+    fn first_fit(&self, need: usize) -> Option<(usize, usize)> {
+        let mut end = 0;
+        for (i, s) in self.slots[..self.n].iter().enumerate() {
+            if s.off - end >= need {
+                return Some((i, end));
+            }
+            end = s.off + cache_footprint(s.len);
+        }
+        (self.mem.len() - end >= need).then_some((self.n, end))
+    }
+
+    /// Slides every blob down to close the gaps (order kept).
+    fn compact(&mut self) {
+        let mut end = 0;
+        for s in &mut self.slots[..self.n] {
+            if s.off != end {
+                self.mem.copy_within(s.off..s.off + s.len, end);
+                s.off = end;
+            }
+            end += cache_footprint(s.len);
+        }
+        self.stats.compactions += 1;
+    }
+
     fn load(&mut self, model: &Model<'_>, blob: u32) -> Result<usize> {
         self.tick += 1;
-        if let Some(i) = self.slots[..self.n_slots]
-            .iter()
-            .position(|s| s.blob == blob)
-        {
+        if let Some(i) = self.slots[..self.n].iter().position(|s| s.blob == blob) {
             self.slots[i].last_use = self.tick;
             self.stats.hits += 1;
             return Ok(i);
         }
-        let src = model.blob(blob).ok_or(Error::InvalidProgram {
-            op: 0,
-            why: "no such blob",
-        })?;
-        if src.bytes.len() > self.slot_bytes {
+        let src = model.blob(blob).ok_or(NO_BLOB)?;
+        let need = cache_footprint(src.bytes.len());
+        if need + self.pinned_bytes() > self.mem.len() {
             return Err(Error::BudgetTooSmall {
-                need: src.bytes.len(),
-                have: self.slot_bytes,
+                need: need + self.pinned_bytes(),
+                have: self.mem.len(),
             });
         }
-        let victim = self.slots[..self.n_slots]
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.pinned)
-            .min_by_key(|(_, s)| if s.blob == EMPTY { 0 } else { s.last_use + 1 })
-            .map(|(i, _)| i)
-            .ok_or(Error::BudgetTooSmall {
-                need: self.slot_bytes * (self.n_slots + 1),
-                have: self.mem.len(),
-            })?;
-        if self.slots[victim].blob != EMPTY {
-            self.stats.evictions += 1;
+        while self.used_bytes() + need > self.mem.len() || self.n == MAX_SLOTS {
+            self.evict_lru()?;
         }
-        let start = victim * self.slot_bytes;
-        self.mem[start..start + src.bytes.len()].copy_from_slice(src.bytes);
-        self.slots[victim] = Slot {
+        let (i, off) = match self.first_fit(need) {
+            Some(f) => f,
+            None => {
+                self.compact();
+                (self.n, self.used_bytes())
+            }
+        };
+        self.mem[off..off + src.bytes.len()].copy_from_slice(src.bytes);
+        self.slots.copy_within(i..self.n, i + 1);
+        self.slots[i] = Slot {
             blob,
+            off,
             len: src.bytes.len(),
             last_use: self.tick,
             pinned: false,
         };
+        self.n += 1;
         self.stats.misses += 1;
         self.stats.bytes_copied += src.bytes.len() as u64;
         self.stats.peak_resident_bytes = self
             .stats
             .peak_resident_bytes
             .max(self.resident_bytes() as u64);
-        Ok(victim)
+        Ok(i)
     }
 }
 
+const NO_BLOB: Error = Error::InvalidProgram {
+    op: 0,
+    why: "no such blob",
+};
+
 impl BlobSource for ResidencyCache<'_> {
     fn can_hold(&self, bytes: usize) -> bool {
-        bytes <= self.slot_bytes
+        cache_footprint(bytes) + self.pinned_bytes() <= self.mem.len()
     }
     fn capacity(&self) -> usize {
-        self.slot_bytes
+        self.mem.len() - self.pinned_bytes()
     }
     fn holds(&self, blob: u32) -> Option<bool> {
         Some(self.resident().any(|b| b == blob))
     }
     fn fetch(&mut self, model: &Model<'_>, blob: u32) -> Result<&[u8]> {
         let i = self.load(model, blob)?;
-        let start = i * self.slot_bytes;
-        Ok(&self.mem[start..start + self.slots[i].len])
+        let s = self.slots[i];
+        Ok(&self.mem[s.off..s.off + s.len])
     }
 }

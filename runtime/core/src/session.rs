@@ -14,8 +14,8 @@ use taskpath_format::records::{blob_kind, gating, ExpertRec, OpRec};
 use taskpath_format::{Opcode, Package, NONE};
 
 use crate::error::{Error, Result};
-use crate::model::{Model, TaskInfo, TensorView};
-use crate::residency::BlobSource;
+use crate::model::{BlobView, Model, TaskInfo, TensorView};
+use crate::residency::{BlobSource, Prefetch};
 use crate::trace::{NoTrace, Tracer};
 
 /// What one `run` did.
@@ -148,6 +148,66 @@ fn carve<'s, const N: usize>(arena: &'s mut [f32], ranges: [&R; N]) -> Option<[&
     Some(out)
 }
 
+/// Entries of a session's expert index: `experts x (stage + 1)` must fit,
+/// i.e. 64 experts up to stage 7 (1 KiB in the session). Deeper chains fall
+/// back to scanning the expert tables per component.
+pub const EXPERT_INDEX: usize = 512;
+
+/// `(expert j, component c) -> position in the chain's expert tables`, for
+/// the experts of one task's path, built at session creation so that `run`
+/// finds each component it fetches without scanning the tables.
+#[derive(Clone, Copy)]
+struct ExpertIndex {
+    /// Components per expert (`stage + 1`), or 0 when the index does not
+    /// fit [`EXPERT_INDEX`] (lookups then scan).
+    stride: usize,
+    /// Position + 1 at `j * stride + c`; 0 = not on the path.
+    at: [u16; EXPERT_INDEX],
+}
+
+impl ExpertIndex {
+    fn new(model: &Model<'_>, task: &TaskInfo<'_>, path_union: u64) -> Self {
+        let stride = task.stage + 1;
+        let n = model.hparams().experts as usize;
+        let mut ix = Self {
+            stride: if n * stride <= EXPERT_INDEX {
+                stride
+            } else {
+                0
+            },
+            at: [0; EXPERT_INDEX],
+        };
+        if ix.stride == 0 {
+            return ix;
+        }
+        for j in (0..n.min(64)).filter(|j| path_union & (1 << j) != 0) {
+            for c in 0..stride {
+                // Positions are < 64 experts x 255 stages < u16::MAX.
+                if let Some(p) = model
+                    .expert_index(j, c)
+                    .and_then(|p| u16::try_from(p + 1).ok())
+                {
+                    ix.at[j * stride + c] = p;
+                }
+            }
+        }
+        ix
+    }
+
+    fn get(&self, model: &Model<'_>, j: usize, c: usize) -> Option<ExpertRec> {
+        if self.stride == 0 {
+            return model.expert(j, c);
+        }
+        if c >= self.stride {
+            return None;
+        }
+        match *self.at.get(j * self.stride + c)? {
+            0 => None,
+            p => model.expert_at(usize::from(p) - 1),
+        }
+    }
+}
+
 /// A session for one task. Holds the arena for its lifetime; `run` can be
 /// called any number of times and never allocates.
 pub struct Session<'m, 'a> {
@@ -156,7 +216,9 @@ pub struct Session<'m, 'a> {
     part: Package<'a>,
     arena: &'m mut [f32],
     path_union: u64,
+    experts: ExpertIndex,
     source: Option<&'m mut dyn BlobSource>,
+    prefetch: Option<&'m mut dyn Prefetch>,
     kernels: Kernels,
 }
 
@@ -166,6 +228,7 @@ impl core::fmt::Debug for Session<'_, '_> {
             .field("task", &self.task.name)
             .field("arena_bytes", &(self.arena.len() * 4))
             .field("blob_source", &self.source.is_some())
+            .field("prefetch", &self.prefetch.is_some())
             .finish()
     }
 }
@@ -204,7 +267,9 @@ impl<'m, 'a> Session<'m, 'a> {
             part,
             arena,
             path_union,
+            experts: ExpertIndex::new(model, &task, path_union),
             source: None,
+            prefetch: None,
             kernels: opts.kernels.unwrap_or_else(Kernels::best),
         };
         for i in 0..task.rec.program_len {
@@ -238,6 +303,20 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         self.source = Some(source);
         Ok(self)
+    }
+
+    /// Tells `prefetch` which expert blobs the next input's router may pick
+    /// while the current input is encoded (see [`Prefetch`]).
+    pub fn with_prefetch(mut self, prefetch: &'m mut dyn Prefetch) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// The expert blobs a session hints when it starts input `input`: those
+    /// of input `input + 1`'s path mask, components `0..=stage`, in file
+    /// (hottest-first) order. Empty for the last input.
+    pub fn prefetch_plan(&self, input: usize) -> impl Iterator<Item = BlobView<'a>> + '_ {
+        prefetch_plan(self.model, &self.task, input)
     }
 
     /// The task this session runs.
@@ -476,8 +555,8 @@ impl<'m, 'a> Session<'m, 'a> {
                     for j in (0..n).filter(|j| self.path_union & (1 << j) != 0) {
                         for c in 0..=stage {
                             let e = self
-                                .model
-                                .expert(j, c)
+                                .experts
+                                .get(self.model, j, c)
                                 .ok_or(bad(i, "missing expert component"))?;
                             for t in [e.conv_w, e.fc1_w, e.fc2_w] {
                                 let t = self.model.tensor(t).ok_or(bad(i, "no such tensor"))?;
@@ -591,6 +670,11 @@ impl<'m, 'a> Session<'m, 'a> {
                 pos,
                 tmp,
             } => {
+                if let Some(p) = self.prefetch.as_deref_mut() {
+                    for b in prefetch_plan(self.model, &self.task, input) {
+                        p.will_need(b.index, b.bytes);
+                    }
+                }
                 [&w, &b, &pos].into_iter().for_each(|t| m.read(t));
                 let x = inputs.get(input).ok_or(bad(i, "input"))?;
                 let rows = pos.rows;
@@ -705,6 +789,7 @@ impl<'m, 'a> Session<'m, 'a> {
             } => {
                 let kk = hp.top_k as usize;
                 let (model, path_union, kernels) = (self.model, self.path_union, self.kernels);
+                let experts = &self.experts;
                 let mut source = self.source.as_deref_mut();
                 let [u, route, out, s] =
                     carve(self.arena, [&u, &route, &out, &scratch]).ok_or_else(overlap)?;
@@ -719,8 +804,8 @@ impl<'m, 'a> Session<'m, 'a> {
                         return Err(bad(i, "route names an expert outside the task's path"));
                     }
                     for c in 0..=stage {
-                        let rec = model
-                            .expert(e as usize, c)
+                        let rec = experts
+                            .get(model, e as usize, c)
                             .ok_or(bad(i, "missing expert component"))?;
                         m.tracer.expert_fetch(rec.blob);
                         let bytes = match source.as_deref_mut() {
@@ -749,6 +834,25 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         Ok(())
     }
+}
+
+/// See [`Session::prefetch_plan`].
+fn prefetch_plan<'s, 'a>(
+    model: &'s Model<'a>,
+    task: &TaskInfo<'a>,
+    input: usize,
+) -> impl Iterator<Item = BlobView<'a>> + 's {
+    let mask = task
+        .modalities()
+        .nth(input + 1)
+        .and_then(|m| model.path_mask(task, m))
+        .unwrap_or(0);
+    let stage = task.stage;
+    model.expert_blobs().filter(move |b| {
+        b.rec.expert < 64
+            && mask & (1 << b.rec.expert) != 0
+            && usize::from(b.rec.component) <= stage
+    })
 }
 
 /// Forwards weight reads to the tracer and the run's counters.

@@ -528,7 +528,9 @@ fn quantize_lut(
 
 /// `(group, bits, zero point)` of a LUT format.
 pub(crate) fn lut_params(format: WeightFormat) -> (usize, u32, bool) {
-    let g = format.group().expect("LUT format");
+    let Some(g) = format.group() else {
+        panic!("lut_params: not a LUT format")
+    };
     (g, format.bits(), format.has_zero_point())
 }
 

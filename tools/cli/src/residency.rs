@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use taskpath_checkpoint::Dataset;
-use taskpath_format::records::blob_kind;
-use taskpath_pack::residency::{simulate_belady, simulate_lru};
-use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, SessionOptions, Tracer};
+use taskpath_pack::residency::{simulate_lru, SimResult};
+use taskpath_runtime::{
+    cache_footprint, AlignedArena, Model, ResidencyCache, Session, SessionOptions, Tracer,
+    MAX_SLOTS,
+};
 
 use crate::util::{open_model, outln, Table};
 use crate::DeltaArgs;
@@ -32,8 +34,8 @@ pub struct ResidencyArgs {
     /// Which split's datasets make the workload (`test` or `train`).
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Share of the slots pinned to the hottest experts (at least one slot
-    /// always stays unpinned). The default was chosen on the calibration
+    /// Share of the budget's bytes pinned to the hottest experts (room for
+    /// the largest expert blob always stays unpinned). The default was chosen on the calibration
     /// (train) split of the bundled model: 0.75 beat 0.5 and 0.65 there.
     #[arg(long, default_value_t = 0.75, value_name = "F")]
     pub pin_fraction: f64,
@@ -138,30 +140,113 @@ fn hot_blobs(model: &Model<'_>, trace: &[u32]) -> Vec<u32> {
     v.into_iter().map(|(b, _)| b).collect()
 }
 
+/// Hits and misses of one policy over a byte capacity.
+fn rate(r: &SimResult) -> f64 {
+    r.hit_rate()
+}
+
+/// LRU over a byte capacity with pinned blobs loaded first (their loads not
+/// counted) and never evicted: exactly what `ResidencyCache` does (it
+/// compacts rather than evict for fragmentation), so its counts must match.
+fn simulate_lru_bytes(
+    trace: &[u32],
+    size: &BTreeMap<u32, usize>,
+    cap: usize,
+    pinned: &[u32],
+) -> SimResult {
+    // (blob, last use, pinned)
+    let mut res: Vec<(u32, u64, bool)> = pinned.iter().map(|&b| (b, 0, true)).collect();
+    let mut used: usize = pinned.iter().map(|b| size[b]).sum();
+    let mut r = SimResult::default();
+    for (tick, &b) in trace.iter().enumerate() {
+        let tick = tick as u64 + 1;
+        if let Some(s) = res.iter_mut().find(|s| s.0 == b) {
+            s.1 = tick;
+            r.hits += 1;
+            continue;
+        }
+        r.misses += 1;
+        while used + size[&b] > cap || res.len() == MAX_SLOTS {
+            let Some(v) = res
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.2)
+                .min_by_key(|(_, s)| s.1)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            used -= size[&res.remove(v).0];
+        }
+        res.push((b, tick, false));
+        used += size[&b];
+    }
+    r
+}
+
+/// Belady's MIN over a byte capacity: on a miss, evict the blobs whose next
+/// use is farthest until the new one fits. Optimal for equal sizes; for
+/// unequal ones a strong heuristic (the exact optimum is NP-hard).
+fn simulate_belady_bytes(trace: &[u32], size: &BTreeMap<u32, usize>, cap: usize) -> SimResult {
+    let mut next_use = vec![usize::MAX; trace.len()];
+    let mut last: BTreeMap<u32, usize> = BTreeMap::new();
+    for i in (0..trace.len()).rev() {
+        next_use[i] = last.get(&trace[i]).copied().unwrap_or(usize::MAX);
+        last.insert(trace[i], i);
+    }
+    let mut res: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut used = 0;
+    let mut r = SimResult::default();
+    for (i, &b) in trace.iter().enumerate() {
+        if res.contains_key(&b) {
+            r.hits += 1;
+        } else {
+            r.misses += 1;
+            while used + size[&b] > cap {
+                let Some((&v, _)) = res.iter().max_by_key(|(blob, n)| (**n, **blob)) else {
+                    break;
+                };
+                res.remove(&v);
+                used -= size[&v];
+            }
+            used += size[&b];
+        }
+        res.insert(b, next_use[i]);
+    }
+    r
+}
+
 /// Runs `taskpath residency`.
 pub fn main(a: &ResidencyArgs) -> Result<()> {
+    ensure!(
+        (0.0..=1.0).contains(&a.pin_fraction),
+        "--pin-fraction must be in 0..=1"
+    );
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
     let work = workload(&model, a)?;
     let trace = run(&model, &work, None)?;
-    let expert_bytes: usize = (0..model.blob_count() as u32)
-        .filter_map(|i| model.blob(i))
-        .filter(|b| b.rec.kind == blob_kind::EXPERT)
-        .map(|b| b.bytes.len())
-        .sum();
-    let slot = ResidencyCache::slot_bytes(&model);
+    let expert_bytes = model.expert_bytes();
+    let size: BTreeMap<u32, usize> = model
+        .expert_blobs()
+        .map(|b| (b.index, cache_footprint(b.bytes.len())))
+        .collect();
+    let largest = ResidencyCache::min_budget(&model);
+    let smallest = size.values().copied().min().unwrap_or(0);
     let hot = hot_blobs(&model, &trace);
     outln!(
-        "workload: {} samples interleaved over {} tasks, {} expert fetches; expert pool {} bytes, slot {} bytes",
+        "workload: {} samples interleaved over {} tasks, {} expert fetches; expert pool {} bytes in {} blobs of {}..{} bytes (64-byte granules)",
         work.len(),
         work.iter().map(|w| w.0).collect::<std::collections::BTreeSet<_>>().len(),
         trace.len(),
         expert_bytes,
-        slot
+        size.len(),
+        smallest,
+        largest
     );
     let mut table = Table::new(&[
         "budget",
-        "slots",
+        "fixed slots: LRU+pin",
         "pinned",
         "LRU",
         "LRU+pin",
@@ -171,31 +256,39 @@ pub fn main(a: &ResidencyArgs) -> Result<()> {
     ]);
     for &frac in &a.budgets {
         let budget = (expert_bytes as f64 * frac) as usize;
-        let slots = budget / slot;
-        if slots == 0 {
+        if budget < largest {
             table.row(vec![
                 format!("{:.0}%", frac * 100.0),
-                "0".into(),
-                "-".into(),
                 "budget below one expert".into(),
             ]);
             continue;
         }
-        ensure!(
-            (0.0..=1.0).contains(&a.pin_fraction),
-            "--pin-fraction must be in 0..=1"
-        );
-        let n_pin = ((slots as f64 * a.pin_fraction) as usize)
+        // The previous cache (fixed slots of the largest blob), for comparison.
+        let slots = budget / largest;
+        let n_fixed = ((slots as f64 * a.pin_fraction) as usize)
             .min(slots - 1)
             .min(hot.len());
-        let pinned = &hot[..n_pin];
-        let lru = simulate_lru(&trace, slots, &[]);
-        let lru_pin = simulate_lru(&trace, slots, pinned);
-        let belady = simulate_belady(&trace, slots);
+        let fixed = simulate_lru(&trace, slots, &hot[..n_fixed]);
+        // Pin the hottest blobs up to the pin fraction of the budget, always
+        // leaving room for the largest blob (what ResidencyCache::pin checks).
+        let mut pinned = Vec::new();
+        let mut pinned_bytes = 0;
+        for &b in &hot {
+            let fp = size[&b];
+            if pinned_bytes + fp + largest <= budget
+                && (pinned_bytes + fp) as f64 <= a.pin_fraction * budget as f64
+            {
+                pinned.push(b);
+                pinned_bytes += fp;
+            }
+        }
+        let lru = simulate_lru_bytes(&trace, &size, budget, &[]);
+        let lru_pin = simulate_lru_bytes(&trace, &size, budget, &pinned);
+        let belady = simulate_belady_bytes(&trace, &size, budget);
         // The real cache on the same workload must match the simulation exactly.
         let mut mem = AlignedArena::new(budget);
         let mut cache = ResidencyCache::new(&model, mem.as_mut_slice())?;
-        for &b in pinned {
+        for &b in &pinned {
             cache.pin(&model, b)?;
         }
         let pins_loaded = cache.stats().misses;
@@ -211,19 +304,17 @@ pub fn main(a: &ResidencyArgs) -> Result<()> {
         let agrees = real_hits == lru_pin.hits && real_misses == lru_pin.misses;
         table.row(vec![
             format!("{:.0}%", frac * 100.0),
-            slots.to_string(),
-            n_pin.to_string(),
-            format!("{:.1}%", 100.0 * lru.hit_rate()),
-            format!("{:.1}%", 100.0 * lru_pin.hit_rate()),
-            format!("{:.1}%", 100.0 * belady.hit_rate()),
-            format!(
-                "{:.1}%",
-                100.0 * lru_pin.hit_rate() / belady.hit_rate().max(1e-12)
-            ),
+            format!("{:.1}% ({slots} slots)", 100.0 * rate(&fixed)),
+            format!("{} ({} B)", pinned.len(), pinned_bytes),
+            format!("{:.1}%", 100.0 * rate(&lru)),
+            format!("{:.1}%", 100.0 * rate(&lru_pin)),
+            format!("{:.1}%", 100.0 * rate(&belady)),
+            format!("{:.1}%", 100.0 * rate(&lru_pin) / rate(&belady).max(1e-12)),
             if agrees {
                 format!(
-                    "{:.1}% (= simulation)",
-                    100.0 * real_hits as f64 / (real_hits + real_misses) as f64
+                    "{:.1}% (= simulation; {} compactions)",
+                    100.0 * real_hits as f64 / (real_hits + real_misses) as f64,
+                    st.compactions
                 )
             } else {
                 format!("MISMATCH {real_hits}/{real_misses}")

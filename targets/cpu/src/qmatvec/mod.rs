@@ -37,16 +37,20 @@
 
 use core::fmt;
 
-use crate::quant::{
-    get_f32, lut_params, WeightFormat, ALL, I8_BLOCK, LUT_ACT_GROUP, LUT_ROW_TILE, ROW_TILE_8,
-};
+use crate::quant::{WeightFormat, ALL};
 
+#[cfg(feature = "quant")]
+mod drive;
+#[cfg(feature = "quant")]
+pub(crate) use drive::*;
+
+#[cfg(feature = "quant")]
 pub mod generic;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(feature = "quant", target_arch = "x86_64"))]
 pub mod x86_64;
 
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(feature = "quant", target_arch = "aarch64"))]
 pub mod aarch64;
 
 /// A CPU feature a kernel may need.
@@ -218,8 +222,10 @@ pub trait QMatVec: Sync + fmt::Debug {
         ys: &mut [f32],
         scratch: &mut [u8],
     ) {
-        assert_eq!(xs.len(), n * cols, "run_batch: xs must be [n, cols]");
-        assert_eq!(ys.len(), n * rows, "run_batch: ys must be [n, rows]");
+        assert!(
+            xs.len() == n * cols && ys.len() == n * rows,
+            "run_batch: xs must be [n, cols] and ys [n, rows]"
+        );
         for b in 0..n {
             let x = &xs[b * cols..(b + 1) * cols];
             let y = &mut ys[b * rows..(b + 1) * rows];
@@ -257,17 +263,27 @@ pub struct Unsupported {
 
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "weight format {} is not supported on this CPU: missing CPU feature `{}`",
-            self.format, self.missing_feature
-        )
+        if self.missing_feature == NOT_BUILT {
+            write!(f, "weight format {} cannot run: {NOT_BUILT}", self.format)
+        } else {
+            write!(
+                f,
+                "weight format {} is not supported on this CPU: missing CPU feature `{}`",
+                self.format, self.missing_feature
+            )
+        }
     }
 }
+
+/// [`Unsupported::missing_feature`] of every quantized format in a build
+/// without the `quant` feature (f32-only firmware leaves the kernels out).
+pub const NOT_BUILT: &str =
+    "this build leaves out the quantized kernels (cargo feature `quant` of taskpath-cpu / taskpath-runtime)";
 
 #[cfg(feature = "std")]
 impl std::error::Error for Unsupported {}
 
+#[cfg(feature = "quant")]
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     kernel: &'static dyn QMatVec,
@@ -277,9 +293,12 @@ struct Slot {
     refused: bool,
 }
 
-/// The kernel table: one kernel per format.
+/// The kernel table: one kernel per format. Without the `quant` feature it
+/// is empty and refuses every format with [`NOT_BUILT`] (the runtime never
+/// asks it for f32, which has its own kernels in [`crate::f32`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
+    #[cfg(feature = "quant")]
     slots: [Slot; ALL.len()],
 }
 
@@ -315,23 +334,34 @@ pub fn force_generic_requested() -> bool {
 }
 
 /// The kernels compiled for this architecture (empty elsewhere), generic ones excluded.
+/// Empty without the `quant` feature.
 pub fn arch_kernels() -> &'static [&'static dyn QMatVec] {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(feature = "quant", target_arch = "x86_64"))]
     {
         &x86_64::KERNELS
     }
-    #[cfg(target_arch = "aarch64")]
+    #[cfg(all(feature = "quant", target_arch = "aarch64"))]
     {
         &aarch64::KERNELS
     }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(not(all(
+        feature = "quant",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
     {
         &[]
     }
 }
 
 impl Kernels {
+    /// The empty table: this build has no quantized kernels.
+    #[cfg(not(feature = "quant"))]
+    pub fn generic() -> Self {
+        Self {}
+    }
+
     /// Every slot holds the generic (reference) kernel.
+    #[cfg(feature = "quant")]
     pub fn generic() -> Self {
         let mut slots = [Slot {
             kernel: &generic::KERNELS[0],
@@ -348,6 +378,19 @@ impl Kernels {
     /// `features` and [`CpuFeatures::host`] (so a caller can only take
     /// features away, e.g. to test fallbacks, never claim absent ones).
     pub fn for_features(features: CpuFeatures) -> Self {
+        #[cfg(not(feature = "quant"))]
+        {
+            let _ = features;
+            Self::generic()
+        }
+        #[cfg(feature = "quant")]
+        {
+            Self::for_features_quant(features)
+        }
+    }
+
+    #[cfg(feature = "quant")]
+    fn for_features_quant(features: CpuFeatures) -> Self {
         let mut k = Self::generic();
         let f = features.intersect(CpuFeatures::host());
         for &kernel in arch_kernels() {
@@ -385,7 +428,9 @@ impl Kernels {
     /// Refuse (with [`Unsupported`]) every format that has an architecture
     /// kernel which could not be plugged, instead of silently running the
     /// slower generic one.
+    #[allow(unused_mut)]
     pub fn simd_only(mut self) -> Self {
+        #[cfg(feature = "quant")]
         for s in &mut self.slots {
             s.refused = s.missing.is_some();
         }
@@ -394,6 +439,19 @@ impl Kernels {
 
     /// The kernel for `format`, or why there is none on this CPU.
     pub fn kernel(&self, format: WeightFormat) -> Result<&'static dyn QMatVec, Unsupported> {
+        #[cfg(not(feature = "quant"))]
+        {
+            Err(Unsupported {
+                format,
+                missing_feature: NOT_BUILT,
+            })
+        }
+        #[cfg(feature = "quant")]
+        self.kernel_quant(format)
+    }
+
+    #[cfg(feature = "quant")]
+    fn kernel_quant(&self, format: WeightFormat) -> Result<&'static dyn QMatVec, Unsupported> {
         let s = &self.slots[format.id() as usize - 1];
         match (s.refused, s.missing) {
             (true, Some(m)) => Err(Unsupported {
@@ -406,6 +464,17 @@ impl Kernels {
 
     /// Put `kernel` in its format's slot if this CPU supports it; returns whether it did.
     pub fn plug(&mut self, kernel: &'static dyn QMatVec) -> bool {
+        #[cfg(not(feature = "quant"))]
+        {
+            let _ = kernel;
+            false
+        }
+        #[cfg(feature = "quant")]
+        self.plug_quant(kernel)
+    }
+
+    #[cfg(feature = "quant")]
+    fn plug_quant(&mut self, kernel: &'static dyn QMatVec) -> bool {
         if !kernel.is_supported_here() {
             return false;
         }
@@ -439,480 +508,30 @@ impl fmt::Display for Kernels {
     }
 }
 
-// ------------------------------------------------------------------ shared parts
+#[cfg(all(test, not(feature = "quant")))]
+mod tests {
+    extern crate std;
+    use std::string::ToString;
 
-/// Length checks every kernel's `run` does first.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn check_run(
-    format: WeightFormat,
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &[f32],
-    scratch: &[u8],
-) {
-    assert_eq!(
-        Some(packed.len()),
-        format.checked_packed_bytes(rows, cols),
-        "{}: packed has the wrong length for [{rows}, {cols}]",
-        format.name()
-    );
-    assert_eq!(x.len(), cols, "qmatvec: x must have cols elements");
-    assert_eq!(y.len(), rows, "qmatvec: y must have rows elements");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), rows, "qmatvec: bias must have rows elements");
-    }
-    assert!(
-        scratch.len() >= format.scratch_bytes(cols),
-        "qmatvec: scratch must hold format.scratch_bytes(cols) bytes"
-    );
-}
+    use super::*;
 
-/// Activation tables of a LUT format, built by [`prepare_lut`] in scratch.
-#[derive(Debug)]
-pub(crate) struct LutPrep<'a> {
-    /// `K / 4` tables of 16 int8 entries (K = padded cols), in column order.
-    pub tables: &'a [u8],
-    /// Per group: `ts / 2` (f32 LE), then per group the activation sum (f32 LE).
-    params: &'a [u8],
-    /// Number of groups.
-    pub ng: usize,
-}
-
-/// A table builder: [`prepare_lut`] or an architecture's equivalent, which
-/// must write byte-identical scratch.
-pub(crate) type LutPrepFn = for<'a> fn(WeightFormat, usize, &[f32], &'a mut [u8]) -> LutPrep<'a>;
-
-impl<'a> LutPrep<'a> {
-    /// Scratch split for `format` and `cols`: `(tables, params, ng)`.
-    pub(crate) fn parts(
-        format: WeightFormat,
-        cols: usize,
-        scratch: &'a mut [u8],
-    ) -> (&'a mut [u8], &'a mut [u8], usize) {
-        let (g, _, _) = lut_params(format);
-        let k = format.padded_cols(cols);
-        let (na, ng) = (k / LUT_ACT_GROUP, k / g);
-        let (tables, rest) = scratch.split_at_mut(16 * na);
-        (tables, &mut rest[..8 * ng], ng)
-    }
-
-    /// Record group `gi`'s `ts / 2` and activation sum in `params`.
-    #[inline]
-    pub(crate) fn set_params(params: &mut [u8], ng: usize, gi: usize, hts: f32, xs: f32) {
-        params[4 * gi..4 * gi + 4].copy_from_slice(&hts.to_le_bytes());
-        params[4 * (ng + gi)..4 * (ng + gi) + 4].copy_from_slice(&xs.to_le_bytes());
-    }
-
-    /// The view over filled parts.
-    pub(crate) fn from_parts(tables: &'a [u8], params: &'a [u8], ng: usize) -> Self {
-        Self { tables, params, ng }
-    }
-}
-
-impl LutPrep<'_> {
-    /// `ts / 2` of group `g` (half the table scale).
-    #[inline(always)]
-    pub fn hts(&self, g: usize) -> f32 {
-        get_f32(self.params, 4 * g)
-    }
-
-    /// Sum of the activations of group `g` (in column order).
-    #[inline(always)]
-    pub fn xs(&self, g: usize) -> f32 {
-        get_f32(self.params, 4 * (self.ng + g))
-    }
-}
-
-/// `rne(v)` as an integer for `|v| <= 2^22`: after adding `1.5 * 2^23` the
-/// rounded integer sits in the low mantissa bits (exact, branch-free, and it
-/// vectorises).
-#[inline(always)]
-pub(crate) fn rne_i32(v: f32) -> i32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC).to_bits() as i32 - 0x4B40_0000
-}
-
-/// Signs of `x_0`, `x_1`, `x_2` in table entry `i < 8` (bit `e` of `i` set: `+`).
-const LUT_SIGNS: [[f32; 8]; 3] = [
-    [-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0],
-    [-1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0],
-    [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
-];
-
-/// Build the int8 tables of a LUT format for `x` in `scratch` (one routine
-/// shared by every kernel, so all see identical tables).
-///
-/// Per 4 activations `x_0..x_3` (0 past `cols`), for `i < 8`:
-/// `T[i] = ((x_0 s_0 + x_1 s_1) + x_2 s_2) - x_3` in f32 with `s_e = +1` if bit
-/// `e` of `i` is set, else `-1` (exact sign flips), and `T[15 - i] = -T[i]`.
-/// Per group, `m = max_a ((|x_0| + |x_1|) + |x_2|) + |x_3|` (the largest `|T|`),
-/// `Tq = rne(T * (127 / m))` (all 0 if `m == 0`),
-/// `ts / 2 = (m / 127) * 0.5`, and for the `…Z` formats the activation sum
-/// `xsum = sum_a -T_a[0]` in column order (`-T[0] = ((x_0 + x_1) + x_2) + x_3`;
-/// 0 for symmetric formats, which do not read it). A non-finite
-/// activation zeroes its group's tables and makes `ts` NaN, so the outputs
-/// that read it are NaN.
-///
-/// No clamp is needed: rounding is monotonic, so `|T| <= m` holds in f32 too
-/// (`|fl(a +- b)| <= fl(|a| + |b|)` at each step), hence
-/// `|T * (127 / m)| <= 127 (1 + eps)^2 < 127.5` and `|Tq| <= 127`.
-pub(crate) fn prepare_lut<'a>(
-    format: WeightFormat,
-    cols: usize,
-    x: &[f32],
-    scratch: &'a mut [u8],
-) -> LutPrep<'a> {
-    let (g, _, zp) = lut_params(format);
-    let (tables, params, ng) = LutPrep::parts(format, cols, scratch);
-    let apg = g / LUT_ACT_GROUP;
-    let mut tf = [[0.0f32; 8]; 16];
-    for gi in 0..ng {
-        let mut m = 0.0f32;
-        let mut bad = false;
-        let mut sum = 0.0f32;
-        for (a, t) in tf[..apg].iter_mut().enumerate() {
-            let c = (gi * apg + a) * LUT_ACT_GROUP;
-            let xv: [f32; 4] = match x.get(c..c + 4) {
-                Some(v) => [v[0], v[1], v[2], v[3]],
-                None => core::array::from_fn(|e| x.get(c + e).copied().unwrap_or(0.0)),
-            };
-            let ma = ((xv[0].abs() + xv[1].abs()) + xv[2].abs()) + xv[3].abs();
-            bad |= !ma.is_finite();
-            m = m.max(ma);
-            for (i, ti) in t.iter_mut().enumerate() {
-                *ti = ((xv[0] * LUT_SIGNS[0][i] + xv[1] * LUT_SIGNS[1][i])
-                    + xv[2] * LUT_SIGNS[2][i])
-                    - xv[3];
-            }
-            if zp {
-                sum += -t[0];
+    /// An f32-only build refuses every quantized format with the same
+    /// reason, whichever table the caller asks for.
+    #[test]
+    fn without_quant_every_format_is_refused_by_name() {
+        for k in [
+            Kernels::best(),
+            Kernels::generic(),
+            Kernels::for_features(CpuFeatures::host()).simd_only(),
+        ] {
+            for &f in &ALL {
+                let e = k.kernel(f).unwrap_err();
+                assert_eq!(e.format, f);
+                assert_eq!(e.missing_feature, NOT_BUILT);
+                let msg = e.to_string();
+                assert!(msg.contains(f.name()) && msg.contains("`quant`"), "{msg}");
             }
         }
-        let tabs = &mut tables[16 * gi * apg..16 * (gi + 1) * apg];
-        if bad || m == 0.0 {
-            tabs.fill(0);
-        } else {
-            let inv = 127.0 / m;
-            for (t, tab) in tf[..apg].iter().zip(tabs.chunks_exact_mut(16)) {
-                let mut q = [0i8; 8];
-                for (qi, &ti) in q.iter_mut().zip(t) {
-                    *qi = rne_i32(ti * inv) as i8;
-                }
-                for i in 0..8 {
-                    tab[i] = q[i] as u8;
-                    tab[15 - i] = q[i].wrapping_neg() as u8;
-                }
-            }
-        }
-        let hts = if bad { f32::NAN } else { (m / 127.0) * 0.5 };
-        LutPrep::set_params(params, ng, gi, hts, sum);
-    }
-    LutPrep::from_parts(tables, params, ng)
-}
-
-/// Quantised activations of i8row, built by [`prepare_i8`] in scratch.
-#[derive(Debug)]
-pub(crate) struct I8Prep<'a> {
-    /// `K` int8 activations (0 past `cols`).
-    pub xq: &'a [u8],
-    /// Per 32-column block the activation scale (f32 LE).
-    scales: &'a [u8],
-}
-
-impl I8Prep<'_> {
-    /// Activation scale of block `b`.
-    #[inline(always)]
-    pub fn sx(&self, b: usize) -> f32 {
-        get_f32(self.scales, 4 * b)
-    }
-}
-
-/// Quantise activations for i8row: per 32-column block, `m = max |x|`,
-/// `xq = rne(x * (127 / m))` (0 past `cols`, all 0 if `m == 0`), scale
-/// `m / 127`. No clamp is needed: `|x| <= m` and `127 / m` is correctly
-/// rounded, so `|x * (127 / m)| <= 127 (1 + eps)^2 < 127.5`. A non-finite value zeroes its block and makes
-/// the scale NaN.
-pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I8Prep<'a> {
-    let k = WeightFormat::I8Row.padded_cols(cols);
-    let nb = k / I8_BLOCK;
-    let (xq, rest) = scratch.split_at_mut(k);
-    let scales = &mut rest[..4 * nb];
-    for (b, qb) in xq.chunks_exact_mut(I8_BLOCK).enumerate() {
-        let xb = &x[(b * I8_BLOCK).min(cols)..((b + 1) * I8_BLOCK).min(cols)];
-        // max |x| via the bit patterns (ordered like the values for |x|), so
-        // it vectorises; patterns >= that of +inf are inf or NaN.
-        let mbits = xb
-            .iter()
-            .fold(0u32, |mb, v| mb.max(v.to_bits() & 0x7FFF_FFFF));
-        let m = f32::from_bits(mbits);
-        let scale = if mbits >= 0x7F80_0000 {
-            qb.fill(0);
-            f32::NAN
-        } else if mbits == 0 {
-            qb.fill(0);
-            0.0
-        } else {
-            let inv = 127.0 / m;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = rne_i32(v * inv) as i8 as u8;
-            }
-            qb[xb.len()..].fill(0);
-            m / 127.0
-        };
-        scales[4 * b..4 * b + 4].copy_from_slice(&scale.to_le_bytes());
-    }
-    I8Prep { xq, scales }
-}
-
-/// A LUT tile kernel: `(tile bytes, tables, y_tile, raw, valid_rows)`. It writes
-/// the 16 row results without bias to `y_tile`, or, in raw mode, the integer
-/// accumulators of the first `valid_rows` rows to `raw: [valid_rows, ng]`.
-pub(crate) type LutTileFn<'f> =
-    dyn FnMut(&[u8], &LutPrep<'_>, &mut [f32; LUT_ROW_TILE], Option<&mut [i32]>, usize) + 'f;
-
-/// Tiles the LUT driver hands a kernel at once (separate read streams, which
-/// this kind of memory system rewards, and shared table loads).
-pub(crate) const LUT_TILES: usize = 4;
-
-/// Rows of one driver chunk.
-pub(crate) const LUT_CHUNK_ROWS: usize = LUT_TILES * LUT_ROW_TILE;
-
-/// A LUT kernel over `n <= LUT_TILES` consecutive tiles:
-/// `(tiles bytes, n, tables, y_chunk, raw, valid_rows)`, conventions as
-/// [`LutTileFn`] with rows numbered across the chunk (`raw: [valid_rows, ng]`).
-pub(crate) type LutTilesFn<'f> = dyn FnMut(&[u8], usize, &LutPrep<'_>, &mut [f32; LUT_CHUNK_ROWS], Option<&mut [i32]>, usize)
-    + 'f;
-
-/// Adapt a one-tile kernel to the driver's chunks (see [`each_tile`]).
-#[allow(clippy::type_complexity)]
-pub(crate) fn tiles_of<'f>(
-    mut one: impl FnMut(&[u8], &LutPrep<'_>, &mut [f32; LUT_ROW_TILE], Option<&mut [i32]>, usize) + 'f,
-) -> impl FnMut(&[u8], usize, &LutPrep<'_>, &mut [f32; LUT_CHUNK_ROWS], Option<&mut [i32]>, usize) + 'f
-{
-    move |t, n, p, o, r, v| each_tile(t, n, p, o, r, v, &mut one)
-}
-
-/// Run a one-tile kernel over each tile of a driver chunk.
-pub(crate) fn each_tile(
-    tiles: &[u8],
-    n: usize,
-    prep: &LutPrep<'_>,
-    out: &mut [f32; LUT_CHUNK_ROWS],
-    mut raw: Option<&mut [i32]>,
-    valid: usize,
-    one: &mut LutTileFn<'_>,
-) {
-    let tb = tiles.len().checked_div(n).unwrap_or(0);
-    let ng = prep.ng;
-    for t in 0..n {
-        let v = valid.saturating_sub(LUT_ROW_TILE * t).min(LUT_ROW_TILE);
-        let mut o = [0.0f32; LUT_ROW_TILE];
-        let r = raw
-            .as_deref_mut()
-            .map(|r| &mut r[LUT_ROW_TILE * t * ng..(LUT_ROW_TILE * t + v) * ng]);
-        one(&tiles[t * tb..(t + 1) * tb], prep, &mut o, r, v);
-        out[LUT_ROW_TILE * t..LUT_ROW_TILE * (t + 1)].copy_from_slice(&o);
-    }
-}
-
-/// Driver of the LUT formats: checks, tables, loop over chunks of up to
-/// [`LUT_TILES`] tiles, bias.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_lut(
-    format: WeightFormat,
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    scratch: &mut [u8],
-    prep_fn: LutPrepFn,
-    tiles_fn: &mut LutTilesFn<'_>,
-) {
-    check_run(format, rows, cols, packed, x, bias, y, scratch);
-    let prep = prep_fn(format, cols, x, scratch);
-    let tb = format.tile_bytes(cols);
-    for (c, yc) in y.chunks_mut(LUT_CHUNK_ROWS).enumerate() {
-        let n = yc.len().div_ceil(LUT_ROW_TILE);
-        let first = c * LUT_TILES;
-        let mut out = [0.0f32; LUT_CHUNK_ROWS];
-        tiles_fn(
-            &packed[first * tb..(first + n) * tb],
-            n,
-            &prep,
-            &mut out,
-            None,
-            yc.len(),
-        );
-        finish_tile(yc, &out, bias.map(|b| &b[c * LUT_CHUNK_ROWS..]));
-    }
-}
-
-/// Raw (integer parts) driver of the LUT formats.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn raw_lut(
-    format: WeightFormat,
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    scratch: &mut [u8],
-    out: &mut [i32],
-    prep_fn: LutPrepFn,
-    tiles_fn: &mut LutTilesFn<'_>,
-) {
-    check_raw(format, rows, cols, packed, x, scratch, out);
-    let prep = prep_fn(format, cols, x, scratch);
-    let tb = format.tile_bytes(cols);
-    let ng = prep.ng;
-    let mut dummy = [0.0f32; LUT_CHUNK_ROWS];
-    for c in 0..rows.div_ceil(LUT_CHUNK_ROWS) {
-        let valid = (rows - c * LUT_CHUNK_ROWS).min(LUT_CHUNK_ROWS);
-        let n = valid.div_ceil(LUT_ROW_TILE);
-        let first = c * LUT_TILES;
-        let o = &mut out[c * LUT_CHUNK_ROWS * ng..][..valid * ng];
-        tiles_fn(
-            &packed[first * tb..(first + n) * tb],
-            n,
-            &prep,
-            &mut dummy,
-            Some(o),
-            valid,
-        );
-    }
-}
-
-fn check_raw(
-    format: WeightFormat,
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    scratch: &[u8],
-    out: &[i32],
-) {
-    let y = [0.0f32; 0];
-    check_run(format, 0, cols, &[], x, None, &y, scratch);
-    assert_eq!(
-        Some(packed.len()),
-        format.checked_packed_bytes(rows, cols),
-        "{}: packed has the wrong length for [{rows}, {cols}]",
-        format.name()
-    );
-    assert_eq!(
-        out.len(),
-        rows * format.int_parts_per_row(cols),
-        "integer_parts: out must be [rows, int_parts_per_row]"
-    );
-}
-
-/// Copy a tile's rows out, adding the bias when there is one.
-#[inline]
-fn finish_tile(yt: &mut [f32], out: &[f32], bias: Option<&[f32]>) {
-    match bias {
-        Some(b) => {
-            for ((yi, &o), &bi) in yt.iter_mut().zip(out).zip(b) {
-                *yi = o + bi;
-            }
-        }
-        None => yt.copy_from_slice(&out[..yt.len()]),
-    }
-}
-
-/// An i8row tile kernel: `(tile bytes, padded cols, activations, y_tile, raw, valid_rows)`,
-/// conventions as [`LutTileFn`] with `raw: [valid_rows, K / 32]`.
-pub(crate) type I8TileFn<'f> =
-    dyn FnMut(&[u8], usize, &I8Prep<'_>, &mut [f32; ROW_TILE_8], Option<&mut [i32]>, usize) + 'f;
-
-/// Driver of i8row: checks, activation quantisation, tile loop, bias.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_i8(
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    scratch: &mut [u8],
-    tile_fn: &mut I8TileFn<'_>,
-) {
-    let f = WeightFormat::I8Row;
-    check_run(f, rows, cols, packed, x, bias, y, scratch);
-    let prep = prepare_i8(cols, x, scratch);
-    let (tb, k) = (f.tile_bytes(cols), f.padded_cols(cols));
-    for (t, yt) in y.chunks_mut(ROW_TILE_8).enumerate() {
-        let mut out = [0.0f32; ROW_TILE_8];
-        tile_fn(
-            &packed[t * tb..(t + 1) * tb],
-            k,
-            &prep,
-            &mut out,
-            None,
-            yt.len(),
-        );
-        finish_tile(yt, &out, bias.map(|b| &b[t * ROW_TILE_8..]));
-    }
-}
-
-/// Raw (integer parts) driver of i8row.
-pub(crate) fn raw_i8(
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    scratch: &mut [u8],
-    out: &mut [i32],
-    tile_fn: &mut I8TileFn<'_>,
-) {
-    let f = WeightFormat::I8Row;
-    check_raw(f, rows, cols, packed, x, scratch, out);
-    let prep = prepare_i8(cols, x, scratch);
-    let (tb, k) = (f.tile_bytes(cols), f.padded_cols(cols));
-    let nb = k / I8_BLOCK;
-    let mut dummy = [0.0f32; ROW_TILE_8];
-    for t in 0..rows.div_ceil(ROW_TILE_8) {
-        let valid = (rows - t * ROW_TILE_8).min(ROW_TILE_8);
-        let o = &mut out[t * ROW_TILE_8 * nb..][..valid * nb];
-        tile_fn(
-            &packed[t * tb..(t + 1) * tb],
-            k,
-            &prep,
-            &mut dummy,
-            Some(o),
-            valid,
-        );
-    }
-}
-
-/// An f16 kernel over `n` (1 to 4) consecutive tiles: `(tiles bytes, n, cols, x, y)`
-/// writing `8 n` row results (no bias) to `y[..8 n]`.
-pub(crate) type F16TilesFn<'f> =
-    dyn FnMut(&[u8], usize, usize, &[f32], &mut [f32; 4 * ROW_TILE_8]) + 'f;
-
-/// Driver of f16: checks, loop over groups of up to 4 tiles, bias.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_f16(
-    rows: usize,
-    cols: usize,
-    packed: &[u8],
-    x: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    scratch: &mut [u8],
-    tiles_fn: &mut F16TilesFn<'_>,
-) {
-    let f = WeightFormat::F16;
-    check_run(f, rows, cols, packed, x, bias, y, scratch);
-    let tb = f.tile_bytes(cols);
-    let per = 4 * ROW_TILE_8;
-    for (c, yc) in y.chunks_mut(per).enumerate() {
-        let n = yc.len().div_ceil(ROW_TILE_8);
-        let mut out = [0.0f32; 4 * ROW_TILE_8];
-        tiles_fn(&packed[4 * c * tb..(4 * c + n) * tb], n, cols, x, &mut out);
-        finish_tile(yc, &out, bias.map(|b| &b[c * per..]));
+        assert!(arch_kernels().is_empty());
     }
 }
