@@ -728,7 +728,8 @@ impl<'a> Package<'a> {
             // f32 sizes are known here; other formats' sizes are the kernel
             // layout's, checked by the runtime when it binds the kernel.
             let f32_size = |field, elems: u64, bytes: u32| -> Result<()> {
-                if t.format == format::F32 && u64::from(bytes) != elems * 4 {
+                // rows x cols of two u32s times 4 can pass 2^64: checked.
+                if t.format == format::F32 && elems.checked_mul(4) != Some(u64::from(bytes)) {
                     return Err(inv(
                         field,
                         idx(i),
