@@ -42,6 +42,12 @@ pub struct TrainConfig {
     pub max_epochs: usize,
     /// Early-stopping patience (epochs without a better validation loss).
     pub patience: usize,
+    /// Lower bounds on the epoch limit and the patience, in optimiser steps:
+    /// a stage of only 139 samples (GSE-MET) makes 3 steps an epoch, so a
+    /// limit counted in epochs alone would stop it after a few dozen steps.
+    pub min_steps: usize,
+    /// Patience lower bound in optimiser steps (see `min_steps`).
+    pub patience_steps: usize,
     /// Weight of the router load-balancing loss.
     pub aux_coef: f64,
     /// Epoch limit of the recovery fine-tuning after truncation (0: none).
@@ -64,6 +70,8 @@ impl Default for TrainConfig {
             batch: 64,
             max_epochs: 60,
             patience: 8,
+            min_steps: 1500,
+            patience_steps: 200,
             aux_coef: 0.01,
             recover_epochs: 20,
         }
@@ -82,6 +90,8 @@ impl TrainConfig {
             rank: 4,
             max_epochs: 2,
             patience: 2,
+            min_steps: 0,
+            patience_steps: 0,
             batch: 32,
             recover_epochs: 1,
             ..Self::default()
@@ -513,7 +523,11 @@ pub fn train_stage(
     }
     let mut snap = model.params.snapshot()?;
     let mut epochs = 0;
-    for epoch in 1..=tc.max_epochs {
+    let samples: usize = tasks.iter().map(|t| t.train.len()).sum();
+    let steps_per_epoch = samples.div_ceil(tc.batch).max(1);
+    let max_epochs = tc.max_epochs.max(tc.min_steps.div_ceil(steps_per_epoch));
+    let patience = tc.patience.max(tc.patience_steps.div_ceil(steps_per_epoch));
+    for epoch in 1..=max_epochs {
         epochs = epoch;
         let mut pairs: Vec<(usize, usize)> = tasks
             .iter()
@@ -565,7 +579,7 @@ pub fn train_stage(
         if better {
             best = (ve, vl, epoch);
             snap = model.params.snapshot()?;
-        } else if epoch - best.2 >= tc.patience {
+        } else if epoch - best.2 >= patience {
             break;
         }
     }
@@ -782,6 +796,8 @@ pub fn train_continual(
             }
             let rtc = TrainConfig {
                 max_epochs: tc.recover_epochs,
+                // the same steps-to-epochs scaling as the stage's own limit
+                min_steps: tc.min_steps * tc.recover_epochs / tc.max_epochs.max(1),
                 ..tc.clone()
             };
             Some(train_stage(
@@ -888,7 +904,10 @@ pub fn train_naive(tasks: &[TaskData], tc: &TrainConfig, verbose: bool) -> Resul
             add_task_head(&mut model.params, tc, &cfg)?;
             model.cfg.tasks.push(cfg);
         }
-        let log = train_stage(&model, &st, tc, stage_seed(tc.seed, 200 + s), verbose)?;
+        // The batch order of the continual model's stage s: stage 1 is then the
+        // very model the continual run trains before truncating, so the two
+        // methods differ only in what they do from stage 2 on.
+        let log = train_stage(&model, &st, tc, stage_seed(tc.seed, s), verbose)?;
         model.params.freeze_all();
         let d = drift(&model, tasks, &reference)?;
         for t in &st {
