@@ -4,6 +4,9 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   # default 60 s per target, all targets
 #   scripts/fuzz.sh --seeds-only            # only build the seed packages
+#   scripts/fuzz.sh --payload               # build all targets and pack them,
+#       the seed packages and the corpora into fuzz/device/payload.tar.xz for
+#       fuzz/device-run.sh on a bigger machine without a toolchain
 #
 # Installs cargo-fuzz if missing, builds the seed packages with the taskpath
 # CLI (reference model: f32, int4, mixed precision, a stage 1 base with two
@@ -22,8 +25,13 @@ ROOT=$PWD
 
 SECONDS_PER=60
 SEEDS_ONLY=0
+PAYLOAD=0
 if [[ "${1:-}" == "--seeds-only" ]]; then
     SEEDS_ONLY=1
+    shift
+elif [[ "${1:-}" == "--payload" ]]; then
+    PAYLOAD=1
+    SECONDS_PER=0
     shift
 elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     SECONDS_PER=$1
@@ -98,6 +106,23 @@ done
 printf '\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x03' >fuzz/corpus/c_abi/seed-mutate
 printf '\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x03' >fuzz/corpus/c_abi/seed-delta
 
+if [[ $PAYLOAD == 1 ]]; then
+    (cd fuzz && CARGO_TARGET_DIR=target cargo +nightly fuzz build -a)
+    rm -rf fuzz/device/stage && mkdir -p fuzz/device/stage/bins fuzz/device/stage/corpus
+    for t in "${ALL_TARGETS[@]}"; do
+        cp "fuzz/target/x86_64-unknown-linux-gnu/release/$t" fuzz/device/stage/bins/
+        # open_bytes is re-seeded from the packages there.
+        mkdir -p "fuzz/device/stage/corpus/$t"
+        find "fuzz/corpus/$t" -type f ! -name 'seed-*.tpk*' -exec cp {} "fuzz/device/stage/corpus/$t/" \;
+    done
+    cp "$PKG"/*.tpk "$PKG"/*.tpkd fuzz/device/stage/ 2>/dev/null
+    mkdir -p fuzz/device/stage/packages && mv fuzz/device/stage/*.tpk* fuzz/device/stage/packages/
+    tar cJf fuzz/device/payload.tar.xz -C fuzz/device/stage bins packages corpus
+    rm -rf fuzz/device/stage
+    ls -l fuzz/device/payload.tar.xz
+    exit 0
+fi
+
 # --- fuzz, one target at a time --------------------------------------------
 export TASKPATH_FUZZ_PACKAGES=$ROOT/$PKG
 fail=0
@@ -106,13 +131,16 @@ SUMMARY=fuzz/logs/summary.txt
 for t in "${TARGETS[@]}"; do
     echo "=== fuzz $t for ${SECONDS_PER}s"
     mkdir -p "fuzz/artifacts/$t"
+    # Only c_abi needs the C ABI crate (feature `ffi`).
+    feat=(--no-default-features)
+    [[ $t == c_abi ]] && feat=()
     # Build first (not counted in the fuzzing time).
-    (cd fuzz && CARGO_TARGET_DIR=target cargo +nightly fuzz build -a "$t" >/dev/null 2>"$ROOT/fuzz/logs/$t.build.log") || {
+    (cd fuzz && CARGO_TARGET_DIR=target cargo +nightly fuzz build -a "${feat[@]}" "$t" >/dev/null 2>"$ROOT/fuzz/logs/$t.build.log") || {
         cat "fuzz/logs/$t.build.log"
         exit 1
     }
     rc=0
-    (cd fuzz && CARGO_TARGET_DIR=target nice -n "$NICE" cargo +nightly fuzz run -a "$t" "corpus/$t" -- \
+    (cd fuzz && CARGO_TARGET_DIR=target nice -n "$NICE" cargo +nightly fuzz run -a "${feat[@]}" "$t" "corpus/$t" -- \
         -max_total_time="$SECONDS_PER" -timeout="$TIMEOUT" -rss_limit_mb="$RSS_MB" \
         -malloc_limit_mb="$RSS_MB" -print_final_stats=1 \
         -artifact_prefix="$ROOT/fuzz/artifacts/$t/") >"fuzz/logs/$t.log" 2>&1 || rc=$?
