@@ -123,6 +123,13 @@ fn expert_blobs_are_the_expert_kind_blobs() {
         }
     }
     assert!(model.expert(5, 0).is_none() && model.expert(0, 3).is_none());
+    // Sessions find components through their index, not the scan.
+    for t in 0..model.task_count() {
+        let info = model.task(t).unwrap();
+        let mut arena = AlignedArena::new(info.arena_bytes);
+        let s = Session::new(&model, t, arena.as_mut_slice()).unwrap();
+        assert_eq!(s.indexed_components(), info.stage + 1, "task {}", info.name);
+    }
 }
 
 /// Variable-size slots: later stages' low-rank components are smaller than

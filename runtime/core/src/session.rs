@@ -148,62 +148,95 @@ fn carve<'s, const N: usize>(arena: &'s mut [f32], ranges: [&R; N]) -> Option<[&
     Some(out)
 }
 
-/// Entries of a session's expert index: `experts x (stage + 1)` must fit,
-/// i.e. 64 experts up to stage 7 (1 KiB in the session). Deeper chains fall
-/// back to scanning the expert tables per component.
-pub const EXPERT_INDEX: usize = 512;
+/// Most components (stages) a session's expert index covers; deeper chains
+/// fall back to scanning the expert tables per component.
+pub const EXPERT_INDEX: usize = 8;
 
-/// `(expert j, component c) -> position in the chain's expert tables`, for
+/// `(expert j, component c) -> position in the chain's expert tables` for
 /// the experts of one task's path, built at session creation so that `run`
-/// finds each component it fetches without scanning the tables.
+/// finds each component it fetches without scanning the tables. The packer
+/// writes a stage's components at evenly spaced positions (`start + j *
+/// stride`), so the index keeps one `(start, stride)` per component (32
+/// bytes: the C ABI keeps the whole session in `TP_SESSION_OVERHEAD`), and
+/// checks the rule for every path expert; a package that breaks it gets the
+/// scan instead, with identical results.
 #[derive(Clone, Copy)]
 struct ExpertIndex {
-    /// Components per expert (`stage + 1`), or 0 when the index does not
-    /// fit [`EXPERT_INDEX`] (lookups then scan).
-    stride: usize,
-    /// Position + 1 at `j * stride + c`; 0 = not on the path.
-    at: [u16; EXPERT_INDEX],
+    /// Components indexed (`stage + 1`), or 0 when lookups scan.
+    n: usize,
+    /// Per component: `(position of expert 0, stride)`.
+    at: [(u16, u16); EXPERT_INDEX],
 }
 
 impl ExpertIndex {
     fn new(model: &Model<'_>, task: &TaskInfo<'_>, path_union: u64) -> Self {
-        let stride = task.stage + 1;
-        let n = model.hparams().experts as usize;
-        let mut ix = Self {
-            stride: if n * stride <= EXPERT_INDEX {
-                stride
-            } else {
-                0
-            },
-            at: [0; EXPERT_INDEX],
+        let scan = Self {
+            n: 0,
+            at: [(0, 0); EXPERT_INDEX],
         };
-        if ix.stride == 0 {
-            return ix;
+        let n = task.stage + 1;
+        let experts = (model.hparams().experts as usize).min(64);
+        let path: mask_head::Path = mask_head::Path::new(path_union, experts);
+        if n > EXPERT_INDEX || path.count == 0 {
+            return scan;
         }
-        for j in (0..n.min(64)).filter(|j| path_union & (1 << j) != 0) {
-            for c in 0..stride {
-                // Positions are < 64 experts x 255 stages < u16::MAX.
-                if let Some(p) = model
-                    .expert_index(j, c)
-                    .and_then(|p| u16::try_from(p + 1).ok())
-                {
-                    ix.at[j * stride + c] = p;
+        let mut ix = Self { n, ..scan };
+        for c in 0..n {
+            let (j0, j1) = (path.first, path.second);
+            let Some(p0) = model.expert_index(j0, c) else {
+                return scan;
+            };
+            let stride = match j1 {
+                None => 0,
+                Some(j1) => match model.expert_index(j1, c) {
+                    Some(p1) if p1 > p0 && (p1 - p0) % (j1 - j0) == 0 => (p1 - p0) / (j1 - j0),
+                    _ => return scan,
+                },
+            };
+            let Some(start) = p0.checked_sub(j0 * stride) else {
+                return scan;
+            };
+            let (Ok(start16), Ok(stride16)) = (u16::try_from(start), u16::try_from(stride)) else {
+                return scan;
+            };
+            for j in (0..experts).filter(|j| path_union & (1 << j) != 0) {
+                if model.expert_index(j, c) != Some(start + j * stride) {
+                    return scan;
                 }
             }
+            ix.at[c] = (start16, stride16);
         }
         ix
     }
 
     fn get(&self, model: &Model<'_>, j: usize, c: usize) -> Option<ExpertRec> {
-        if self.stride == 0 {
+        if self.n == 0 {
             return model.expert(j, c);
         }
-        if c >= self.stride {
-            return None;
-        }
-        match *self.at.get(j * self.stride + c)? {
-            0 => None,
-            p => model.expert_at(usize::from(p) - 1),
+        let (start, stride) = *self.at.get(c).filter(|_| c < self.n)?;
+        let e = model.expert_at(usize::from(start) + j * usize::from(stride))?;
+        // Off the path, or past the table: the record says which it is.
+        (usize::from(e.expert) == j && usize::from(e.component) == c).then_some(e)
+    }
+}
+
+mod mask_head {
+    /// The first two experts of a path mask and how many it has.
+    pub(super) struct Path {
+        pub count: u32,
+        pub first: usize,
+        pub second: Option<usize>,
+    }
+    impl Path {
+        pub(super) fn new(mask: u64, experts: usize) -> Self {
+            let mut it = (0..experts).filter(|j| mask & (1 << j) != 0);
+            let first = it.next();
+            let second = it.next();
+            Self {
+                count: (mask & (u64::MAX >> (64 - experts.max(1)))).count_ones(),
+                first: first.unwrap_or(0),
+                second,
+            }
         }
     }
 }
@@ -317,6 +350,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// (hottest-first) order. Empty for the last input.
     pub fn prefetch_plan(&self, input: usize) -> impl Iterator<Item = BlobView<'a>> + '_ {
         prefetch_plan(self.model, &self.task, input)
+    }
+
+    /// Components per expert that the session's `(expert, component)` index
+    /// covers (`stage + 1`), or 0 when it scans the expert tables instead.
+    pub fn indexed_components(&self) -> usize {
+        self.experts.n
     }
 
     /// The task this session runs.
