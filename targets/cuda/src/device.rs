@@ -603,7 +603,7 @@ impl<'m> CudaTask<'m> {
                     i(n_out),
                     i(n_in),
                 ];
-                self.launch(name, per_warp(rows * n_out), 0, &args)
+                self.launch(name, per_thread(rows * n_out), 0, &args)
             }
             WeightFormat::I8Row => {
                 let k = fmt.padded_cols(n_in);
@@ -813,7 +813,7 @@ impl<'m> CudaTask<'m> {
                     A::F(hp.ln_eps),
                     A::F(scale),
                 ];
-                self.launch("tp_layernorm", per_warp(rows), 0, &args)?;
+                self.launch("tp_layernorm", per_thread(rows), 0, &args)?;
             }
             Op::Linear { x, y, rows, w, b } => {
                 stats.weight_bytes += w.bytes;
@@ -873,7 +873,7 @@ impl<'m> CudaTask<'m> {
                     i(usize::from(acc)),
                     A::F(scale),
                 ];
-                self.launch("tp_gate", per_warp(gate.rows), 0, &args)?;
+                self.launch("tp_gate", per_thread(gate.rows), 0, &args)?;
             }
             Op::Route {
                 logits,
@@ -1022,14 +1022,29 @@ impl<'m> CudaTask<'m> {
     ) -> Result<()> {
         let h = self.model.hparams().ffn_hidden as usize;
         let v = |t: &Tensor| base + t.off_a as u64;
-        let cat = self.cat.ptr;
-        self.launch(
-            "tp_conv_cat",
-            per_thread(3 * d),
-            0,
-            &[A::P(self.slot(u)), i(l), i(d), i(token), A::P(cat)],
-        )?;
-        self.linear(&c.conv_w, base, cat, v(&c.conv_b), 1, self.hbuf.ptr)?;
+        if c.conv_w.format == WeightFormat::F32 && c.conv_w.rank == 0 {
+            // Dense f32: the CPU skips the zero-padded taps (conv3_at), so must we.
+            let args = [
+                A::P(v(&c.conv_w)),
+                A::P(v(&c.conv_b)),
+                A::P(self.slot(u)),
+                i(l),
+                i(d),
+                i(token),
+                A::P(self.hbuf.ptr),
+                i(c.conv_w.rows),
+            ];
+            self.launch("tp_conv3_f32", per_thread(c.conv_w.rows), 0, &args)?;
+        } else {
+            let cat = self.cat.ptr;
+            self.launch(
+                "tp_conv_cat",
+                per_thread(3 * d),
+                0,
+                &[A::P(self.slot(u)), i(l), i(d), i(token), A::P(cat)],
+            )?;
+            self.linear(&c.conv_w, base, cat, v(&c.conv_b), 1, self.hbuf.ptr)?;
+        }
         self.launch(
             "tp_gelu_add",
             per_thread(d),
@@ -1038,7 +1053,7 @@ impl<'m> CudaTask<'m> {
         )?;
         self.launch(
             "tp_layernorm",
-            per_warp(1),
+            per_thread(1),
             0,
             &[
                 A::P(self.hbuf.ptr),

@@ -9,9 +9,10 @@ use crate::error::{CudaError, Result};
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel entry point in [`SOURCE`].
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; 17] = [
     "tp_linear_f32",
     "tp_linear_f16",
+    "tp_conv3_f32",
     "tp_prep_i8",
     "tp_linear_i8",
     "tp_prep_lut",

@@ -21,6 +21,8 @@
 
 mod cache;
 mod device;
+#[cfg(test)]
+mod emu;
 mod error;
 pub mod geometry;
 pub mod kernels;

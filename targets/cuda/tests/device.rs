@@ -116,6 +116,14 @@ fn residency_modes_and_a_tiny_cache_give_identical_outputs() {
         residency: Residency::Mapped,
         ..Default::default()
     });
+    let info = model.task(0).unwrap();
+    let mut arena = AlignedArena::new(info.arena_bytes);
+    if let Err(e) = mapped.init(&model, 0, arena.as_mut_slice()) {
+        // Some sandboxes refuse to pin host pages; say so rather than fail.
+        eprintln!("skipping the mapped-memory comparison: {e}");
+        assert!(matches!(e, taskpath_cuda::CudaError::Unavailable(_)), "{e}");
+        return;
+    }
     let (_, outs) = compare(&mapped, &model, &ck.config, 4);
     assert_eq!(outs, base, "mapped package memory changed the outputs");
 }
