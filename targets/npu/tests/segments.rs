@@ -6,7 +6,8 @@ use common::*;
 use taskpath_cpu::quant::WeightFormat;
 use taskpath_npu::export::quantize_rows;
 use taskpath_npu::{
-    export_task, manifest, rel_error, CpuOnly, Executor, Plan, Precision, SegmentKind, Source, Step,
+    export_task, manifest, rel_error, CpuOnly, Delegate, Executor, Plan, Precision, Segment,
+    SegmentKind, Source, Step,
 };
 use taskpath_pack::{pack, pack_delta, PackOptions};
 use taskpath_runtime::{AlignedArena, Model};
@@ -217,6 +218,44 @@ fn executor_refuses_bad_inputs_with_a_message() {
     let e = ex.run(&[&x, &x, &x], &mut out3).unwrap_err().to_string();
     assert!(e.contains("2 outputs"), "{e}");
     assert!(ex.run(&[&x, &x, &x], &mut out).is_ok());
+}
+
+/// A delegate whose hardware is missing.
+struct NoDriver;
+
+impl Delegate for NoDriver {
+    type Handle = ();
+    fn name(&self) -> &str {
+        "npu"
+    }
+    fn is_available(&self) -> Result<(), String> {
+        Err("no NPU driver on this machine".into())
+    }
+    fn compile(&mut self, _: &Segment, _: &[u8]) -> taskpath_npu::Result<Option<()>> {
+        panic!("an unavailable delegate is never asked to compile")
+    }
+    fn execute(&mut self, _: &mut (), _: &[&[f32]], _: &mut [&mut [f32]]) -> taskpath_npu::Result<()> {
+        panic!("an unavailable delegate is never asked to execute")
+    }
+}
+
+#[test]
+fn an_unavailable_delegate_gets_nothing_and_its_reason_is_kept() {
+    let ck = checkpoint();
+    let pkg = package(&ck, None, false);
+    let model = Model::from_bytes(pkg.as_slice()).unwrap();
+    let t = model.task_index("DIAB").unwrap();
+    let mut ex = Executor::new(&model, t, NoDriver, |_| Ok(Some(vec![1, 2, 3]))).unwrap();
+    assert_eq!(ex.unavailable_reason(), Some("no NPU driver on this machine"));
+    assert!(ex.delegated_segments().is_empty());
+    let ds = test_set("DIAB");
+    let want = session_outputs(&model, t, &ds);
+    let x = &ds.samples[0];
+    let refs: Vec<&[f32]> = x.inputs.iter().map(Vec::as_slice).collect();
+    let mut out = vec![0f32; 2];
+    let st = ex.run(&refs, &mut out).unwrap();
+    assert_eq!(st.delegated, 0);
+    assert_eq!(out, want[0]);
 }
 
 #[test]
