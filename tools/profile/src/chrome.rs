@@ -197,8 +197,12 @@ impl Tracer for Recorder {
         self.op = Some((index, op, self.now_ns(), 0));
     }
     fn op_end(&mut self, _index: u32, _op: Opcode) {
+        // The last expert ends, then the op: two readings, so the child ends
+        // before its parent (equal ends are legal, but some importers, like
+        // speedscope's, then close them in the wrong order).
+        let t = self.now_ns();
+        self.close_expert(t);
         let end = self.now_ns();
-        self.close_expert(end);
         if let Some((index, op, start, bytes)) = self.op.take() {
             self.push(start, end, SpanKind::Op { index, op, bytes });
         }
@@ -209,8 +213,12 @@ impl Tracer for Recorder {
         }
     }
     fn expert_fetch(&mut self, blob: u32) {
+        // Two readings: the previous component ends before this one starts.
+        // Touching siblings are legal, but importers that add `ts + dur` in
+        // floating point (speedscope) can see the end after the next start.
+        let end = self.now_ns();
+        self.close_expert(end);
         let now = self.now_ns();
-        self.close_expert(now);
         let hit = self
             .pending_hit
             .take()

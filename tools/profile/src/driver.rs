@@ -229,16 +229,32 @@ pub fn profile_task(
     })
 }
 
-/// Mean time per inference of each opcode on `lane`, ns, over the traced runs.
-pub fn op_breakdown(rec: &Recorder, lane: u32, traced: usize) -> BTreeMap<String, f64> {
-    let mut m: BTreeMap<String, f64> = BTreeMap::new();
+/// Median over the traced inferences on `lane` of each opcode's time per
+/// inference, ns (the median keeps a descheduled run from dominating).
+pub fn op_breakdown(rec: &Recorder, lane: u32, _traced: usize) -> BTreeMap<String, f64> {
+    // Per inference (by its start), per opcode, the summed op time.
+    let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut inferences: Vec<(u64, u64)> = rec
+        .spans
+        .iter()
+        .filter(|s| s.lane == lane && matches!(s.kind, SpanKind::Inference { .. }))
+        .map(|s| (s.start_ns, s.end_ns))
+        .collect();
+    inferences.sort_unstable();
+    let n = inferences.len();
     for s in rec.spans.iter().filter(|s| s.lane == lane) {
         if let SpanKind::Op { op, .. } = &s.kind {
-            *m.entry(format!("{op:?}")).or_default() += (s.end_ns - s.start_ns) as f64;
+            let i = inferences.partition_point(|x| x.0 <= s.start_ns);
+            if i == 0 {
+                continue;
+            }
+            let v = per.entry(format!("{op:?}")).or_insert_with(|| vec![0.0; n]);
+            v[i - 1] += (s.end_ns - s.start_ns) as f64;
         }
     }
-    m.values_mut().for_each(|v| *v /= traced.max(1) as f64);
-    m
+    per.into_iter()
+        .map(|(k, v)| (k, crate::stats::median(&v)))
+        .collect()
 }
 
 /// Expert activation counts: `(lane, modality) -> (count per expert, routes)`.
