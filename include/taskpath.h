@@ -68,6 +68,15 @@
 #define TP_SESSION_NO_VERIFY 1
 
 /*
+ Bytes of session memory that a session with an expert budget
+ (`tp_session_create_budgeted`) uses for its expert cache's bookkeeping,
+ after the `TP_SESSION_OVERHEAD` bytes and before the task's arena
+ (`tp_session_arena_size_budgeted` includes it). The cached expert bytes
+ themselves live in the separate budget memory.
+ */
+#define TP_CACHE_OVERHEAD 12288
+
+/*
  The status every `tp_*` function returns: `TP_OK` (0) or an error code.
 
  Codes are grouped by range as in ExecuTorch's `Error`: `0x0_` system,
@@ -339,6 +348,100 @@ typedef struct tp_session_config {
 } tp_session_config;
 
 /*
+ Counters of a budgeted session's expert cache. Set `struct_size =
+ sizeof(tp_cache_stats)` before `tp_session_cache_stats`.
+ */
+typedef struct tp_cache_stats {
+  /*
+   In: `sizeof(tp_cache_stats)`. Out: unchanged.
+   */
+  uint32_t struct_size;
+  /*
+   Reserved; 0.
+   */
+  uint32_t reserved;
+  /*
+   Bytes of budget memory the session was given.
+   */
+  uint64_t budget_bytes;
+  /*
+   Expert fetches served from the cache.
+   */
+  uint64_t hits;
+  /*
+   Expert fetches that copied the blob in from the package.
+   */
+  uint64_t misses;
+  /*
+   Blobs dropped to make room for others.
+   */
+  uint64_t evictions;
+  /*
+   Bytes copied from the package into the budget.
+   */
+  uint64_t bytes_copied;
+  /*
+   Most bytes of expert blobs held at once (never above `budget_bytes`).
+   */
+  uint64_t peak_resident_bytes;
+  /*
+   Times the cache slid its blobs together to make one gap.
+   */
+  uint64_t compactions;
+} tp_cache_stats;
+
+/*
+ Callbacks receiving a session's events (the runtime's `Tracer`), with a
+ user pointer passed back to each. Any callback may be NULL (that event is
+ not reported). Zero-initialise, set `struct_size`, fill what you need.
+
+ Callbacks run on the thread calling `tp_session_run`, inside it; they
+ must not call `tp_*` functions on the same session and must return
+ (no `longjmp` out of them).
+ */
+typedef struct tp_tracer {
+  /*
+   `sizeof(tp_tracer)`; any other value gives `TP_ERR_STRUCT_SIZE`.
+   */
+  uint32_t struct_size;
+  /*
+   Reserved; 0.
+   */
+  uint32_t reserved;
+  /*
+   Passed as the first argument of every callback.
+   */
+  void *user;
+  /*
+   Op `index` of the task's program (opcode `opcode`, see
+   docs/FORMAT.md) is about to run.
+   */
+  void (*op_begin)(void *user, uint32_t index, uint32_t opcode);
+  /*
+   Op `index` finished.
+   */
+  void (*op_end)(void *user, uint32_t index, uint32_t opcode);
+  /*
+   `bytes` of weights were read from blob `blob`.
+   */
+  void (*blob_read)(void *user, uint32_t blob, size_t bytes);
+  /*
+   An expert component's blob is fetched for evaluation.
+   */
+  void (*expert_fetch)(void *user, uint32_t blob);
+  /*
+   The router of `modality` picked `n` experts (`experts[i]`, with gate
+   `gates[i]`); both arrays are valid during the call only.
+   */
+  void (*route)(void *user, uint32_t modality, const uint32_t *experts, const float *gates, size_t n);
+  /*
+   A budgeted session is about to fetch expert blob `blob`; `hit` is 1
+   when the cache holds it, else 0.
+   */
+  void (*cache_access)(void *user, uint32_t blob, uint32_t hit);
+} tp_tracer;
+
+/*
  Counters of a session's runs. Set `struct_size = sizeof(tp_run_stats)`
  before `tp_session_stats`.
  */
@@ -533,6 +636,81 @@ tp_status tp_session_create(const struct tp_model *model,
                             size_t len,
                             const struct tp_session_config *config,
                             struct tp_session **out);
+
+/*
+ [`tp_session_create`] with an expert budget: the task's expert blobs are
+ copied on demand into `budget` (`budget_len` bytes, 16-byte aligned, e.g.
+ fast on-chip RAM) and kept there, least recently used evicted first,
+ instead of being read in place from the package (external flash). Outputs
+ are bit-identical to the unbudgeted session's.
+
+ - `arena`, `len`: as for `tp_session_create`, but at least
+   `tp_session_arena_size_budgeted` bytes (the cache's bookkeeping,
+   `TP_CACHE_OVERHEAD` bytes, lives there too).
+ - `budget`, `budget_len`: the budget memory (`TP_ERR_NULL_ARGUMENT` if
+   NULL, `TP_ERR_ARENA_MISALIGNED` if not 16-byte aligned), at least
+   `tp_model_min_expert_budget` bytes and enough for each of the task's
+   expert blobs (`TP_ERR_BUDGET_TOO_SMALL`, reported here, never in
+   `tp_session_run`). Used by the session until `tp_session_destroy`.
+
+ Allocates nothing. `tp_session_cache_stats` reads the cache's counters.
+
+ # Safety
+ As `tp_session_create`; `budget` is NULL or `budget_len` writable bytes
+ disjoint from `arena`.
+ */
+tp_status tp_session_create_budgeted(const struct tp_model *model,
+                                     uint32_t task,
+                                     void *arena,
+                                     size_t len,
+                                     const struct tp_session_config *config,
+                                     void *budget,
+                                     size_t budget_len,
+                                     struct tp_session **out);
+
+/*
+ Bytes of session memory task `task` needs with an expert budget, into
+ `*size`: `tp_session_arena_size` plus `TP_CACHE_OVERHEAD`.
+
+ # Safety
+ `model` is NULL or a live model handle; `size` is NULL or writable.
+ */
+tp_status tp_session_arena_size_budgeted(const struct tp_model *model, uint32_t task, size_t *size);
+
+/*
+ The smallest expert budget for `model` into `*size`: its largest expert
+ blob, rounded up to 64 bytes. Budgets are usually chosen as a share of
+ the model's expert bytes (`taskpath residency` measures hit rates).
+
+ # Safety
+ `model` is NULL or a live model handle; `size` is NULL or writable.
+ */
+tp_status tp_model_min_expert_budget(const struct tp_model *model, size_t *size);
+
+/*
+ Copies a budgeted session's cache counters into `*stats`. The caller
+ sets `stats->struct_size = sizeof(tp_cache_stats)` first. A session made
+ by `tp_session_create` (no budget) gives `TP_ERR_INVALID_ARGUMENT`.
+
+ # Safety
+ `session` is NULL or a live session handle used by no other thread now;
+ `stats` is NULL or a writable `tp_cache_stats` with `struct_size` set.
+ */
+tp_status tp_session_cache_stats(struct tp_session *session, struct tp_cache_stats *stats);
+
+/*
+ Installs `tracer`'s callbacks for the session's later runs, replacing any
+ installed before; `tracer == NULL` removes them. The struct is *not*
+ copied: it (and what `user` points to) must stay valid until it is
+ replaced, removed or the session destroyed. Sessions without a tracer run
+ the untraced code (no callback checks at all).
+
+ # Safety
+ `session` is NULL or a live session handle used by no other thread now;
+ `tracer` is NULL or a `tp_tracer` whose non-NULL callbacks are valid
+ functions, kept alive as above.
+ */
+tp_status tp_trace_attach(struct tp_session *session, const struct tp_tracer *tracer);
 
 /*
  Bytes of session memory task `task` needs, into `*size`:

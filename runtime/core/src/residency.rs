@@ -45,6 +45,11 @@ pub trait BlobSource {
     fn holds(&self, _blob: u32) -> Option<bool> {
         None
     }
+    /// The counters of a caching source (e.g. a [`ResidencyCache`]); `None`
+    /// for sources that keep none.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
 }
 
 /// Told which blobs a session will likely fetch next, so that a reader can
@@ -306,6 +311,9 @@ impl BlobSource for ResidencyCache<'_> {
     }
     fn holds(&self, blob: u32) -> Option<bool> {
         Some(self.resident().any(|b| b == blob))
+    }
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(self.stats)
     }
     fn fetch(&mut self, model: &Model<'_>, blob: u32) -> Result<&[u8]> {
         let i = self.load(model, blob)?;

@@ -352,6 +352,11 @@ impl<'m, 'a> Session<'m, 'a> {
         prefetch_plan(self.model, &self.task, input)
     }
 
+    /// The blob source given with [`Session::with_blob_source`], if any.
+    pub fn blob_source(&self) -> Option<&dyn BlobSource> {
+        self.source.as_deref()
+    }
+
     /// Components per expert that the session's `(expert, component)` index
     /// covers (`stage + 1`), or 0 when it scans the expert tables instead.
     pub fn indexed_components(&self) -> usize {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use taskpath_runtime::{Session, SessionOptions};
+use taskpath_runtime::{CacheStats, ResidencyCache, Session, SessionOptions, Tracer};
 
 use crate::model::{model_ref, out_handle, tp_model};
 use crate::status::{guard, tp_status, Fail, Res};
@@ -22,6 +22,138 @@ pub const TP_SESSION_OVERHEAD: usize = 1024;
 pub const TP_SESSION_NO_VERIFY: u32 = 1;
 
 const SESSION_FLAGS: u32 = TP_SESSION_NO_VERIFY;
+
+/// Bytes of session memory that a session with an expert budget
+/// (`tp_session_create_budgeted`) uses for its expert cache's bookkeeping,
+/// after the `TP_SESSION_OVERHEAD` bytes and before the task's arena
+/// (`tp_session_arena_size_budgeted` includes it). The cached expert bytes
+/// themselves live in the separate budget memory.
+pub const TP_CACHE_OVERHEAD: usize = 12288;
+
+const _: () = {
+    assert!(
+        core::mem::size_of::<ResidencyCache<'static>>() <= TP_CACHE_OVERHEAD,
+        "ResidencyCache outgrew TP_CACHE_OVERHEAD"
+    );
+    assert!(core::mem::align_of::<ResidencyCache<'static>>() <= TP_ARENA_ALIGN);
+    assert!(TP_CACHE_OVERHEAD % TP_ARENA_ALIGN == 0);
+};
+
+/// Counters of a budgeted session's expert cache. Set `struct_size =
+/// sizeof(tp_cache_stats)` before `tp_session_cache_stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct tp_cache_stats {
+    /// In: `sizeof(tp_cache_stats)`. Out: unchanged.
+    pub struct_size: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Bytes of budget memory the session was given.
+    pub budget_bytes: u64,
+    /// Expert fetches served from the cache.
+    pub hits: u64,
+    /// Expert fetches that copied the blob in from the package.
+    pub misses: u64,
+    /// Blobs dropped to make room for others.
+    pub evictions: u64,
+    /// Bytes copied from the package into the budget.
+    pub bytes_copied: u64,
+    /// Most bytes of expert blobs held at once (never above `budget_bytes`).
+    pub peak_resident_bytes: u64,
+    /// Times the cache slid its blobs together to make one gap.
+    pub compactions: u64,
+}
+
+/// Callbacks receiving a session's events (the runtime's `Tracer`), with a
+/// user pointer passed back to each. Any callback may be NULL (that event is
+/// not reported). Zero-initialise, set `struct_size`, fill what you need.
+///
+/// Callbacks run on the thread calling `tp_session_run`, inside it; they
+/// must not call `tp_*` functions on the same session and must return
+/// (no `longjmp` out of them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct tp_tracer {
+    /// `sizeof(tp_tracer)`; any other value gives `TP_ERR_STRUCT_SIZE`.
+    pub struct_size: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Passed as the first argument of every callback.
+    pub user: *mut core::ffi::c_void,
+    /// Op `index` of the task's program (opcode `opcode`, see
+    /// docs/FORMAT.md) is about to run.
+    pub op_begin:
+        Option<unsafe extern "C" fn(user: *mut core::ffi::c_void, index: u32, opcode: u32)>,
+    /// Op `index` finished.
+    pub op_end: Option<unsafe extern "C" fn(user: *mut core::ffi::c_void, index: u32, opcode: u32)>,
+    /// `bytes` of weights were read from blob `blob`.
+    pub blob_read:
+        Option<unsafe extern "C" fn(user: *mut core::ffi::c_void, blob: u32, bytes: usize)>,
+    /// An expert component's blob is fetched for evaluation.
+    pub expert_fetch: Option<unsafe extern "C" fn(user: *mut core::ffi::c_void, blob: u32)>,
+    /// The router of `modality` picked `n` experts (`experts[i]`, with gate
+    /// `gates[i]`); both arrays are valid during the call only.
+    pub route: Option<
+        unsafe extern "C" fn(
+            user: *mut core::ffi::c_void,
+            modality: u32,
+            experts: *const u32,
+            gates: *const f32,
+            n: usize,
+        ),
+    >,
+    /// A budgeted session is about to fetch expert blob `blob`; `hit` is 1
+    /// when the cache holds it, else 0.
+    pub cache_access:
+        Option<unsafe extern "C" fn(user: *mut core::ffi::c_void, blob: u32, hit: u32)>,
+}
+
+/// The runtime's `Tracer` over a caller's `tp_tracer`.
+struct CTracer<'t>(&'t tp_tracer);
+
+impl Tracer for CTracer<'_> {
+    fn op_begin(&mut self, index: u32, op: taskpath_runtime::format::Opcode) {
+        if let Some(f) = self.0.op_begin {
+            // SAFETY: a callback the caller installed with tp_trace_attach,
+            // called with the user pointer it gave, as documented.
+            unsafe { f(self.0.user, index, op as u32) }
+        }
+    }
+    fn op_end(&mut self, index: u32, op: taskpath_runtime::format::Opcode) {
+        if let Some(f) = self.0.op_end {
+            // SAFETY: as in op_begin.
+            unsafe { f(self.0.user, index, op as u32) }
+        }
+    }
+    fn blob_read(&mut self, blob: u32, bytes: usize) {
+        if let Some(f) = self.0.blob_read {
+            // SAFETY: as in op_begin.
+            unsafe { f(self.0.user, blob, bytes) }
+        }
+    }
+    fn expert_fetch(&mut self, blob: u32) {
+        if let Some(f) = self.0.expert_fetch {
+            // SAFETY: as in op_begin.
+            unsafe { f(self.0.user, blob) }
+        }
+    }
+    fn route(&mut self, modality: u32, experts: &[u32], gates: &[f32]) {
+        if let Some(f) = self.0.route {
+            let n = experts.len().min(gates.len());
+            // SAFETY: as in op_begin; both arrays hold n values and outlive the call.
+            unsafe { f(self.0.user, modality, experts.as_ptr(), gates.as_ptr(), n) }
+        }
+    }
+    fn wants_costly_events(&self) -> bool {
+        self.0.cache_access.is_some()
+    }
+    fn cache_access(&mut self, blob: u32, hit: bool) {
+        if let Some(f) = self.0.cache_access {
+            // SAFETY: as in op_begin.
+            unsafe { f(self.0.user, blob, u32::from(hit)) }
+        }
+    }
+}
 
 /// Options for `tp_session_create`. Pass NULL for the defaults, or
 /// zero-initialise and set `struct_size`.
@@ -73,6 +205,8 @@ pub struct tp_session {
     /// arena after this header.
     session: Session<'static, 'static>,
     stats: tp_run_stats,
+    /// Installed by tp_trace_attach (NULL: none); the caller keeps it alive.
+    tracer: *const tp_tracer,
 }
 
 impl core::fmt::Debug for tp_session {
@@ -134,12 +268,16 @@ unsafe fn session_mut<'s>(p: *mut tp_session, arg: &str) -> Res<&'s mut tp_sessi
     Ok(unsafe { &mut *p })
 }
 
+/// The expert budget of a budgeted session: memory and length.
+type Budget = Option<(*mut core::ffi::c_void, usize)>;
+
 fn create(
     model: *const tp_model,
     task: u32,
     arena: *mut core::ffi::c_void,
     len: usize,
     config: *const tp_session_config,
+    budget: Budget,
     out: *mut *mut tp_session,
 ) -> Res {
     // SAFETY: checked non-null; the caller guarantees it is writable.
@@ -171,16 +309,26 @@ fn create(
             ),
         ));
     }
-    let need = session_bytes(info.arena_bytes);
+    let cache_bytes = if budget.is_some() {
+        TP_CACHE_OVERHEAD
+    } else {
+        0
+    };
+    let need = session_bytes(info.arena_bytes).saturating_add(cache_bytes);
     if len < need {
         return Err(Fail::new(
             tp_status::TP_ERR_ARENA_TOO_SMALL,
             format!(
                 "arena too small: task {:?} needs {need} bytes \
-                 (TP_SESSION_OVERHEAD {TP_SESSION_OVERHEAD} + planned arena {}), got {len}",
+                 (TP_SESSION_OVERHEAD {TP_SESSION_OVERHEAD} + cache {cache_bytes} + planned arena {}), got {len}",
                 info.name, info.arena_bytes
             ),
         ));
+    }
+    if let Some((b, _)) = budget {
+        if b.is_null() {
+            return Err(Fail::null("budget"));
+        }
     }
     let header = arena.cast::<tp_session>();
     // SAFETY: the caller gives `len >= need` writable bytes at `arena`, kept
@@ -189,8 +337,8 @@ fn create(
     // at run time (the handle's tag and the model's session count).
     let work: &'static mut [u8] = unsafe {
         std::slice::from_raw_parts_mut(
-            arena.cast::<u8>().add(TP_SESSION_OVERHEAD),
-            len - TP_SESSION_OVERHEAD,
+            arena.cast::<u8>().add(TP_SESSION_OVERHEAD + cache_bytes),
+            len - TP_SESSION_OVERHEAD - cache_bytes,
         )
     };
     // Defaults for every option the C ABI does not expose (set field by
@@ -201,8 +349,33 @@ fn create(
         o.verify_path = flags & TP_SESSION_NO_VERIFY == 0;
         o
     };
-    let session = Session::with_options(m.model(), task as usize, work, opts)
+    let mut session = Session::with_options(m.model(), task as usize, work, opts)
         .map_err(|e| Fail::runtime(e, format!("creating a session for task {:?}", info.name)))?;
+    if let Some((b, blen)) = budget {
+        // SAFETY: by contract `budget` is `blen` writable bytes kept for this
+        // session alone until tp_session_destroy, disjoint from `arena`.
+        let mem: &'static mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(b.cast::<u8>(), blen) };
+        let cache = ResidencyCache::new(m.model(), mem)
+            .map_err(|e| Fail::runtime(e, "creating the expert cache in `budget`"))?;
+        let at = arena
+            .cast::<u8>()
+            .wrapping_add(TP_SESSION_OVERHEAD)
+            .cast::<ResidencyCache<'static>>();
+        // SAFETY: the TP_CACHE_OVERHEAD bytes after the session header are
+        // in the caller's memory (len >= need), aligned (TP_SESSION_OVERHEAD
+        // is a multiple of TP_ARENA_ALIGN >= its alignment), large enough
+        // (asserted at compile time) and disjoint from the header and `work`;
+        // they stay put until tp_session_destroy, which drops the session
+        // that borrows the cache (the cache itself needs no drop).
+        let cache: &'static mut ResidencyCache<'static> = unsafe {
+            at.write(cache);
+            &mut *at
+        };
+        session = session
+            .with_blob_source(cache)
+            .map_err(|e| Fail::runtime(e, format!("budget for task {:?}", info.name)))?;
+    }
     m.session_opened();
     // SAFETY: `header` is TP_ARENA_ALIGN-aligned (>= align_of tp_session)
     // and the first TP_SESSION_OVERHEAD >= size_of tp_session bytes of the
@@ -216,6 +389,7 @@ fn create(
                 struct_size: core::mem::size_of::<tp_run_stats>() as u32,
                 ..Default::default()
             },
+            tracer: core::ptr::null(),
         })
     };
     *out = header;
@@ -252,7 +426,167 @@ pub unsafe extern "C" fn tp_session_create(
     out: *mut *mut tp_session,
 ) -> tp_status {
     guard("tp_session_create", || {
-        create(model, task, arena, len, config, out)
+        create(model, task, arena, len, config, None, out)
+    })
+}
+
+/// [`tp_session_create`] with an expert budget: the task's expert blobs are
+/// copied on demand into `budget` (`budget_len` bytes, 16-byte aligned, e.g.
+/// fast on-chip RAM) and kept there, least recently used evicted first,
+/// instead of being read in place from the package (external flash). Outputs
+/// are bit-identical to the unbudgeted session's.
+///
+/// - `arena`, `len`: as for `tp_session_create`, but at least
+///   `tp_session_arena_size_budgeted` bytes (the cache's bookkeeping,
+///   `TP_CACHE_OVERHEAD` bytes, lives there too).
+/// - `budget`, `budget_len`: the budget memory (`TP_ERR_NULL_ARGUMENT` if
+///   NULL, `TP_ERR_ARENA_MISALIGNED` if not 16-byte aligned), at least
+///   `tp_model_min_expert_budget` bytes and enough for each of the task's
+///   expert blobs (`TP_ERR_BUDGET_TOO_SMALL`, reported here, never in
+///   `tp_session_run`). Used by the session until `tp_session_destroy`.
+///
+/// Allocates nothing. `tp_session_cache_stats` reads the cache's counters.
+///
+/// # Safety
+/// As `tp_session_create`; `budget` is NULL or `budget_len` writable bytes
+/// disjoint from `arena`.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_create_budgeted(
+    model: *const tp_model,
+    task: u32,
+    arena: *mut core::ffi::c_void,
+    len: usize,
+    config: *const tp_session_config,
+    budget: *mut core::ffi::c_void,
+    budget_len: usize,
+    out: *mut *mut tp_session,
+) -> tp_status {
+    guard("tp_session_create_budgeted", || {
+        create(
+            model,
+            task,
+            arena,
+            len,
+            config,
+            Some((budget, budget_len)),
+            out,
+        )
+    })
+}
+
+/// Bytes of session memory task `task` needs with an expert budget, into
+/// `*size`: `tp_session_arena_size` plus `TP_CACHE_OVERHEAD`.
+///
+/// # Safety
+/// `model` is NULL or a live model handle; `size` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_arena_size_budgeted(
+    model: *const tp_model,
+    task: u32,
+    size: *mut usize,
+) -> tp_status {
+    guard("tp_session_arena_size_budgeted", || {
+        // SAFETY: NULL or a live model handle, by contract.
+        let m = unsafe { model_ref(model, "model")? };
+        if size.is_null() {
+            return Err(Fail::null("size"));
+        }
+        let info = m
+            .model()
+            .task(task as usize)
+            .map_err(|_| m.unknown_task(task))?;
+        let need = session_bytes(info.arena_bytes).saturating_add(TP_CACHE_OVERHEAD);
+        // SAFETY: non-null and writable by contract.
+        unsafe { write_out(size, need) };
+        Ok(())
+    })
+}
+
+/// The smallest expert budget for `model` into `*size`: its largest expert
+/// blob, rounded up to 64 bytes. Budgets are usually chosen as a share of
+/// the model's expert bytes (`taskpath residency` measures hit rates).
+///
+/// # Safety
+/// `model` is NULL or a live model handle; `size` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tp_model_min_expert_budget(
+    model: *const tp_model,
+    size: *mut usize,
+) -> tp_status {
+    guard("tp_model_min_expert_budget", || {
+        // SAFETY: NULL or a live model handle, by contract.
+        let m = unsafe { model_ref(model, "model")? };
+        if size.is_null() {
+            return Err(Fail::null("size"));
+        }
+        // SAFETY: non-null and writable by contract.
+        unsafe { write_out(size, ResidencyCache::min_budget(m.model())) };
+        Ok(())
+    })
+}
+
+/// Copies a budgeted session's cache counters into `*stats`. The caller
+/// sets `stats->struct_size = sizeof(tp_cache_stats)` first. A session made
+/// by `tp_session_create` (no budget) gives `TP_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `stats` is NULL or a writable `tp_cache_stats` with `struct_size` set.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_cache_stats(
+    session: *mut tp_session,
+    stats: *mut tp_cache_stats,
+) -> tp_status {
+    guard("tp_session_cache_stats", || {
+        // SAFETY: NULL or a live session handle, by contract.
+        let s = unsafe { session_mut(session, "session")? };
+        // SAFETY: NULL or a writable tp_cache_stats with struct_size set.
+        unsafe { check_out_struct(stats, "stats", "tp_cache_stats")? };
+        let src = s.session.blob_source().ok_or_else(|| {
+            Fail::invalid("the session has no expert budget (use tp_session_create_budgeted)")
+        })?;
+        let st: CacheStats = src
+            .cache_stats()
+            .ok_or_else(|| Fail::invalid("the session's blob source keeps no cache counters"))?;
+        let v = tp_cache_stats {
+            struct_size: core::mem::size_of::<tp_cache_stats>() as u32,
+            reserved: 0,
+            budget_bytes: src.capacity() as u64,
+            hits: st.hits,
+            misses: st.misses,
+            evictions: st.evictions,
+            bytes_copied: st.bytes_copied,
+            peak_resident_bytes: st.peak_resident_bytes,
+            compactions: st.compactions,
+        };
+        // SAFETY: checked non-null, aligned and of our size.
+        unsafe { write_out(stats, v) };
+        Ok(())
+    })
+}
+
+/// Installs `tracer`'s callbacks for the session's later runs, replacing any
+/// installed before; `tracer == NULL` removes them. The struct is *not*
+/// copied: it (and what `user` points to) must stay valid until it is
+/// replaced, removed or the session destroyed. Sessions without a tracer run
+/// the untraced code (no callback checks at all).
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `tracer` is NULL or a `tp_tracer` whose non-NULL callbacks are valid
+/// functions, kept alive as above.
+#[no_mangle]
+pub unsafe extern "C" fn tp_trace_attach(
+    session: *mut tp_session,
+    tracer: *const tp_tracer,
+) -> tp_status {
+    guard("tp_trace_attach", || {
+        // SAFETY: NULL or a live session handle, by contract.
+        let s = unsafe { session_mut(session, "session")? };
+        // SAFETY: NULL or a tp_tracer, by contract (checked, then retained).
+        unsafe { read_versioned(tracer, "tp_tracer")? };
+        s.tracer = tracer;
+        Ok(())
     })
 }
 
@@ -350,10 +684,14 @@ fn run(
     // disjoint from the session memory and the inputs.
     let out = unsafe { std::slice::from_raw_parts_mut(outputs, n_outputs) };
     let started = Instant::now();
-    let st = s
-        .session
-        .run(&xs[..expected], out)
-        .map_err(|e| Fail::runtime(e, format!("running task {:?}", task.name)))?;
+    let st = if s.tracer.is_null() {
+        s.session.run(&xs[..expected], out)
+    } else {
+        // SAFETY: installed by tp_trace_attach, kept alive by the caller.
+        let mut t = CTracer(unsafe { &*s.tracer });
+        s.session.run_traced(&xs[..expected], out, &mut t)
+    }
+    .map_err(|e| Fail::runtime(e, format!("running task {:?}", task.name)))?;
     let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let acc = &mut s.stats;
     acc.ops = st.ops;
