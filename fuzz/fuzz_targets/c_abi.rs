@@ -35,7 +35,10 @@ fn ok(s: tp_status, what: &str) -> bool {
     // SAFETY: tp_last_error never returns NULL and its string is valid until
     // this thread's next tp_* call.
     let msg = unsafe { CStr::from_ptr(tp_last_error()) };
-    assert!(!msg.to_bytes().is_empty(), "{what} failed with {s:?} but left no message");
+    assert!(
+        !msg.to_bytes().is_empty(),
+        "{what} failed with {s:?} but left no message"
+    );
     // SAFETY: a static NUL-terminated string, never NULL.
     let name = unsafe { CStr::from_ptr(tp_status_name(s as u32)) };
     assert!(name.to_bytes().starts_with(b"TP_"));
@@ -45,7 +48,10 @@ fn ok(s: tp_status, what: &str) -> bool {
 fn exercise_model(model: *mut tp_model, knobs: &[u8; 4]) {
     let mut count = 0u32;
     // SAFETY: `model` is a live handle; `count` is writable.
-    if !ok(unsafe { tp_model_task_count(model, &mut count) }, "task_count") {
+    if !ok(
+        unsafe { tp_model_task_count(model, &mut count) },
+        "task_count",
+    ) {
         return;
     }
     // One index past the end too: TP_ERR_UNKNOWN_TASK, not a panic.
@@ -54,22 +60,35 @@ fn exercise_model(model: *mut tp_model, knobs: &[u8; 4]) {
         let mut info: tp_task_info = unsafe { std::mem::zeroed() };
         info.struct_size = std::mem::size_of::<tp_task_info>() as u32;
         // SAFETY: live handle, writable info with struct_size set.
-        if !ok(unsafe { tp_model_task_info(model, t, &mut info) }, "task_info") {
+        if !ok(
+            unsafe { tp_model_task_info(model, t, &mut info) },
+            "task_info",
+        ) {
             continue;
         }
         let mut found = u32::MAX;
         // SAFETY: info.name is the model's NUL-terminated string; `found` writable.
-        let _ = ok(unsafe { tp_model_find_task(model, info.name, &mut found) }, "find_task");
+        let _ = ok(
+            unsafe { tp_model_find_task(model, info.name, &mut found) },
+            "find_task",
+        );
         let mut need = 0usize;
         // SAFETY: live handle, writable size.
-        if !ok(unsafe { tp_session_arena_size(model, t, &mut need) }, "arena_size") {
+        if !ok(
+            unsafe { tp_session_arena_size(model, t, &mut need) },
+            "arena_size",
+        ) {
             continue;
         }
         if need > MAX_ARENA + TP_SESSION_OVERHEAD {
             continue;
         }
         // Too small by a fuzzed amount, or misaligned by 4, now and then.
-        let short = if knobs[0] & 1 != 0 { usize::from(knobs[0] >> 1) } else { 0 };
+        let short = if knobs[0] & 1 != 0 {
+            usize::from(knobs[0] >> 1)
+        } else {
+            0
+        };
         let skew = if knobs[0] == 0xFF { 4 } else { 0 };
         let mut arena = AlignedArena::new(need + 64);
         let len = need.saturating_sub(short);
@@ -81,21 +100,38 @@ fn exercise_model(model: *mut tp_model, knobs: &[u8; 4]) {
         };
         let mut s: *mut tp_session = ptr::null_mut();
         // SAFETY: `len` writable bytes at `mem`, kept until destroy below.
-        if !ok(unsafe { tp_session_create(model, t, mem, len, &cfg, &mut s) }, "session_create") {
+        if !ok(
+            unsafe { tp_session_create(model, t, mem, len, &cfg, &mut s) },
+            "session_create",
+        ) {
             assert!(s.is_null(), "failed create must leave the handle NULL");
             continue;
         }
         let n = info.modality_count as usize;
         let xs: Vec<Vec<f32>> = (0..TP_MAX_MODALITIES)
             .map(|i| {
-                let k = if i < n { (info.tokens[i] * info.features[i]) as usize } else { 0 };
-                (0..k).map(|j| ((j * 7 + i) % 13) as f32 / 6.5 - 1.0).collect()
+                let k = if i < n {
+                    (info.tokens[i] * info.features[i]) as usize
+                } else {
+                    0
+                };
+                (0..k)
+                    .map(|j| ((j * 7 + i) % 13) as f32 / 6.5 - 1.0)
+                    .collect()
             })
             .collect();
         // Every entry points at floats, so a wrong count stays inside the contract.
         let ptrs: Vec<*const f32> = xs.iter().map(|x| x.as_ptr()).collect();
-        let n_in = if knobs[2] & 3 == 3 { usize::from(knobs[2] >> 2) % TP_MAX_MODALITIES } else { n };
-        let n_out = if knobs[3] & 3 == 3 { usize::from(knobs[3] >> 2) } else { info.outputs as usize };
+        let n_in = if knobs[2] & 3 == 3 {
+            usize::from(knobs[2] >> 2) % TP_MAX_MODALITIES
+        } else {
+            n
+        };
+        let n_out = if knobs[3] & 3 == 3 {
+            usize::from(knobs[3] >> 2)
+        } else {
+            info.outputs as usize
+        };
         let mut out = vec![0f32; n_out.max(info.outputs as usize)];
         for _ in 0..2 {
             // SAFETY: live session; `n_in` valid input pointers (of the
@@ -115,7 +151,10 @@ fn exercise_model(model: *mut tp_model, knobs: &[u8; 4]) {
         assert!(ok(unsafe { tp_session_destroy(&mut s) }, "session_destroy"));
         assert!(s.is_null());
         // SAFETY: as above.
-        assert!(ok(unsafe { tp_session_destroy(&mut s) }, "session_destroy twice"));
+        assert!(ok(
+            unsafe { tp_session_destroy(&mut s) },
+            "session_destroy twice"
+        ));
     }
 }
 
@@ -130,7 +169,10 @@ fuzz_target!(|data: &[u8]| {
         0 => (aligned(rest), None),
         1 => {
             let s = &SMALL[0];
-            (aligned(&mutate::apply(s.bytes.as_slice(), &s.fields, rest)), None)
+            (
+                aligned(&mutate::apply(s.bytes.as_slice(), &s.fields, rest)),
+                None,
+            )
         }
         _ => {
             let (b, d) = (&SMALL[1], &SMALL[2]);
@@ -149,7 +191,11 @@ fuzz_target!(|data: &[u8]| {
     let cfg = tp_model_config {
         struct_size: std::mem::size_of::<tp_model_config>() as u32,
         flags: u32::from(flags & 3) | if flags & 0xF0 == 0xF0 { 0x100 } else { 0 },
-        deltas: if deltas.is_empty() { ptr::null() } else { deltas.as_ptr() },
+        deltas: if deltas.is_empty() {
+            ptr::null()
+        } else {
+            deltas.as_ptr()
+        },
         delta_count: deltas.len(),
         delta_paths: ptr::null(),
         delta_path_count: 0,
@@ -158,7 +204,11 @@ fuzz_target!(|data: &[u8]| {
     let skew = usize::from(flags & 4 != 0 && !base.as_slice().is_empty());
     let bytes = &base.as_slice()[skew..];
     let mut model: *mut tp_model = ptr::null_mut();
-    let cfg_ptr = if flags & 8 != 0 && deltas.is_empty() { ptr::null() } else { &cfg as *const _ };
+    let cfg_ptr = if flags & 8 != 0 && deltas.is_empty() {
+        ptr::null()
+    } else {
+        &cfg as *const _
+    };
     // SAFETY: `bytes` (and the deltas) stay alive and unchanged until close;
     // cfg is valid; `model` is writable.
     let opened = ok(

@@ -10,8 +10,12 @@ use taskpath_fuzz::exercise::{aligned, exercise};
 use taskpath_fuzz::{load, mutate, Seed, CHAINS};
 use taskpath_runtime::{AlignedArena, Model};
 
-static CH: LazyLock<Vec<Vec<Seed>>> =
-    LazyLock::new(|| CHAINS.iter().map(|c| c.iter().map(|n| load(n)).collect()).collect());
+static CH: LazyLock<Vec<Vec<Seed>>> = LazyLock::new(|| {
+    CHAINS
+        .iter()
+        .map(|c| c.iter().map(|n| load(n)).collect())
+        .collect()
+});
 
 fuzz_target!(|data: &[u8]| {
     let [sel, which, order, program @ ..] = data else {
