@@ -234,7 +234,12 @@ impl Delegate for NoDriver {
     fn compile(&mut self, _: &Segment, _: &[u8]) -> taskpath_npu::Result<Option<()>> {
         panic!("an unavailable delegate is never asked to compile")
     }
-    fn execute(&mut self, _: &mut (), _: &[&[f32]], _: &mut [&mut [f32]]) -> taskpath_npu::Result<()> {
+    fn execute(
+        &mut self,
+        _: &mut (),
+        _: &[&[f32]],
+        _: &mut [&mut [f32]],
+    ) -> taskpath_npu::Result<()> {
         panic!("an unavailable delegate is never asked to execute")
     }
 }
@@ -246,7 +251,10 @@ fn an_unavailable_delegate_gets_nothing_and_its_reason_is_kept() {
     let model = Model::from_bytes(pkg.as_slice()).unwrap();
     let t = model.task_index("DIAB").unwrap();
     let mut ex = Executor::new(&model, t, NoDriver, |_| Ok(Some(vec![1, 2, 3]))).unwrap();
-    assert_eq!(ex.unavailable_reason(), Some("no NPU driver on this machine"));
+    assert_eq!(
+        ex.unavailable_reason(),
+        Some("no NPU driver on this machine")
+    );
     assert!(ex.delegated_segments().is_empty());
     let ds = test_set("DIAB");
     let want = session_outputs(&model, t, &ds);
