@@ -21,7 +21,8 @@ done
 
 step "cargo build --release -p taskpath-ffi -p taskpath-cli"
 cargo build --release -p taskpath-ffi -p taskpath-cli
-TP=$ROOT/target/release/taskpath
+TD=${CARGO_TARGET_DIR:-$ROOT/target}
+TP=$TD/release/taskpath
 
 step "a small packed model"
 rm -rf "$OUT"
@@ -30,7 +31,7 @@ mkdir -p "$OUT/inputs"
 "$TP" pack "$OUT/ck" -o "$OUT/model.tpk"
 
 step "cc (plain and -fsanitize=address,undefined)"
-make -C "$EX" --no-print-directory MODEL="$OUT/model.tpk" BUILD="$OUT/build"
+make -C "$EX" --no-print-directory MODEL="$OUT/model.tpk" BUILD="$OUT/build" TARGET_DIR="$TD"
 
 step "run"
 "$OUT/build/firmware_c" --file "$OUT/model.tpk" --write-inputs "$OUT/inputs" | tee "$OUT/c.txt"

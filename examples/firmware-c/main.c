@@ -34,6 +34,40 @@ extern const unsigned int model_tpk_len;
 /* One static arena, reused by each session in turn (TFLM style). */
 static uint8_t arena[ARENA_BYTES] __attribute__((aligned(TP_ARENA_ALIGN)));
 
+/* Expert budget: fast RAM the expert blobs are copied into on demand (the
+ * package stays in flash). Sessions read from memory use it; sessions read
+ * from the file read experts in place. */
+#ifndef BUDGET_BYTES
+#define BUDGET_BYTES (64u * 1024u)
+#endif
+static uint8_t budget[BUDGET_BYTES] __attribute__((aligned(TP_ARENA_ALIGN)));
+
+/* A tracer: counts the events of the runs it is attached to. */
+typedef struct {
+    uint32_t ops, routes, fetches, hits;
+} trace_counts;
+static void on_op_end(void *user, uint32_t index, uint32_t opcode) {
+    (void)index;
+    (void)opcode;
+    ((trace_counts *)user)->ops++;
+}
+static void on_route(void *user, uint32_t modality, const uint32_t *experts, const float *gates,
+                     size_t n) {
+    (void)modality;
+    (void)experts;
+    (void)gates;
+    (void)n;
+    ((trace_counts *)user)->routes++;
+}
+static void on_expert_fetch(void *user, uint32_t blob) {
+    (void)blob;
+    ((trace_counts *)user)->fetches++;
+}
+static void on_cache_access(void *user, uint32_t blob, uint32_t hit) {
+    (void)blob;
+    ((trace_counts *)user)->hits += hit;
+}
+
 #define MAX_INPUT_VALUES 4096
 #define MAX_OUTPUTS 64
 static float input_buf[TP_MAX_MODALITIES][MAX_INPUT_VALUES];
@@ -131,8 +165,45 @@ static uint32_t run_task(tp_model *model, uint32_t t, const char *source, const 
     }
 
     tp_session *session = NULL;
-    CHECK(tp_session_create(model, t, arena, sizeof arena, NULL, &session));
+    /* From memory: twice the smallest expert budget, traced. */
+    size_t min_budget = 0, budgeted_need = 0;
+    CHECK(tp_model_min_expert_budget(model, &min_budget));
+    CHECK(tp_session_arena_size_budgeted(model, t, &budgeted_need));
+    int use_budget = strcmp(source, "memory") == 0 && 2 * min_budget <= sizeof budget &&
+                     budgeted_need <= sizeof arena;
+    trace_counts counts = {0, 0, 0, 0};
+    tp_tracer tracer = {.struct_size = sizeof tracer,
+                        .user = &counts,
+                        .op_end = on_op_end,
+                        .route = on_route,
+                        .expert_fetch = on_expert_fetch,
+                        .cache_access = on_cache_access};
+    if (use_budget) {
+        CHECK(tp_session_create_budgeted(model, t, arena, sizeof arena, NULL, budget,
+                                         2 * min_budget, &session));
+        CHECK(tp_trace_attach(session, &tracer));
+    } else {
+        CHECK(tp_session_create(model, t, arena, sizeof arena, NULL, &session));
+    }
     CHECK(tp_session_run(session, inputs, info.modality_count, out, info.outputs));
+    if (use_budget) {
+        /* Once more: the expert blobs of the first run may now hit. */
+        CHECK(tp_session_run(session, inputs, info.modality_count, out, info.outputs));
+        tp_cache_stats cs = {.struct_size = sizeof cs};
+        CHECK(tp_session_cache_stats(session, &cs));
+        CHECK(tp_trace_attach(session, NULL));
+        printf("cache %s %s: budget %" PRIu64 " bytes, hits %" PRIu64 ", misses %" PRIu64
+               ", evictions %" PRIu64 ", peak %" PRIu64 " bytes\n",
+               source, info.name, cs.budget_bytes, cs.hits, cs.misses, cs.evictions,
+               cs.peak_resident_bytes);
+        printf("trace %s %s: ops %u, routes %u, expert fetches %u, cache hits %u\n", source,
+               info.name, counts.ops, counts.routes, counts.fetches, counts.hits);
+        if (cs.peak_resident_bytes > cs.budget_bytes || counts.fetches != cs.hits + cs.misses ||
+            counts.hits != cs.hits) {
+            fprintf(stderr, "cache stats and trace disagree\n");
+            exit(1);
+        }
+    }
     tp_run_stats stats = {.struct_size = sizeof stats};
     CHECK(tp_session_stats(session, &stats));
     for (uint32_t k = 0; k < info.outputs; k++)
@@ -168,6 +239,9 @@ static void show_errors(tp_model *model) {
     SHOW("NULL model", tp_model_task_count(NULL, &index));
     SHOW("NULL out", tp_model_open_memory(model_tpk, model_tpk_len, NULL, NULL));
     SHOW("arena too small", tp_session_create(model, 0, arena, 64, NULL, &s));
+    SHOW("budget too small",
+         tp_session_create_budgeted(model, 0, arena, sizeof arena, NULL, budget, 64, &s));
+    SHOW("no budget", tp_session_create_budgeted(model, 0, arena, sizeof arena, NULL, NULL, 64, &s));
     SHOW("misaligned arena", tp_session_create(model, 0, arena + 4, sizeof arena - 4, NULL, &s));
     SHOW("wrong struct_size", tp_model_task_info(model, 0, &bad));
     SHOW("unknown task", tp_model_find_task(model, "NO-SUCH-TASK", &index));
