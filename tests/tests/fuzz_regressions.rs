@@ -23,9 +23,11 @@ mod mutate;
 use std::path::{Path, PathBuf};
 
 use taskpath_checkpoint::{random_checkpoint, RandomSpec};
+use taskpath_format::records::*;
+use taskpath_format::writer::PackageWriter;
 use taskpath_format::Package;
 use taskpath_pack::{pack, PackOptions};
-use taskpath_runtime::{AlignedArena, Model};
+use taskpath_runtime::{AlignedArena, Model, Session};
 
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fuzz")
@@ -57,7 +59,7 @@ fn replay(bytes: &[u8]) -> Result<usize, String> {
 }
 
 #[test]
-fn miri_pristine_small_package_runs_every_task() {
+fn pristine_small_package_runs_every_task() {
     let bytes = small();
     let ran = replay(&bytes).unwrap();
     let a = AlignedArena::from_bytes(&bytes);
@@ -132,7 +134,7 @@ fn reader_error(bytes: &[u8]) -> taskpath_format::FormatError {
 /// debug builds, a wrong comparison in release). Now: refused as a size
 /// mismatch naming `tensors.bytes`.
 #[test]
-fn miri_f32_tensor_size_overflow_is_an_error() {
+fn f32_tensor_size_overflow_is_an_error() {
     let mut b = small();
     let tensors = section(&b, taskpath_format::records::section::TENSORS);
     // The first dense f32 tensor (format u16 at +12 = 1, layout at +14 = 0);
@@ -145,4 +147,82 @@ fn miri_f32_tensor_size_overflow_is_an_error() {
     mutate::reseal(&mut b);
     let e = reader_error(&b);
     assert_eq!(e.field(), "tensors.bytes", "{e}");
+}
+
+/// For Miri without the packer (which is too slow to run there): a package
+/// written directly, read from an `AlignedArena` (the runtime's `unsafe`
+/// byte view, runtime/core/src/mapped.rs) with f32 data borrowed in place,
+/// and a session over a caller arena running a one-op program (`Copy`).
+#[test]
+fn miri_aligned_arena_model_and_session_on_a_written_package() {
+    let mut w = PackageWriter::default();
+    w.hparams = HParams {
+        d_model: 4,
+        heads: 1,
+        experts: 1,
+        top_k: 1,
+        ffn_hidden: 4,
+        stages: 1,
+        ln_eps: 1e-5,
+        ..Default::default()
+    };
+    let (mo, ml) = w.string("m");
+    w.modalities.push(ModalityRec {
+        name_off: mo,
+        name_len: ml,
+        tokens: 1,
+        features: 1,
+    });
+    w.blobs.push((
+        BlobRec {
+            kind: blob_kind::HEAD,
+            format: 1,
+            modality: NONE16,
+            expert: NONE16,
+            component: NONE16,
+            task: NONE16,
+            ..Default::default()
+        },
+        vec![0u8; 16],
+    ));
+    let (no, nl) = w.string("t");
+    w.tasks.push(TaskRec {
+        name_off: no,
+        name_len: nl,
+        outputs: 2,
+        modality_mask: 1,
+        program_len: 1,
+        slot_count: 2,
+        path_len: 1,
+        output_slot: 1,
+        arena_bytes: 32,
+        ..Default::default()
+    });
+    w.slots.push(SlotRec { offset: 0, len: 4 });
+    w.slots.push(SlotRec { offset: 4, len: 4 });
+    w.paths.push(PathRec {
+        task: 0,
+        modality: 0,
+        mask: 1,
+    });
+    // Copy 2 values from slot 0 (offset 0) to slot 1 (offset 0).
+    w.program.push(OpRec {
+        opcode: taskpath_format::Opcode::Copy as u16,
+        a0: 0,
+        a2: 1,
+        a4: 2,
+        ..Default::default()
+    });
+    let bytes = w.finish(12, 0);
+    let a = AlignedArena::from_bytes(&bytes);
+    assert_eq!(a.as_slice(), &bytes[..]);
+    assert_eq!(a.as_slice().as_ptr() as usize % 64, 0);
+    let m = Model::from_bytes(a.as_slice()).unwrap();
+    m.verify().unwrap();
+    let mut arena = AlignedArena::new(m.task(0).unwrap().arena_bytes);
+    let mut s = Session::new(&m, 0, arena.as_mut_slice()).unwrap();
+    let mut out = [7f32; 2];
+    s.run(&[&[1.0]], &mut out).unwrap();
+    // Slot 0 is never written by this program: the arena starts zeroed.
+    assert_eq!(out, [0.0, 0.0]);
 }
