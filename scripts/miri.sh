@@ -19,7 +19,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
-    rustup component add --toolchain nightly miri rust-src
+    # rustup's own server may be unreachable (only package registries are):
+    # fail with a clear message instead of hanging.
+    timeout 600 rustup component add --toolchain nightly miri rust-src || {
+        echo "scripts/miri.sh: Miri is not installed and 'rustup component add miri rust-src' failed" >&2
+        exit 1
+    }
 fi
 cargo +nightly miri setup >/dev/null
 
