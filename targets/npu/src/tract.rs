@@ -6,7 +6,7 @@ use crate::delegate::Delegate;
 use crate::error::{Error, Result};
 use crate::plan::Segment;
 
-type Runnable = TypedRunnableModel;
+type Runnable = std::sync::Arc<TypedRunnableModel>;
 
 /// A compiled segment: tract's optimized plan and the port shapes.
 #[derive(Debug)]
@@ -62,8 +62,8 @@ pub fn run(name: &str, model: &Runnable, inputs: &[(&[f32], [usize; 2])]) -> Res
     let outs = model.run(ins).map_err(|e| TractDelegate::err(name, e))?;
     outs.iter()
         .map(|t| {
-            t.as_slice::<f32>()
-                .map(<[f32]>::to_vec)
+            t.try_as_plain_ram()
+                .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
                 .map_err(|e| TractDelegate::err(name, e))
         })
         .collect()
