@@ -101,7 +101,7 @@ fn hints_are_the_next_modalitys_path_experts_in_file_order() {
             .flat_map(|i| s.prefetch_plan(i).map(|b| b.index).collect::<Vec<_>>())
             .collect();
         s.run(&refs, &mut hinted).unwrap();
-        drop(s);
+        let _ = s;
         assert_eq!(hints.0, want, "task {}", task.name);
         assert_eq!(plan, want.iter().map(|w| w.0).collect::<Vec<_>>());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
