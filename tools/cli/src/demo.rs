@@ -30,7 +30,7 @@ fn is_checkpoint(dir: &Path) -> bool {
 
 /// Runs `demo`.
 pub fn main(a: &DemoArgs) -> Result<()> {
-    outln!("== 1/4 model");
+    outln!("== 1/5 model");
     let (model_dir, data_dir) = if is_checkpoint(&a.model) {
         (a.model.clone(), a.data.clone())
     } else {
@@ -78,7 +78,7 @@ pub fn main(a: &DemoArgs) -> Result<()> {
             .join(", ")
     );
 
-    outln!("\n== 2/4 pack");
+    outln!("\n== 2/5 pack");
     let has_train = c
         .tasks
         .iter()
@@ -116,11 +116,11 @@ pub fn main(a: &DemoArgs) -> Result<()> {
     let s = pack_dir(&model_dir, &out, &calib)?;
     drop(ck);
 
-    outln!("\n== 3/4 verify");
+    outln!("\n== 3/5 verify");
     let v = verify::verify(&out, &[])?;
     outln!("ok: {} blobs, {} tasks verified", v.blobs, v.tasks);
 
-    outln!("\n== 4/4 eval");
+    outln!("\n== 4/5 eval");
     let mapped = open_model(&out, &[])?;
     let model = mapped.model()?;
     if has_test {
@@ -129,6 +129,35 @@ pub fn main(a: &DemoArgs) -> Result<()> {
         if rows.iter().all(|r| r.labelled == 0) {
             outln!("(these test sets have no labels, as random data: accuracy is not defined)");
         }
+    } else {
+        outln!("skipped: no {{TASK}}.test.json in {}", data_dir.display());
+    }
+
+    outln!("\n== 5/5 profile");
+    if has_test {
+        // Half the expert bytes as the residency budget, so the summary shows
+        // a real hit rate next to latency; the plots are the README's.
+        let opts = taskpath_profile::driver::Options {
+            warmup: 20,
+            runs: 200,
+            trace_runs: None,
+            budget: Some((model.expert_bytes() / 2).max(1)),
+            verify: true,
+        };
+        let mut meter = taskpath_profile::energy::open(&taskpath_profile::energy::MeterSpec::Auto)?;
+        let dir = a.out.join("profile");
+        let w = crate::profile::profile_to_dir(
+            &mapped,
+            &out.display().to_string(),
+            &[],
+            &data_dir,
+            &opts,
+            &mut meter,
+            &dir,
+            false,
+        )?;
+        outln!("{}", w.summary.markdown());
+        outln!("wrote {} files under {}", w.files.len(), dir.display());
     } else {
         outln!("skipped: no {{TASK}}.test.json in {}", data_dir.display());
     }
