@@ -13,7 +13,8 @@ use taskpath_flame::train::{self, Metrics, TrainConfig};
 
 const USAGE: &str = "usage:
   taskpath-flame train     [--out DIR] [--seed N] [--experts N] [--gating laplace|softmax]
-                           [--epochs N] [--recover-epochs N] [--min-steps N] [--final-only] [--no-fixtures] [--quiet]
+                           [--epochs N] [--recover-epochs N] [--min-steps N] [--patience-steps N]
+                           [--final-only] [--no-fixtures] [--quiet]
   taskpath-flame joint     [--out DIR] [--seed N] [--experts N] [--quiet]   baseline (b)
   taskpath-flame naive     [--out DIR] [--seed N] [--experts N] [--quiet]   baseline (c)
   taskpath-flame dense     [--out DIR] [--seed N] [--hidden N] [--quiet]    baseline (d)
@@ -71,6 +72,7 @@ fn parse() -> Result<Args> {
             "--epochs" => a.tc.max_epochs = val()?.parse()?,
             "--recover-epochs" => a.tc.recover_epochs = val()?.parse()?,
             "--min-steps" => a.tc.min_steps = val()?.parse()?,
+            "--patience-steps" => a.tc.patience_steps = val()?.parse()?,
             "--lr" => a.tc.lr = val()?.parse()?,
             "--weight-decay" => a.tc.weight_decay = val()?.parse()?,
             "--batch" => a.tc.batch = val()?.parse()?,
