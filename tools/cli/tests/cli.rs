@@ -669,16 +669,36 @@ fn demo_packs_verifies_and_evaluates() {
         &t.s("out"),
     ]);
     for needle in [
-        "== 1/4 model",
-        "== 2/4 pack",
+        "== 1/5 model",
+        "== 2/5 pack",
         "calibrating",
-        "== 3/4 verify",
+        "== 3/5 verify",
         "ok: ",
-        "== 4/4 eval",
+        "== 4/5 eval",
         "task0",
         "task1",
+        "== 5/5 profile",
+        "no meter",
     ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
     assert!(t.path("out/model.tpk").is_file());
+    // the profile step's files; the trace has complete ("X") events
+    for f in [
+        "trace.json",
+        "summary.md",
+        "latency.png",
+        "experts.png",
+        "ops.png",
+    ] {
+        assert!(
+            t.path(&format!("out/profile/{f}")).is_file(),
+            "demo wrote no profile/{f}"
+        );
+    }
+    let trace = std::fs::read_to_string(t.path("out/profile/trace.json")).unwrap();
+    assert!(
+        trace.contains("\"ph\":\"X\""),
+        "trace.json has no complete events"
+    );
 }
