@@ -60,16 +60,15 @@ fn logits(
 ) -> Result<(Vec<f32>, Sizes)> {
     let bytes = AlignedArena::from_bytes(&pack(ck, opts)?);
     let model = Model::from_bytes(bytes.as_slice())?;
-    let mut sizes = BTreeMap::new();
-    for i in 0..model.blob_count() as u32 {
-        let b = model.blob(i).expect("blob");
-        if b.rec.kind == taskpath_format::records::blob_kind::EXPERT {
-            sizes.insert(
+    let sizes: Sizes = model
+        .expert_blobs()
+        .map(|b| {
+            (
                 (usize::from(b.rec.expert), usize::from(b.rec.component)),
                 b.bytes.len(),
-            );
-        }
-    }
+            )
+        })
+        .collect();
     let mut out = Vec::new();
     for (t, samples) in inputs.iter().enumerate() {
         let info = model.task(t)?;
@@ -215,12 +214,7 @@ mod tests {
         opts.expert_formats = plan.formats.clone();
         let bytes = taskpath_runtime::AlignedArena::from_bytes(&pack(&ck, &opts).unwrap());
         let model = Model::from_bytes(bytes.as_slice()).unwrap();
-        let packed: usize = (0..model.blob_count() as u32)
-            .filter_map(|i| model.blob(i))
-            .filter(|b| b.rec.kind == taskpath_format::records::blob_kind::EXPERT)
-            .map(|b| b.bytes.len())
-            .sum();
-        assert_eq!(packed, plan.bytes);
+        assert_eq!(model.expert_bytes(), plan.bytes);
         assert!(plan_mixed(&ck, &base, &inputs, 16).is_err());
     }
 }
