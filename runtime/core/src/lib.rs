@@ -29,7 +29,7 @@ pub use model::{BlobView, Model, TaskInfo, TensorView, MAX_CHAIN};
 pub use residency::{
     cache_footprint, BlobSource, CacheStats, Prefetch, ResidencyCache, CACHE_ALIGN, MAX_SLOTS,
 };
-pub use session::{moe_scratch, RunStats, Session, SessionOptions, EXPERT_INDEX};
+pub use session::{linear, moe_scratch, RunStats, Session, SessionOptions, EXPERT_INDEX};
 pub use taskpath_cpu::qmatvec::Kernels;
 pub use taskpath_cpu::quant::WeightFormat;
 pub use taskpath_format as format;

@@ -993,8 +993,10 @@ pub fn moe_scratch(d: usize, h: usize, r: usize, q: usize) -> usize {
 /// `y = W x + b` over `rows` rows, through `tmp` for a low-rank `W = U V`
 /// and `q` as kernel scratch for quantized formats. `None` when a buffer is
 /// too small or no kernel serves the format (both ruled out at session creation).
+/// Public so that executors outside the session (the NPU segment executor's
+/// CPU path) compute exactly what a session computes.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+pub fn linear(
     kernels: &Kernels,
     w: &TensorView<'_>,
     x: &[f32],

@@ -313,7 +313,7 @@ impl Cpu {
         k::add(&u[token * d..(token + 1) * d], &mut hbuf);
         k::layernorm_inplace(&mut hbuf, lg.a, lb.a, hp.ln_eps, 1.0);
         let q = &mut self.q;
-        linear_q(
+        taskpath_runtime::linear(
             &self.kernels,
             &w1,
             &hbuf,
@@ -325,7 +325,7 @@ impl Cpu {
         )
         .ok_or_else(|| bad(op, "expert kernel"))?;
         k::gelu(&mut mid);
-        linear_q(
+        taskpath_runtime::linear(
             &self.kernels,
             &w2,
             &mid,
@@ -374,49 +374,5 @@ fn linear(
     if let Some(fmt) = WeightFormat::from_u16(w.format).filter(|_| !w.is_f32()) {
         q.resize(fmt.scratch_bytes(w.cols).max(fmt.scratch_bytes(w.rank)), 0);
     }
-    linear_q(kernels, w, x, b, rows, tmp, &mut q, y)
-}
-
-/// `y = W x + b` over `rows` rows: the runtime session's `linear`, kept
-/// identical (low-rank through `tmp`, quantized formats through the kernel
-/// table with `q` as scratch).
-#[allow(clippy::too_many_arguments)]
-fn linear_q(
-    kernels: &Kernels,
-    w: &TensorView<'_>,
-    x: &[f32],
-    b: Option<&[f32]>,
-    rows: usize,
-    tmp: &mut [f32],
-    q: &mut [u8],
-    y: &mut [f32],
-) -> Option<()> {
-    let x = x.get(..rows * w.cols)?;
-    let y = y.get_mut(..rows * w.rows)?;
-    if w.is_f32() {
-        if w.is_low_rank() {
-            let tmp = tmp.get_mut(..rows * w.rank)?;
-            k::matmul_rows(w.b, x, None, rows, tmp);
-            k::matmul_rows(w.a, tmp, b, rows, y);
-        } else {
-            k::matmul_rows(w.a, x, b, rows, y);
-        }
-        return Some(());
-    }
-    let fmt = WeightFormat::from_u16(w.format)?;
-    let kern = kernels.kernel(fmt).ok()?;
-    if w.is_low_rank() {
-        let tmp = tmp.get_mut(..rows * w.rank)?;
-        if q.len() < fmt.scratch_bytes(w.cols).max(fmt.scratch_bytes(w.rank)) {
-            return None;
-        }
-        kern.run_batch(w.rank, w.cols, w.raw_b, rows, x, None, tmp, q);
-        kern.run_batch(w.rows, w.rank, w.raw_a, rows, tmp, b, y, q);
-    } else {
-        if q.len() < fmt.scratch_bytes(w.cols) {
-            return None;
-        }
-        kern.run_batch(w.rows, w.cols, w.raw_a, rows, x, b, y, q);
-    }
-    Some(())
+    taskpath_runtime::linear(kernels, w, x, b, rows, tmp, &mut q, y)
 }
