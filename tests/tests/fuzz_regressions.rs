@@ -20,11 +20,12 @@ mod exercise;
 #[allow(dead_code)]
 mod mutate;
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use taskpath_checkpoint::{random_checkpoint, RandomSpec};
 use taskpath_format::records::*;
-use taskpath_format::writer::PackageWriter;
 use taskpath_format::Package;
 use taskpath_pack::{pack, PackOptions};
 use taskpath_runtime::{AlignedArena, Model, Session};
@@ -155,36 +156,7 @@ fn f32_tensor_size_overflow_is_an_error() {
 /// and a session over a caller arena running a one-op program (`Copy`).
 #[test]
 fn miri_aligned_arena_model_and_session_on_a_written_package() {
-    let mut w = PackageWriter::default();
-    w.hparams = HParams {
-        d_model: 4,
-        heads: 1,
-        experts: 1,
-        top_k: 1,
-        ffn_hidden: 4,
-        stages: 1,
-        ln_eps: 1e-5,
-        ..Default::default()
-    };
-    let (mo, ml) = w.string("m");
-    w.modalities.push(ModalityRec {
-        name_off: mo,
-        name_len: ml,
-        tokens: 1,
-        features: 1,
-    });
-    w.blobs.push((
-        BlobRec {
-            kind: blob_kind::HEAD,
-            format: 1,
-            modality: NONE16,
-            expert: NONE16,
-            component: NONE16,
-            task: NONE16,
-            ..Default::default()
-        },
-        vec![0u8; 16],
-    ));
+    let mut w = common::one_head_writer();
     let (no, nl) = w.string("t");
     w.tasks.push(TaskRec {
         name_off: no,

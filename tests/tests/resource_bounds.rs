@@ -18,11 +18,12 @@
 #[allow(dead_code)]
 mod mutate;
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use taskpath_format::records::*;
-use taskpath_format::writer::PackageWriter;
 use taskpath_format::{steps, FormatError, Package, MAX_NAME_LEN};
 use taskpath_runtime::{AlignedArena, Model};
 
@@ -74,36 +75,7 @@ struct Spec {
 }
 
 fn build(s: &Spec) -> Vec<u8> {
-    let mut w = PackageWriter::default();
-    w.hparams = HParams {
-        d_model: 4,
-        heads: 1,
-        experts: 1,
-        top_k: 1,
-        ffn_hidden: 4,
-        stages: 1,
-        ln_eps: 1e-5,
-        ..Default::default()
-    };
-    let (mo, ml) = w.string("m");
-    w.modalities.push(ModalityRec {
-        name_off: mo,
-        name_len: ml,
-        tokens: 1,
-        features: 1,
-    });
-    w.blobs.push((
-        BlobRec {
-            kind: blob_kind::HEAD,
-            format: 1,
-            modality: NONE16,
-            expert: NONE16,
-            component: NONE16,
-            task: NONE16,
-            ..Default::default()
-        },
-        vec![0u8; 16],
-    ));
+    let mut w = common::one_head_writer();
     let (no, nl) = w.string(&"n".repeat(s.name_len));
     for i in 0..s.tasks {
         let slot_start = if s.share_slots {
