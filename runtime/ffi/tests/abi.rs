@@ -4,6 +4,8 @@
 //! documented status and a last-error message naming the problem; the
 //! success path is bit-identical to the Rust API.
 
+mod common;
+
 use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 use std::ptr::{null, null_mut};
@@ -14,6 +16,7 @@ use taskpath_pack::{pack, pack_delta, PackOptions};
 use taskpath_runtime::format::records::blob_kind;
 use taskpath_runtime::{AlignedArena, Model, Session};
 
+use common::{fails, last};
 use tp_status::*;
 
 // ---------------------------------------------------------------- fixtures
@@ -54,30 +57,6 @@ fn tmp_file(name: &str, bytes: &[u8]) -> PathBuf {
 
 fn cpath(p: &std::path::Path) -> CString {
     CString::new(p.to_str().unwrap()).unwrap()
-}
-
-fn last() -> String {
-    // SAFETY: tp_last_error never returns NULL and its string lives until
-    // this thread's next tp_* call.
-    unsafe { CStr::from_ptr(tp_last_error()) }
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// Asserts the status and that the last error names the function and holds
-/// every one of `needles`.
-#[track_caller]
-fn fails(got: tp_status, want: tp_status, func: &str, needles: &[&str]) {
-    let msg = last();
-    assert_eq!(got, want, "status; last error: {msg}");
-    assert!(
-        msg.starts_with(&format!("{func}: ")),
-        "{msg:?} does not name {func}"
-    );
-    for n in needles {
-        assert!(msg.contains(n), "{msg:?} does not mention {n:?}");
-    }
 }
 
 #[track_caller]

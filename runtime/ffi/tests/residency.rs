@@ -4,7 +4,9 @@
 //! (NULL, too-small arena or budget, wrong struct_size, a session without a
 //! budget) give their documented status and a last-error message.
 
-use std::ffi::{c_void, CStr};
+mod common;
+
+use std::ffi::c_void;
 use std::ptr::{null, null_mut};
 
 use taskpath_checkpoint::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
@@ -13,28 +15,8 @@ use taskpath_pack::{pack, PackOptions};
 use taskpath_runtime::format::Opcode;
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, Tracer};
 
+use common::{fails, last};
 use tp_status::*;
-
-fn last() -> String {
-    // SAFETY: never NULL; valid until this thread's next tp_* call.
-    unsafe { CStr::from_ptr(tp_last_error()) }
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-#[track_caller]
-fn fails(got: tp_status, want: tp_status, func: &str, needles: &[&str]) {
-    let msg = last();
-    assert_eq!(got, want, "status; last error: {msg}");
-    assert!(
-        msg.starts_with(&format!("{func}: ")),
-        "{msg:?} does not name {func}"
-    );
-    for n in needles {
-        assert!(msg.contains(n), "{msg:?} does not mention {n:?}");
-    }
-}
 
 #[track_caller]
 fn ok(got: tp_status) {
