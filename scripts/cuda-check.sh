@@ -19,9 +19,11 @@ arches=${CUDA_CHECK_ARCHES:-72 87 89}
 target=${CARGO_TARGET_DIR:-target}
 out="$target/cuda-ptx"
 
+# `|| true`: on a clean clone the venv is absent, find fails, and under
+# pipefail that failure would end the script before the install below.
 find_tools() {
-    nvrtc_lib=$(find "$venv" -path '*nvidia/cuda_nvrtc/lib' -type d 2>/dev/null | head -n1)
-    ptxas=$(find "$venv" -path '*nvidia/cuda_nvcc/bin/ptxas' -type f 2>/dev/null | head -n1)
+    nvrtc_lib=$(find "$venv" -path '*nvidia/cuda_nvrtc/lib' -type d 2>/dev/null | head -n1 || true)
+    ptxas=$(find "$venv" -path '*nvidia/cuda_nvcc/bin/ptxas' -type f 2>/dev/null | head -n1 || true)
 }
 find_tools
 if [ -z "$nvrtc_lib" ] || [ -z "$ptxas" ]; then
