@@ -25,7 +25,7 @@ pub use mapped::{
     AlignedArena, MappedModel, MmapPrefetch, PrefetchHints, PrefetchReader, PrefetchStats, ReadAt,
 };
 pub use meter::{wrapping_delta, CallbackClock, CallbackMeter, Clock, EnergyMeter, MeterError};
-pub use model::{BlobView, Model, TaskInfo, TensorView, MAX_CHAIN};
+pub use model::{BlobView, ExpertTensors, Model, TaskInfo, TensorView, MAX_CHAIN};
 pub use residency::{
     cache_footprint, BlobSource, CacheStats, Prefetch, ResidencyCache, CACHE_ALIGN, MAX_SLOTS,
 };

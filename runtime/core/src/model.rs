@@ -33,6 +33,44 @@ pub struct TensorView<'a> {
     pub blob: u32,
 }
 
+/// The eight tensors of one expert component (Eq. 3-4 of DESIGN.md), borrowed
+/// from a copy of its blob.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertTensors<'a> {
+    /// Token-mixing convolution `[d, 3d]`.
+    pub conv_w: TensorView<'a>,
+    /// Convolution bias `[d]`.
+    pub conv_b: TensorView<'a>,
+    /// LayerNorm gain `[d]`.
+    pub ln_g: TensorView<'a>,
+    /// LayerNorm bias `[d]`.
+    pub ln_b: TensorView<'a>,
+    /// First FFN matrix `[h, d]`.
+    pub fc1_w: TensorView<'a>,
+    /// First FFN bias `[h]`.
+    pub fc1_b: TensorView<'a>,
+    /// Second FFN matrix `[d, h]`.
+    pub fc2_w: TensorView<'a>,
+    /// Second FFN bias `[d]`.
+    pub fc2_b: TensorView<'a>,
+}
+
+impl<'a> ExpertTensors<'a> {
+    /// All eight, in record order.
+    pub fn all(&self) -> [&TensorView<'a>; 8] {
+        [
+            &self.conv_w,
+            &self.conv_b,
+            &self.ln_g,
+            &self.ln_b,
+            &self.fc1_w,
+            &self.fc1_b,
+            &self.fc2_w,
+            &self.fc2_b,
+        ]
+    }
+}
+
 impl TensorView<'_> {
     /// Bytes of weight data this tensor reads.
     pub fn bytes(&self) -> usize {
@@ -278,6 +316,22 @@ impl<'a> Model<'a> {
     pub fn tensor_in<'b>(&self, global: u32, blob: &'b [u8]) -> Option<TensorView<'b>> {
         let (_, t) = self.tensor_rec(global)?;
         Self::view(&t, blob)
+    }
+
+    /// The tensors of expert component `e`, borrowed from `blob` (its blob's
+    /// bytes); `None` when one of them lies outside that blob.
+    pub fn expert_tensors<'b>(&self, e: &ExpertRec, blob: &'b [u8]) -> Option<ExpertTensors<'b>> {
+        let t = |id: u32| self.tensor_in(id, blob);
+        Some(ExpertTensors {
+            conv_w: t(e.conv_w)?,
+            conv_b: t(e.conv_b)?,
+            ln_g: t(e.ln_g)?,
+            ln_b: t(e.ln_b)?,
+            fc1_w: t(e.fc1_w)?,
+            fc1_b: t(e.fc1_b)?,
+            fc2_w: t(e.fc2_w)?,
+            fc2_b: t(e.fc2_b)?,
+        })
     }
 
     fn view<'b>(t: &TensorRec, blob: &'b [u8]) -> Option<TensorView<'b>> {

@@ -14,7 +14,7 @@ use taskpath_format::records::{blob_kind, gating, ExpertRec, OpRec};
 use taskpath_format::{Opcode, Package, NONE};
 
 use crate::error::{Error, Result};
-use crate::model::{BlobView, Model, TaskInfo, TensorView};
+use crate::model::{BlobView, ExpertTensors, Model, TaskInfo, TensorView};
 use crate::residency::{BlobSource, Prefetch};
 use crate::trace::{NoTrace, Tracer};
 
@@ -929,24 +929,22 @@ fn expert_component(
 ) -> Result<()> {
     let hp = model.hparams();
     let (d, h) = (hp.d_model as usize, hp.ffn_hidden as usize);
-    let t = |id: u32| {
-        model
-            .tensor_in(id, blob)
-            .ok_or(bad(i, "expert tensor outside its blob"))
-    };
-    let (cw, cb, lg, lb, w1, b1, w2, b2) = (
-        t(e.conv_w)?,
-        t(e.conv_b)?,
-        t(e.ln_g)?,
-        t(e.ln_b)?,
-        t(e.fc1_w)?,
-        t(e.fc1_b)?,
-        t(e.fc2_w)?,
-        t(e.fc2_b)?,
-    );
-    for x in [&cw, &cb, &lg, &lb, &w1, &b1, &w2, &b2] {
-        m.read(x);
+    let x = model
+        .expert_tensors(e, blob)
+        .ok_or(bad(i, "expert tensor outside its blob"))?;
+    for t in x.all() {
+        m.read(t);
     }
+    let ExpertTensors {
+        conv_w: cw,
+        conv_b: cb,
+        ln_g: lg,
+        ln_b: lb,
+        fc1_w: w1,
+        fc1_b: b1,
+        fc2_w: w2,
+        fc2_b: b2,
+    } = x;
     let (hbuf, rest) = scratch.split_at_mut(d);
     let (mid, rest) = rest.split_at_mut(h);
     let (obuf, rest) = rest.split_at_mut(d);

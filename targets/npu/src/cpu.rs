@@ -263,21 +263,18 @@ impl Cpu {
             .blob(e.blob)
             .ok_or_else(|| bad(op, "expert blob missing"))?
             .bytes;
-        let t = |id: u32| {
-            model
-                .tensor_in(id, blob)
-                .ok_or_else(|| bad(op, "expert tensor outside its blob"))
-        };
-        let (cw, cb, lg, lb, w1, b1, w2, b2) = (
-            t(e.conv_w)?,
-            t(e.conv_b)?,
-            t(e.ln_g)?,
-            t(e.ln_b)?,
-            t(e.fc1_w)?,
-            t(e.fc1_b)?,
-            t(e.fc2_w)?,
-            t(e.fc2_b)?,
-        );
+        let taskpath_runtime::ExpertTensors {
+            conv_w: cw,
+            conv_b: cb,
+            ln_g: lg,
+            ln_b: lb,
+            fc1_w: w1,
+            fc1_b: b1,
+            fc2_w: w2,
+            fc2_b: b2,
+        } = model
+            .expert_tensors(e, blob)
+            .ok_or_else(|| bad(op, "expert tensor outside its blob"))?;
         for v in [&cb, &lg, &lb, &b1, &b2] {
             if !v.is_f32() || v.is_low_rank() {
                 return Err(bad(op, "expert vectors must be dense f32"));
