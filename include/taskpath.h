@@ -55,8 +55,9 @@
  itself; the task's planned arena follows. `tp_session_arena_size` and
  `tp_task_info.session_bytes` include it, so a firmware can reserve
  `TP_SESSION_OVERHEAD + arena_bytes` statically from `taskpath inspect`.
- (The object itself takes under 600 bytes on 64-bit targets; the rest is
- headroom so this value, part of the ABI, need not change as it grows.)
+ (The object itself takes under 600 bytes on 64-bit targets, followed by
+ the slot of `tp_prefetch_attach`'s hook; the rest is headroom so this
+ value, part of the ABI, need not change as it grows.)
  */
 #define TP_SESSION_OVERHEAD 1024
 
@@ -442,6 +443,49 @@ typedef struct tp_tracer {
 } tp_tracer;
 
 /*
+ A prefetch hook (the runtime's `Prefetch`): when a session starts
+ encoding input `i` of its task, it calls `will_need` once per expert blob
+ that input `i + 1`'s router may pick (the task path's mask for that
+ modality, components `0..=stage`), in file order, which the packer makes
+ hottest first; nothing for the last input. Firmware can start a DMA of
+ those bytes from external flash into its budget memory meanwhile.
+ Zero-initialise, set `struct_size`, fill what you need.
+
+ Hints are sent for sessions with and without an expert budget, as the
+ Rust `Session` does: a budgeted session copies the blob into its budget
+ when the router picks it, an unbudgeted one reads it in place (then a
+ hint can still warm a flash cache or an XIP prefetcher).
+
+ `will_need` runs on the thread calling `tp_session_run`, inside it; it
+ must not call `tp_*` functions on the same session, must return (no
+ `longjmp` out of it) and must not block for long: the session waits for
+ it (start a transfer, do not wait for it).
+ */
+typedef struct tp_prefetch {
+  /*
+   `sizeof(tp_prefetch)`; any other value gives `TP_ERR_STRUCT_SIZE`.
+   */
+  uint32_t struct_size;
+  /*
+   Reserved; 0.
+   */
+  uint32_t reserved;
+  /*
+   Passed as the first argument of `will_need`.
+   */
+  void *user;
+  /*
+   Blob `blob` (global blob index, as in the tracer's `expert_fetch`)
+   will likely be fetched soon. `bytes`, `len`: the blob's bytes in the
+   model's package (in place in the flash/memory given to
+   `tp_model_open_memory`, in its copy with `TP_MODEL_COPY`, or in the
+   file's mapping), read-only, valid until `tp_model_close`. NULL: no
+   hints are reported.
+   */
+  void (*will_need)(void *user, uint32_t blob, const uint8_t *bytes, size_t len);
+} tp_prefetch;
+
+/*
  Counters of a session's runs. Set `struct_size = sizeof(tp_run_stats)`
  before `tp_session_stats`.
  */
@@ -711,6 +755,25 @@ tp_status tp_session_cache_stats(struct tp_session *session, struct tp_cache_sta
  functions, kept alive as above.
  */
 tp_status tp_trace_attach(struct tp_session *session, const struct tp_tracer *tracer);
+
+/*
+ Installs `prefetch`'s `will_need` hook for the session's later runs,
+ replacing any installed before; `prefetch == NULL` removes it. The struct
+ is *not* copied: it (and what `user` points to) must stay valid and
+ unchanged until it is replaced, removed or the session destroyed.
+
+ Works on sessions with and without an expert budget (hints are sent
+ either way, see `tp_prefetch`). On failure (`TP_ERR_NULL_ARGUMENT`,
+ `TP_ERR_INVALID_HANDLE`, `TP_ERR_STRUCT_SIZE`) the hook installed
+ before, if any, stays. Allocates nothing: the adapter lives in the
+ session's `TP_SESSION_OVERHEAD` bytes.
+
+ # Safety
+ `session` is NULL or a live session handle used by no other thread now;
+ `prefetch` is NULL or a `tp_prefetch` whose `will_need`, if non-NULL, is
+ a valid function, kept alive as above.
+ */
+tp_status tp_prefetch_attach(struct tp_session *session, const struct tp_prefetch *prefetch);
 
 /*
  Bytes of session memory task `task` needs, into `*size`:

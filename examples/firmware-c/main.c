@@ -5,7 +5,9 @@
  * from a packed model, 16-byte aligned, as it would sit in flash/XIP). Two
  * tasks run one after the other in one static arena, nothing is allocated
  * for them; outputs are printed as %.9g and as their exact f32 bits, with
- * the run statistics. Then the same tasks run from the package file
+ * the run statistics. From memory they run with an expert budget, a tracer
+ * and a prefetch hook attached (counts printed as `cache`, `trace` and
+ * `prefetch` lines). Then the same tasks run from the package file
  * (memory-mapped) and must give the same bits, and a few wrong calls show
  * the status codes and tp_last_error() messages.
  *
@@ -66,6 +68,23 @@ static void on_expert_fetch(void *user, uint32_t blob) {
 static void on_cache_access(void *user, uint32_t blob, uint32_t hit) {
     (void)blob;
     ((trace_counts *)user)->hits += hit;
+}
+
+/* A prefetch hook: told, as each input starts, which expert blobs the next
+ * input's router may pick. Real firmware would start a DMA of `bytes` from
+ * external flash here (and return at once); this one counts the hints and
+ * checks that they point into the package. */
+typedef struct {
+    uint32_t hints, outside;
+    uint64_t bytes;
+} prefetch_counts;
+static void on_will_need(void *user, uint32_t blob, const uint8_t *bytes, size_t len) {
+    (void)blob;
+    prefetch_counts *c = (prefetch_counts *)user;
+    uintptr_t at = (uintptr_t)bytes, lo = (uintptr_t)model_tpk, hi = lo + model_tpk_len;
+    c->hints++;
+    c->bytes += len;
+    c->outside += at < lo || at + len > hi;
 }
 
 #define MAX_INPUT_VALUES 4096
@@ -178,10 +197,15 @@ static uint32_t run_task(tp_model *model, uint32_t t, const char *source, const 
                         .route = on_route,
                         .expert_fetch = on_expert_fetch,
                         .cache_access = on_cache_access};
+    prefetch_counts pcounts = {0, 0, 0};
+    tp_prefetch prefetch = {.struct_size = sizeof prefetch,
+                            .user = &pcounts,
+                            .will_need = on_will_need};
     if (use_budget) {
         CHECK(tp_session_create_budgeted(model, t, arena, sizeof arena, NULL, budget,
                                          2 * min_budget, &session));
         CHECK(tp_trace_attach(session, &tracer));
+        CHECK(tp_prefetch_attach(session, &prefetch));
     } else {
         CHECK(tp_session_create(model, t, arena, sizeof arena, NULL, &session));
     }
@@ -192,6 +216,7 @@ static uint32_t run_task(tp_model *model, uint32_t t, const char *source, const 
         tp_cache_stats cs = {.struct_size = sizeof cs};
         CHECK(tp_session_cache_stats(session, &cs));
         CHECK(tp_trace_attach(session, NULL));
+        CHECK(tp_prefetch_attach(session, NULL));
         printf("cache %s %s: budget %" PRIu64 " bytes, hits %" PRIu64 ", misses %" PRIu64
                ", evictions %" PRIu64 ", peak %" PRIu64 " bytes\n",
                source, info.name, cs.budget_bytes, cs.hits, cs.misses, cs.evictions,
@@ -201,6 +226,13 @@ static uint32_t run_task(tp_model *model, uint32_t t, const char *source, const 
         if (cs.peak_resident_bytes > cs.budget_bytes || counts.fetches != cs.hits + cs.misses ||
             counts.hits != cs.hits) {
             fprintf(stderr, "cache stats and trace disagree\n");
+            exit(1);
+        }
+        /* Two runs; each input but the last hints the next one's experts. */
+        printf("prefetch %s %s: hints %u, bytes %" PRIu64 "\n", source, info.name, pcounts.hints,
+               pcounts.bytes);
+        if (pcounts.outside != 0 || (info.modality_count == 1 && pcounts.hints != 0)) {
+            fprintf(stderr, "prefetch hints outside the package, or for a one-input task\n");
             exit(1);
         }
     }

@@ -112,6 +112,37 @@ fn hints_are_the_next_modalitys_path_experts_in_file_order() {
     assert!(popts.masks.values().any(|m| m.count_ones() < 16));
 }
 
+#[test]
+fn set_prefetch_installs_replaces_and_removes_the_hook() {
+    let (ck, popts) = narrowed();
+    let bytes = AlignedArena::from_bytes(&pack(&ck, &popts).unwrap());
+    let model = Model::from_bytes(bytes.as_slice()).unwrap();
+    let t = (0..model.task_count())
+        .find(|&t| model.task(t).unwrap().modality_mask.count_ones() > 1)
+        .unwrap();
+    let info = model.task(t).unwrap();
+    let x = random_inputs(&ck.config, t, &mut SplitMix64::new(3));
+    let refs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
+    let mut out = vec![0f32; info.outputs];
+    let mut arena = AlignedArena::new(info.arena_bytes);
+    let (mut first, mut second) = (Hints::default(), Hints::default());
+    let mut s = Session::with_options(&model, t, arena.as_mut_slice(), opts()).unwrap();
+    let plan: Vec<(u32, usize, usize)> = (0..info.modality_mask.count_ones() as usize)
+        .flat_map(|i| s.prefetch_plan(i).collect::<Vec<_>>())
+        .map(|b| (b.index, b.bytes.as_ptr() as usize, b.bytes.len()))
+        .collect();
+    assert!(!plan.is_empty());
+    s.set_prefetch(Some(&mut first));
+    s.run(&refs, &mut out).unwrap();
+    s.set_prefetch(Some(&mut second)); // replaces `first`
+    s.run(&refs, &mut out).unwrap();
+    s.set_prefetch(None); // no hook: nothing more to either
+    s.run(&refs, &mut out).unwrap();
+    let _ = s;
+    assert_eq!(first.0, plan, "one run's hints");
+    assert_eq!(second.0, plan, "one run's hints");
+}
+
 /// The package bytes behind a slow device: every read costs `delay`.
 fn slow_reader(
     model: &Model<'_>,

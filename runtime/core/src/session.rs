@@ -345,6 +345,15 @@ impl<'m, 'a> Session<'m, 'a> {
         self
     }
 
+    /// Installs (`Some`) or removes (`None`) the prefetch hook of a session
+    /// already built, replacing any given before: [`Session::with_prefetch`]
+    /// for a session that lives behind a handle (the C ABI's
+    /// `tp_prefetch_attach`). As with `with_prefetch`, hints are sent whether
+    /// or not the session has a blob source.
+    pub fn set_prefetch(&mut self, prefetch: Option<&'m mut dyn Prefetch>) {
+        self.prefetch = prefetch;
+    }
+
     /// The expert blobs a session hints when it starts input `input`: those
     /// of input `input + 1`'s path mask, components `0..=stage`, in file
     /// (hottest-first) order. Empty for the last input.

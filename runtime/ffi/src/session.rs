@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use taskpath_runtime::{CacheStats, ResidencyCache, Session, SessionOptions, Tracer};
+use taskpath_runtime::{CacheStats, Prefetch, ResidencyCache, Session, SessionOptions, Tracer};
 
 use crate::model::{model_ref, out_handle, tp_model};
 use crate::status::{guard, tp_status, Fail, Res};
@@ -12,8 +12,9 @@ use crate::{check_out_struct, read_versioned, write_out, TP_ARENA_ALIGN, TP_MAX_
 /// itself; the task's planned arena follows. `tp_session_arena_size` and
 /// `tp_task_info.session_bytes` include it, so a firmware can reserve
 /// `TP_SESSION_OVERHEAD + arena_bytes` statically from `taskpath inspect`.
-/// (The object itself takes under 600 bytes on 64-bit targets; the rest is
-/// headroom so this value, part of the ABI, need not change as it grows.)
+/// (The object itself takes under 600 bytes on 64-bit targets, followed by
+/// the slot of `tp_prefetch_attach`'s hook; the rest is headroom so this
+/// value, part of the ABI, need not change as it grows.)
 pub const TP_SESSION_OVERHEAD: usize = 1024;
 
 /// `tp_session_config.flags`: skip checking the checksums of the task's
@@ -154,6 +155,78 @@ impl Tracer for CTracer<'_> {
         }
     }
 }
+
+/// A prefetch hook (the runtime's `Prefetch`): when a session starts
+/// encoding input `i` of its task, it calls `will_need` once per expert blob
+/// that input `i + 1`'s router may pick (the task path's mask for that
+/// modality, components `0..=stage`), in file order, which the packer makes
+/// hottest first; nothing for the last input. Firmware can start a DMA of
+/// those bytes from external flash into its budget memory meanwhile.
+/// Zero-initialise, set `struct_size`, fill what you need.
+///
+/// Hints are sent for sessions with and without an expert budget, as the
+/// Rust `Session` does: a budgeted session copies the blob into its budget
+/// when the router picks it, an unbudgeted one reads it in place (then a
+/// hint can still warm a flash cache or an XIP prefetcher).
+///
+/// `will_need` runs on the thread calling `tp_session_run`, inside it; it
+/// must not call `tp_*` functions on the same session, must return (no
+/// `longjmp` out of it) and must not block for long: the session waits for
+/// it (start a transfer, do not wait for it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct tp_prefetch {
+    /// `sizeof(tp_prefetch)`; any other value gives `TP_ERR_STRUCT_SIZE`.
+    pub struct_size: u32,
+    /// Reserved; 0.
+    pub reserved: u32,
+    /// Passed as the first argument of `will_need`.
+    pub user: *mut core::ffi::c_void,
+    /// Blob `blob` (global blob index, as in the tracer's `expert_fetch`)
+    /// will likely be fetched soon. `bytes`, `len`: the blob's bytes in the
+    /// model's package (in place in the flash/memory given to
+    /// `tp_model_open_memory`, in its copy with `TP_MODEL_COPY`, or in the
+    /// file's mapping), read-only, valid until `tp_model_close`. NULL: no
+    /// hints are reported.
+    pub will_need: Option<
+        unsafe extern "C" fn(user: *mut core::ffi::c_void, blob: u32, bytes: *const u8, len: usize),
+    >,
+}
+
+/// The runtime's `Prefetch` over a caller's `tp_prefetch`. Lives in the
+/// session memory after the `tp_session` (at `PREFETCH_SLOT`), where the
+/// session's `Session` can borrow it for as long as it lives.
+struct CPrefetch(*const tp_prefetch);
+
+impl Prefetch for CPrefetch {
+    fn will_need(&mut self, blob: u32, bytes: &[u8]) {
+        // SAFETY: installed by tp_prefetch_attach, which checked it; the
+        // caller keeps it alive and unchanged until it detaches it or
+        // destroys the session.
+        let p = unsafe { &*self.0 };
+        if let Some(f) = p.will_need {
+            // SAFETY: a callback the caller installed, called with its user
+            // pointer as documented; `bytes` are package bytes that outlive
+            // the call (the model outlives its sessions).
+            unsafe { f(p.user, blob, bytes.as_ptr(), bytes.len()) }
+        }
+    }
+}
+
+/// Offset in the session memory of the `CPrefetch` that
+/// `tp_prefetch_attach` installs: after the `tp_session` (outside it, so the
+/// `&mut tp_session` of each call never overlaps the `Session`'s borrow of
+/// it), within `TP_SESSION_OVERHEAD`.
+const PREFETCH_SLOT: usize =
+    core::mem::size_of::<tp_session>().next_multiple_of(core::mem::align_of::<CPrefetch>());
+
+const _: () = {
+    assert!(
+        PREFETCH_SLOT + core::mem::size_of::<CPrefetch>() <= TP_SESSION_OVERHEAD,
+        "tp_session and the prefetch slot outgrew TP_SESSION_OVERHEAD"
+    );
+    assert!(core::mem::align_of::<CPrefetch>() <= TP_ARENA_ALIGN);
+};
 
 /// Options for `tp_session_create`. Pass NULL for the defaults, or
 /// zero-initialise and set `struct_size`.
@@ -586,6 +659,56 @@ pub unsafe extern "C" fn tp_trace_attach(
         // SAFETY: NULL or a tp_tracer, by contract (checked, then retained).
         unsafe { read_versioned(tracer, "tp_tracer")? };
         s.tracer = tracer;
+        Ok(())
+    })
+}
+
+/// Installs `prefetch`'s `will_need` hook for the session's later runs,
+/// replacing any installed before; `prefetch == NULL` removes it. The struct
+/// is *not* copied: it (and what `user` points to) must stay valid and
+/// unchanged until it is replaced, removed or the session destroyed.
+///
+/// Works on sessions with and without an expert budget (hints are sent
+/// either way, see `tp_prefetch`). On failure (`TP_ERR_NULL_ARGUMENT`,
+/// `TP_ERR_INVALID_HANDLE`, `TP_ERR_STRUCT_SIZE`) the hook installed
+/// before, if any, stays. Allocates nothing: the adapter lives in the
+/// session's `TP_SESSION_OVERHEAD` bytes.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `prefetch` is NULL or a `tp_prefetch` whose `will_need`, if non-NULL, is
+/// a valid function, kept alive as above.
+#[no_mangle]
+pub unsafe extern "C" fn tp_prefetch_attach(
+    session: *mut tp_session,
+    prefetch: *const tp_prefetch,
+) -> tp_status {
+    guard("tp_prefetch_attach", || {
+        // SAFETY: NULL or a live session handle, by contract.
+        let s = unsafe { session_mut(session, "session")? };
+        // SAFETY: NULL or a tp_prefetch, by contract (checked, then retained).
+        unsafe { read_versioned(prefetch, "tp_prefetch")? };
+        // End the session's borrow of the slot before the slot is rewritten.
+        s.session.set_prefetch(None);
+        if prefetch.is_null() {
+            return Ok(());
+        }
+        let slot = session
+            .cast::<u8>()
+            .wrapping_add(PREFETCH_SLOT)
+            .cast::<CPrefetch>();
+        // SAFETY: the slot is in the caller's session memory (within the
+        // first TP_SESSION_OVERHEAD bytes, asserted at compile time), aligned
+        // (the handle is TP_ARENA_ALIGN-aligned, PREFETCH_SLOT a multiple of
+        // CPrefetch's alignment), disjoint from the `tp_session` borrowed as
+        // `s` and from the arena; nothing borrows it now (cleared above). It
+        // stays put until tp_session_destroy drops the session that borrows
+        // it (CPrefetch itself needs no drop).
+        let hook: &'static mut CPrefetch = unsafe {
+            slot.write(CPrefetch(prefetch));
+            &mut *slot
+        };
+        s.session.set_prefetch(Some(hook));
         Ok(())
     })
 }

@@ -65,6 +65,9 @@ fn header_declares_every_entry_point_and_status() {
         "tp_session_run",
         "tp_session_stats",
         "tp_session_destroy",
+        "tp_session_create_budgeted",
+        "tp_trace_attach",
+        "tp_prefetch_attach",
     ] {
         assert!(h.contains(&format!("{f}(")), "{f} missing from the header");
     }

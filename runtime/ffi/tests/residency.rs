@@ -1,8 +1,10 @@
-//! The C ABI's expert budget and tracer: budgeted sessions are bit-identical
-//! to unbudgeted ones and report the cache's counters; tracer callbacks see
-//! the events the Rust `Tracer` sees; every new entry point's error cases
-//! (NULL, too-small arena or budget, wrong struct_size, a session without a
-//! budget) give their documented status and a last-error message.
+//! The C ABI's expert budget, tracer and prefetch hook: budgeted sessions
+//! are bit-identical to unbudgeted ones and report the cache's counters;
+//! tracer callbacks see the events the Rust `Tracer` sees; prefetch hints
+//! are the Rust `Session::prefetch_plan` of each input, with the blobs'
+//! package bytes; every new entry point's error cases (NULL, too-small arena
+//! or budget, wrong struct_size, a session without a budget) give their
+//! documented status and a last-error message.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::ptr::{null, null_mut};
 
 use taskpath_checkpoint::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
 use taskpath_ffi::*;
-use taskpath_pack::{pack, PackOptions};
+use taskpath_pack::{derive_paths, pack, route_statistics, PackOptions};
 use taskpath_runtime::format::Opcode;
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, Tracer};
 
@@ -437,6 +439,345 @@ fn tracer_callbacks_see_what_the_rust_tracer_sees() {
     // SAFETY: live session and model.
     unsafe {
         ok(tp_session_destroy(&mut s));
+        let mut m = m;
+        ok(tp_model_close(&mut m));
+    }
+}
+
+/// A package whose task paths are narrowed by calibration (60% coverage, as
+/// in tests/tests/prefetch.rs), so that the modalities' expert masks, hence
+/// the inputs' prefetch plans, differ.
+fn narrowed() -> Fx {
+    let mut spec = RandomSpec::reference();
+    spec.experts = 16;
+    spec.d_model = 32;
+    spec.ffn_hidden = 48;
+    spec.rank = 8;
+    let ck = random_checkpoint(&spec, 21);
+    let mut rng = SplitMix64::new(5);
+    let inputs: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
+        .map(|t| {
+            (0..24)
+                .map(|_| random_inputs(&ck.config, t, &mut rng))
+                .collect()
+        })
+        .collect();
+    let stats = route_statistics(&ck, &inputs).unwrap();
+    let opts = PackOptions {
+        masks: derive_paths(&stats, 0.6, ck.config.top_k),
+        stats: Some(stats),
+        ..Default::default()
+    };
+    let pkg = AlignedArena::from_bytes(&pack(&ck, &opts).unwrap());
+    Fx { ck, pkg }
+}
+
+/// A hint: blob, address and length of the bytes passed.
+type Hint = (u32, usize, usize);
+
+/// What the C callbacks saw, in order: `Some(hint)` from `will_need`,
+/// `None` from the tracer's `op_begin` of each Encode op (one per input), so
+/// that hints can be split by the input whose encoding sent them.
+#[derive(Default, Debug)]
+struct HintLog(Vec<Option<Hint>>);
+
+impl HintLog {
+    /// Hints per encoded input (those before the first Encode op, which
+    /// must be none, dropped after the check).
+    fn per_input(&self) -> Vec<Vec<Hint>> {
+        let mut groups: Vec<Vec<Hint>> = vec![Vec::new()];
+        for e in &self.0 {
+            match e {
+                Some(h) => groups.last_mut().unwrap().push(*h),
+                None => groups.push(Vec::new()),
+            }
+        }
+        assert!(
+            groups[0].is_empty(),
+            "hints before the first input: {groups:?}"
+        );
+        groups.remove(0);
+        groups
+    }
+    fn hints(&self) -> Vec<Hint> {
+        self.0.iter().flatten().copied().collect()
+    }
+}
+
+fn hint_log(user: *mut c_void) -> &'static mut HintLog {
+    // SAFETY: the tests pass a live, exclusively used `HintLog` as `user`.
+    unsafe { &mut *user.cast::<HintLog>() }
+}
+unsafe extern "C" fn c_will_need(u: *mut c_void, blob: u32, bytes: *const u8, len: usize) {
+    hint_log(u).0.push(Some((blob, bytes as usize, len)));
+}
+unsafe extern "C" fn c_encode_begin(u: *mut c_void, _i: u32, op: u32) {
+    if op == Opcode::Encode as u32 {
+        hint_log(u).0.push(None);
+    }
+}
+
+fn prefetch_of(log: &mut HintLog) -> tp_prefetch {
+    tp_prefetch {
+        struct_size: std::mem::size_of::<tp_prefetch>() as u32,
+        reserved: 0,
+        user: (log as *mut HintLog).cast(),
+        will_need: Some(c_will_need),
+    }
+}
+
+/// The oracle: the Rust API's plan for each input of task `t`, as hints
+/// (checked against the blob table's bytes on the way).
+fn rust_plan(model: &Model<'_>, t: usize) -> Vec<Vec<Hint>> {
+    let info = model.task(t).unwrap();
+    let mut arena = AlignedArena::new(info.arena_bytes);
+    let rs = Session::new(model, t, arena.as_mut_slice()).unwrap();
+    (0..info.modality_mask.count_ones() as usize)
+        .map(|i| {
+            rs.prefetch_plan(i)
+                .map(|b| {
+                    let table = model.blob(b.index).unwrap().bytes;
+                    assert_eq!(
+                        (b.bytes.as_ptr(), b.bytes.len()),
+                        (table.as_ptr(), table.len())
+                    );
+                    (b.index, b.bytes.as_ptr() as usize, b.bytes.len())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn prefetch_hints_are_the_rust_prefetch_plan_of_each_input() {
+    let f = narrowed();
+    let m = open(f.pkg.as_slice());
+    let model = Model::from_bytes(f.pkg.as_slice()).unwrap();
+    let pkg = f.pkg.as_slice().as_ptr_range();
+    let budget = model.expert_bytes() / 3;
+    let mut rng = SplitMix64::new(8);
+    let (mut multi, mut differing) = (0, 0);
+    for t in 0..model.task_count() {
+        let info = model.task(t).unwrap();
+        let want = rust_plan(&model, t);
+        let (_, need, _) = sizes(m, t as u32);
+        let mut mem = AlignedArena::new(need);
+        let mut bmem = AlignedArena::new(budget);
+        let mut s = null_mut();
+        // SAFETY: live model; memory and budget sized as asked, disjoint.
+        ok(unsafe {
+            tp_session_create_budgeted(
+                m,
+                t as u32,
+                mem.as_mut_slice().as_mut_ptr().cast(),
+                need,
+                null(),
+                bmem.as_mut_slice().as_mut_ptr().cast(),
+                budget,
+                &mut s,
+            )
+        });
+        let mut log = HintLog::default();
+        let pf = prefetch_of(&mut log);
+        let tr = tp_tracer {
+            struct_size: std::mem::size_of::<tp_tracer>() as u32,
+            reserved: 0,
+            user: (&mut log as *mut HintLog).cast(),
+            op_begin: Some(c_encode_begin),
+            op_end: None,
+            blob_read: None,
+            expert_fetch: None,
+            route: None,
+            cache_access: None,
+        };
+        // SAFETY: live session; `pf`, `tr` and `log` outlive the runs.
+        unsafe {
+            ok(tp_prefetch_attach(s, &pf));
+            ok(tp_trace_attach(s, &tr));
+        }
+        for _ in 0..2 {
+            log.0.clear();
+            run(s, &random_inputs(&f.ck.config, t, &mut rng), info.outputs);
+            let got = log.per_input();
+            assert_eq!(got, want, "task {}: hints per input", info.name);
+            for &(_, at, len) in got.iter().flatten() {
+                assert!(
+                    pkg.contains(&(at as *const u8)) && at + len <= pkg.end as usize,
+                    "hinted bytes lie in the package the model was opened on"
+                );
+            }
+        }
+        assert!(
+            want.last().unwrap().is_empty(),
+            "no hints for the last input"
+        );
+        if want.len() > 1 {
+            multi += 1;
+            assert!(!want[0].is_empty(), "task {}: input 0 hints", info.name);
+            differing += usize::from(want[..want.len() - 1].windows(2).any(|w| w[0] != w[1]));
+        }
+
+        // Detached: the session still encodes each input, but hints nothing.
+        // SAFETY: live session.
+        ok(unsafe { tp_prefetch_attach(s, null()) });
+        log.0.clear();
+        run(s, &random_inputs(&f.ck.config, t, &mut rng), info.outputs);
+        assert_eq!(log.0.len(), want.len(), "only the Encode markers");
+        assert!(log.hints().is_empty(), "hints after detach: {log:?}");
+        // SAFETY: live session and model.
+        unsafe {
+            ok(tp_trace_attach(s, null()));
+            ok(tp_session_destroy(&mut s));
+        }
+    }
+    assert!(multi > 0, "a task with several inputs");
+    assert!(differing > 0, "narrowed masks give inputs different plans");
+    let mut m = m;
+    // SAFETY: live model without sessions.
+    ok(unsafe { tp_model_close(&mut m) });
+}
+
+#[test]
+fn prefetch_hints_reach_unbudgeted_sessions_and_the_latest_hook() {
+    let f = narrowed();
+    let m = open(f.pkg.as_slice());
+    let model = Model::from_bytes(f.pkg.as_slice()).unwrap();
+    let t = (0..model.task_count())
+        .find(|&t| model.task(t).unwrap().modality_mask.count_ones() > 1)
+        .expect("a multi-input task");
+    let info = model.task(t).unwrap();
+    let want: Vec<Hint> = rust_plan(&model, t).into_iter().flatten().collect();
+    assert!(!want.is_empty());
+    // The Rust API's own hints, for an unbudgeted session: the same.
+    #[derive(Default)]
+    struct Rec(Vec<Hint>);
+    impl taskpath_runtime::Prefetch for Rec {
+        fn will_need(&mut self, blob: u32, bytes: &[u8]) {
+            self.0.push((blob, bytes.as_ptr() as usize, bytes.len()));
+        }
+    }
+    let mut rec = Rec::default();
+    let mut rarena = AlignedArena::new(info.arena_bytes);
+    let xs = random_inputs(&f.ck.config, t, &mut SplitMix64::new(4));
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    Session::new(&model, t, rarena.as_mut_slice())
+        .unwrap()
+        .with_prefetch(&mut rec)
+        .run(&refs, &mut vec![0f32; info.outputs])
+        .unwrap();
+    assert_eq!(rec.0, want, "the Rust session hints without a budget too");
+
+    let (plain, _, _) = sizes(m, t as u32);
+    let mut mem = AlignedArena::new(plain);
+    let mut s = null_mut();
+    // SAFETY: live model; memory sized as asked.
+    ok(unsafe {
+        tp_session_create(
+            m,
+            t as u32,
+            mem.as_mut_slice().as_mut_ptr().cast(),
+            plain,
+            null(),
+            &mut s,
+        )
+    });
+    let (mut first, mut second) = (HintLog::default(), HintLog::default());
+    let (pf1, pf2) = (prefetch_of(&mut first), prefetch_of(&mut second));
+    // SAFETY: live session; the structs and logs outlive the runs.
+    ok(unsafe { tp_prefetch_attach(s, &pf1) });
+    let plain_out = run(s, &xs, info.outputs);
+    assert_eq!(first.hints(), want, "unbudgeted C session");
+    // Replacing: the new hook gets the hints, the old one nothing more.
+    // SAFETY: as above.
+    ok(unsafe { tp_prefetch_attach(s, &pf2) });
+    let again = run(s, &xs, info.outputs);
+    assert_eq!(first.hints().len(), want.len());
+    assert_eq!(second.hints(), want);
+    let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(b(&again), b(&plain_out), "hints change no output");
+    // A hook without a callback reports nothing and runs fine.
+    let silent = tp_prefetch {
+        will_need: None,
+        ..pf2
+    };
+    // SAFETY: as above.
+    ok(unsafe { tp_prefetch_attach(s, &silent) });
+    run(s, &xs, info.outputs);
+    assert_eq!(second.hints().len(), want.len());
+    // SAFETY: live session and model; destroying with a hook attached.
+    unsafe {
+        ok(tp_prefetch_attach(s, &pf2));
+        ok(tp_session_destroy(&mut s));
+        let mut m = m;
+        ok(tp_model_close(&mut m));
+    }
+}
+
+#[test]
+fn prefetch_attach_reports_its_errors() {
+    let f = fixture();
+    let m = open(f.pkg.as_slice());
+    let (_, need, min) = sizes(m, 1);
+    let mut mem = AlignedArena::new(need);
+    let mut bmem = AlignedArena::new(min);
+    let mut s = null_mut();
+    let mut log = HintLog::default();
+    let good = prefetch_of(&mut log);
+    let bad = tp_prefetch {
+        struct_size: 8,
+        ..good
+    };
+    // SAFETY (every call below): the library checks its arguments itself;
+    // valid pointers are live and sized as passed.
+    unsafe {
+        ok(tp_session_create_budgeted(
+            m,
+            1,
+            mem.as_mut_slice().as_mut_ptr().cast(),
+            need,
+            null(),
+            bmem.as_mut_slice().as_mut_ptr().cast(),
+            min,
+            &mut s,
+        ));
+        fails(
+            tp_prefetch_attach(null_mut(), &good),
+            TP_ERR_NULL_ARGUMENT,
+            "tp_prefetch_attach",
+            &["session"],
+        );
+        ok(tp_prefetch_attach(s, &good));
+        fails(
+            tp_prefetch_attach(s, &bad),
+            TP_ERR_STRUCT_SIZE,
+            "tp_prefetch_attach",
+            &[
+                "tp_prefetch.struct_size is 8",
+                &std::mem::size_of::<tp_prefetch>().to_string(),
+            ],
+        );
+        let zeroed: tp_prefetch = std::mem::zeroed();
+        fails(
+            tp_prefetch_attach(s, &zeroed),
+            TP_ERR_STRUCT_SIZE,
+            "tp_prefetch_attach",
+            &["tp_prefetch.struct_size is 0"],
+        );
+        // A failed attach leaves the hook installed before.
+        let xs = random_inputs(&f.ck.config, 1, &mut SplitMix64::new(1));
+        let model = Model::from_bytes(f.pkg.as_slice()).unwrap();
+        run(s, &xs, model.task(1).unwrap().outputs);
+        assert!(!log.hints().is_empty(), "the good hook still hints");
+        ok(tp_prefetch_attach(s, null()));
+        ok(tp_prefetch_attach(s, null()));
+        let live = s;
+        ok(tp_session_destroy(&mut s));
+        fails(
+            tp_prefetch_attach(live, &good),
+            TP_ERR_INVALID_HANDLE,
+            "tp_prefetch_attach",
+            &["session"],
+        );
         let mut m = m;
         ok(tp_model_close(&mut m));
     }
