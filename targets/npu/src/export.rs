@@ -27,12 +27,18 @@ pub const OPSET: i64 = 17;
 /// f32 graph against the CPU runtime's values for the same part.
 pub const F32_REL_BOUND: f32 = 1e-5;
 
-/// The same bound for the int8 QDQ graphs against the CPU's f32 values
-/// (docs/NPU.md). Measured with onnxruntime on 8 test samples per task:
-/// trunks 1.8e-2, experts 2.0e-2, heads 9.5e-2 (GSE-MET, whose two logits
-/// are small, so the error relative to them is largest); routers carry no
-/// quantized weight.
+/// The bound of an int8 QDQ head graph against the CPU's f32 values
+/// (docs/NPU.md). Heads set the loosest bound: a weight-quantized linear
+/// layer's error scales with its input's norm, and some heads' logits are
+/// small (GSE-MET: 9.5e-2 with onnxruntime on 8 test samples per task).
 pub const INT8_REL_BOUND: f32 = 0.25;
+
+/// The bound of an int8 QDQ trunk or expert graph. Measured worst cases:
+/// trunks 1.8e-2, experts 2.0e-2 (onnxruntime, 8 samples per task), experts
+/// 3.2e-2 (tract, 24 samples per task). Router graphs carry no quantized
+/// weight (pooling queries and gate vectors stay f32), so their int8 graph
+/// keeps the f32 bound.
+pub const INT8_BODY_REL_BOUND: f32 = 5e-2;
 
 /// Weight precision of an exported graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +57,12 @@ impl Precision {
             Precision::Int8 => "int8",
         }
     }
-    /// Its relative bound against the CPU f32 values.
-    pub fn bound(self) -> f32 {
-        match self {
-            Precision::F32 => F32_REL_BOUND,
-            Precision::Int8 => INT8_REL_BOUND,
+    /// Its relative bound against the CPU f32 values for a graph of `kind`.
+    pub fn bound(self, kind: SegmentKind) -> f32 {
+        match (self, kind) {
+            (Precision::F32, _) | (Precision::Int8, SegmentKind::Router { .. }) => F32_REL_BOUND,
+            (Precision::Int8, SegmentKind::Head) => INT8_REL_BOUND,
+            (Precision::Int8, _) => INT8_BODY_REL_BOUND,
         }
     }
 }
@@ -767,6 +774,10 @@ pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value
             "outputs": seg.outputs.iter().map(port_json).collect::<Vec<_>>(),
             "blobs": blobs,
             "tensors": tensors,
+            "tolerance": {
+                "f32": Precision::F32.bound(seg.kind),
+                "int8": Precision::Int8.bound(seg.kind),
+            },
         });
         if let (Some(o), Some(e)) = (g.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
@@ -814,8 +825,8 @@ pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value
             "top_k": hp.top_k, "ffn_hidden": hp.ffn_hidden, "ln_eps": hp.ln_eps,
             "gating": if hp.gating == gating::SOFTMAX { "softmax" } else { "laplace" },
         },
-        "tolerance": {"f32": F32_REL_BOUND, "int8": INT8_REL_BOUND,
-                       "metric": "max|onnx - cpu| <= tol * max|cpu| per output"},
+        "tolerance": {"metric": "max|onnx - cpu| <= tol * max|cpu| per output",
+                       "where": "graphs[].tolerance, by precision"},
         "graphs": out_graphs,
         "steps": steps,
     }))

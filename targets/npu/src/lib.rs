@@ -27,7 +27,8 @@ pub use cpu::window;
 pub use delegate::{is_expert, CpuOnly, Delegate, ExecStats, Executor, Observer};
 pub use error::{Error, Result};
 pub use export::{
-    export_task, manifest, segment_graph, Graph, Precision, F32_REL_BOUND, INT8_REL_BOUND, OPSET,
+    export_task, manifest, segment_graph, Graph, Precision, F32_REL_BOUND, INT8_BODY_REL_BOUND,
+    INT8_REL_BOUND, OPSET,
 };
 pub use plan::{OpInfo, Plan, Port, Segment, SegmentKind, Source, Step};
 

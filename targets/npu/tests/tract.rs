@@ -71,13 +71,13 @@ fn every_exported_graph_matches_the_cpu_runtime_for_its_part() {
                         let w = worst.entry((kind(seg.kind), prec.name())).or_default();
                         w.0 = w.0.max(e);
                         w.1 += 1;
-                        if e > prec.bound() && failure.is_none() {
+                        if e > prec.bound(seg.kind) && failure.is_none() {
                             failure = Some(format!(
                                 "{name}: {} ({}) output {}: relative error {e:e} > {:e}",
                                 seg.name,
                                 prec.name(),
                                 p.name,
-                                prec.bound()
+                                prec.bound(seg.kind)
                             ));
                         }
                     }
