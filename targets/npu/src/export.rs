@@ -67,6 +67,12 @@ impl Precision {
     }
 }
 
+/// `x` as the f64 its shortest decimal form reads as (1e-5, not
+/// 9.999999747378752e-6), for the manifest's readers.
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 /// One exported graph.
 #[derive(Clone, Debug)]
 pub struct Graph {
@@ -775,8 +781,8 @@ pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value
             "blobs": blobs,
             "tensors": tensors,
             "tolerance": {
-                "f32": Precision::F32.bound(seg.kind),
-                "int8": Precision::Int8.bound(seg.kind),
+                "f32": decimal(Precision::F32.bound(seg.kind)),
+                "int8": decimal(Precision::Int8.bound(seg.kind)),
             },
         });
         if let (Some(o), Some(e)) = (g.as_object_mut(), extra.as_object()) {
