@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use taskpath_checkpoint::{random_checkpoint, random_inputs, Checkpoint, RandomSpec, SplitMix64};
 use taskpath_format::records::blob_kind;
-use taskpath_pack::{derive_paths, pack, route_statistics, PackOptions};
+use taskpath_pack::{pack, random_calibration, PackOptions};
 use taskpath_runtime::{AlignedArena, Model, Session, SessionOptions, Tracer};
 
 #[derive(Default)]
@@ -18,34 +18,13 @@ impl Tracer for Reads {
 
 /// A 16-expert model with paths narrowed by calibration at 60% coverage.
 fn narrowed() -> (Checkpoint, PackOptions) {
-    let mut spec = RandomSpec::reference();
-    spec.experts = 16;
-    spec.d_model = 32;
-    spec.ffn_hidden = 48;
-    spec.rank = 8;
-    let ck = random_checkpoint(&spec, 21);
-    let mut rng = SplitMix64::new(5);
-    let inputs: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
-        .map(|t| {
-            (0..24)
-                .map(|_| random_inputs(&ck.config, t, &mut rng))
-                .collect()
-        })
-        .collect();
-    let stats = route_statistics(&ck, &inputs).unwrap();
-    let masks = derive_paths(&stats, 0.6, ck.config.top_k);
+    let ck = random_checkpoint(&RandomSpec::wide_small(), 21);
+    let opts = random_calibration(&ck, 24, 5, 0.6).unwrap();
     assert!(
-        masks.values().any(|m| m.count_ones() < 16),
+        opts.masks.values().any(|m| m.count_ones() < 16),
         "coverage 0.6 must narrow some path"
     );
-    (
-        ck,
-        PackOptions {
-            masks,
-            stats: Some(stats),
-            ..Default::default()
-        },
-    )
+    (ck, opts)
 }
 
 /// The path as the model definition says it should be, from the checkpoint

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use taskpath_checkpoint::{random_checkpoint, random_inputs, Checkpoint, RandomSpec, SplitMix64};
 use taskpath_format::records::blob_kind;
-use taskpath_pack::{derive_paths, pack, route_statistics, PackOptions};
+use taskpath_pack::{pack, random_calibration, PackOptions};
 use taskpath_runtime::{
     AlignedArena, MmapPrefetch, Model, Prefetch, PrefetchReader, Session, SessionOptions,
 };
@@ -15,27 +15,8 @@ use taskpath_runtime::{
 /// A 16-expert model with paths narrowed by calibration at 60% coverage, so
 /// that modalities' masks differ (as in tests/path.rs).
 fn narrowed() -> (Checkpoint, PackOptions) {
-    let mut spec = RandomSpec::reference();
-    spec.experts = 16;
-    spec.d_model = 32;
-    spec.ffn_hidden = 48;
-    spec.rank = 8;
-    let ck = random_checkpoint(&spec, 21);
-    let mut rng = SplitMix64::new(5);
-    let inputs: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
-        .map(|t| {
-            (0..24)
-                .map(|_| random_inputs(&ck.config, t, &mut rng))
-                .collect()
-        })
-        .collect();
-    let stats = route_statistics(&ck, &inputs).unwrap();
-    let masks = derive_paths(&stats, 0.6, ck.config.top_k);
-    let opts = PackOptions {
-        masks,
-        stats: Some(stats),
-        ..Default::default()
-    };
+    let ck = random_checkpoint(&RandomSpec::wide_small(), 21);
+    let opts = random_calibration(&ck, 24, 5, 0.6).unwrap();
     (ck, opts)
 }
 

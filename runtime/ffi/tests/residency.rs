@@ -13,7 +13,7 @@ use std::ptr::{null, null_mut};
 
 use taskpath_checkpoint::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
 use taskpath_ffi::*;
-use taskpath_pack::{derive_paths, pack, route_statistics, PackOptions};
+use taskpath_pack::{pack, random_calibration, PackOptions};
 use taskpath_runtime::format::Opcode;
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, Tracer};
 
@@ -448,26 +448,8 @@ fn tracer_callbacks_see_what_the_rust_tracer_sees() {
 /// in tests/tests/prefetch.rs), so that the modalities' expert masks, hence
 /// the inputs' prefetch plans, differ.
 fn narrowed() -> Fx {
-    let mut spec = RandomSpec::reference();
-    spec.experts = 16;
-    spec.d_model = 32;
-    spec.ffn_hidden = 48;
-    spec.rank = 8;
-    let ck = random_checkpoint(&spec, 21);
-    let mut rng = SplitMix64::new(5);
-    let inputs: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
-        .map(|t| {
-            (0..24)
-                .map(|_| random_inputs(&ck.config, t, &mut rng))
-                .collect()
-        })
-        .collect();
-    let stats = route_statistics(&ck, &inputs).unwrap();
-    let opts = PackOptions {
-        masks: derive_paths(&stats, 0.6, ck.config.top_k),
-        stats: Some(stats),
-        ..Default::default()
-    };
+    let ck = random_checkpoint(&RandomSpec::wide_small(), 21);
+    let opts = random_calibration(&ck, 24, 5, 0.6).unwrap();
     let pkg = AlignedArena::from_bytes(&pack(&ck, &opts).unwrap());
     Fx { ck, pkg }
 }

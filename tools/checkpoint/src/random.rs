@@ -60,6 +60,19 @@ pub struct RandomSpec {
 }
 
 impl RandomSpec {
+    /// The reference tasks and modalities over a 16-expert pool at D=32
+    /// (FFN 48, rank 8): wide enough that calibration narrows task paths,
+    /// small enough for tests.
+    pub fn wide_small() -> Self {
+        Self {
+            experts: 16,
+            d_model: 32,
+            ffn_hidden: 48,
+            rank: 8,
+            ..Self::reference()
+        }
+    }
+
     /// The reference model's shape (D=128, 4 heads, N=5, top-2) with the
     /// five bundled tasks' modalities, stages 0..=2 as in DESIGN.md.
     pub fn reference() -> Self {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context, Result};
-use taskpath_checkpoint::Checkpoint;
+use taskpath_checkpoint::{random_inputs, Checkpoint, SplitMix64};
 use taskpath_runtime::{AlignedArena, Model, Session, SessionOptions, Tracer};
 
 /// Per expert of one (task, modality): (times picked, summed gate).
@@ -116,6 +116,31 @@ pub fn route_statistics(ck: &Checkpoint, inputs: &[Vec<Vec<Vec<f32>>>]) -> Resul
     }
     bar.finish_and_clear();
     Ok(stats)
+}
+
+/// Pack options with task paths calibrated on random inputs instead of a
+/// dataset: `samples` seeded `random_inputs` per task, paths kept at
+/// `coverage`. For tests and benchmarks of narrowed paths.
+pub fn random_calibration(
+    ck: &Checkpoint,
+    samples: usize,
+    seed: u64,
+    coverage: f64,
+) -> Result<crate::PackOptions> {
+    let mut rng = SplitMix64::new(seed);
+    let inputs: Vec<Vec<Vec<Vec<f32>>>> = (0..ck.config.tasks.len())
+        .map(|t| {
+            (0..samples)
+                .map(|_| random_inputs(&ck.config, t, &mut rng))
+                .collect()
+        })
+        .collect();
+    let stats = route_statistics(ck, &inputs)?;
+    Ok(crate::PackOptions {
+        masks: derive_paths(&stats, coverage, ck.config.top_k),
+        stats: Some(stats),
+        ..Default::default()
+    })
 }
 
 /// Per (task, modality), the fewest experts (by gate mass, ties to the lower

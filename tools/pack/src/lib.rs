@@ -22,7 +22,7 @@ use taskpath_format::writer::PackageWriter;
 use taskpath_format::Opcode;
 use taskpath_runtime::Model;
 
-pub use calibrate::{derive_paths, route_statistics, RouteStats};
+pub use calibrate::{derive_paths, random_calibration, route_statistics, RouteStats};
 
 /// What [`pack`] and [`pack_delta`] take besides the checkpoint.
 #[derive(Clone, Debug, Default)]
