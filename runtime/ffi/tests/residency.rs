@@ -54,6 +54,33 @@ fn sizes(m: *const tp_model, t: u32) -> (usize, usize, usize) {
     (plain, budgeted, min)
 }
 
+/// A budgeted C session of task `t`, with its session memory and budget
+/// (keep both alive while the session is).
+fn budgeted(
+    m: *const tp_model,
+    t: u32,
+    budget: usize,
+) -> (AlignedArena, AlignedArena, *mut tp_session) {
+    let (_, need, _) = sizes(m, t);
+    let mut mem = AlignedArena::new(need);
+    let mut bmem = AlignedArena::new(budget);
+    let mut s = null_mut();
+    // SAFETY: live model; memory and budget sized as asked, disjoint.
+    ok(unsafe {
+        tp_session_create_budgeted(
+            m,
+            t,
+            mem.as_mut_slice().as_mut_ptr().cast(),
+            need,
+            null(),
+            bmem.as_mut_slice().as_mut_ptr().cast(),
+            budget,
+            &mut s,
+        )
+    });
+    (mem, bmem, s)
+}
+
 fn run(s: *mut tp_session, xs: &[Vec<f32>], n: usize) -> Vec<f32> {
     let ptrs: Vec<*const f32> = xs.iter().map(|x| x.as_ptr()).collect();
     let mut out = vec![0f32; n];
@@ -81,24 +108,9 @@ fn budgeted_sessions_are_bit_identical_and_count_like_the_rust_cache() {
     let mut rng = SplitMix64::new(6);
     for t in 0..model.task_count() {
         let info = model.task(t).unwrap();
-        let (_, need, min) = sizes(m, t as u32);
+        let (_, _, min) = sizes(m, t as u32);
         assert_eq!(min, ResidencyCache::min_budget(&model));
-        let mut mem = AlignedArena::new(need);
-        let mut bmem = AlignedArena::new(budget);
-        let mut s = null_mut();
-        // SAFETY: live model; memory and budget sized as asked, disjoint.
-        ok(unsafe {
-            tp_session_create_budgeted(
-                m,
-                t as u32,
-                mem.as_mut_slice().as_mut_ptr().cast(),
-                need,
-                null(),
-                bmem.as_mut_slice().as_mut_ptr().cast(),
-                budget,
-                &mut s,
-            )
-        });
+        let (_mem, _bmem, mut s) = budgeted(m, t as u32, budget);
         // The Rust API with the same budget on the same inputs.
         let mut rmem = AlignedArena::new(budget);
         let mut cache = ResidencyCache::new(&model, rmem.as_mut_slice()).unwrap();
@@ -383,24 +395,8 @@ fn tracer_callbacks_see_what_the_rust_tracer_sees() {
     let model = Model::from_bytes(f.pkg.as_slice()).unwrap();
     let t = 1; // WDBC: three modalities
     let info = model.task(t).unwrap();
-    let (_, need, _) = sizes(m, t as u32);
     let budget = model.expert_bytes() / 2;
-    let mut mem = AlignedArena::new(need);
-    let mut bmem = AlignedArena::new(budget);
-    let mut s = null_mut();
-    // SAFETY: sized as asked, disjoint.
-    ok(unsafe {
-        tp_session_create_budgeted(
-            m,
-            t as u32,
-            mem.as_mut_slice().as_mut_ptr().cast(),
-            need,
-            null(),
-            bmem.as_mut_slice().as_mut_ptr().cast(),
-            budget,
-            &mut s,
-        )
-    });
+    let (_mem, _bmem, mut s) = budgeted(m, t as u32, budget);
     let mut got = Events::default();
     let tr = tp_tracer {
         struct_size: std::mem::size_of::<tp_tracer>() as u32,
@@ -542,23 +538,7 @@ fn prefetch_hints_are_the_rust_prefetch_plan_of_each_input() {
     for t in 0..model.task_count() {
         let info = model.task(t).unwrap();
         let want = rust_plan(&model, t);
-        let (_, need, _) = sizes(m, t as u32);
-        let mut mem = AlignedArena::new(need);
-        let mut bmem = AlignedArena::new(budget);
-        let mut s = null_mut();
-        // SAFETY: live model; memory and budget sized as asked, disjoint.
-        ok(unsafe {
-            tp_session_create_budgeted(
-                m,
-                t as u32,
-                mem.as_mut_slice().as_mut_ptr().cast(),
-                need,
-                null(),
-                bmem.as_mut_slice().as_mut_ptr().cast(),
-                budget,
-                &mut s,
-            )
-        });
+        let (_mem, _bmem, mut s) = budgeted(m, t as u32, budget);
         let mut log = HintLog::default();
         let pf = prefetch_of(&mut log);
         let tr = tp_tracer {
