@@ -11,6 +11,10 @@
 #    an AlignedArena (runtime/core/src/mapped.rs, the runtime's only unsafe
 #    besides mmap), a Model over it and a Session over a caller arena
 #    created and run.
+# 3. taskpath-ffi --test miri: the C ABI on a tiny packed model (d=8): a
+#    session in caller memory, a budgeted one (expert cache in the caller's
+#    budget, evicting), tracer and prefetch hooks, runs, stats, destroy,
+#    close; outputs equal the Rust API's.
 # Not under Miri: memory-mapped files (`MappedModel`; memmap2's mmap is a
 # foreign call Miri cannot execute), the packer-built packages of the other
 # regression tests (minutes each under Miri) and the SIMD kernels of
@@ -34,3 +38,6 @@ cargo +nightly miri test -p taskpath-format
 
 echo "=== miri: runtime (AlignedArena, Model, Session) via fuzz_regressions::miri_*"
 cargo +nightly miri test -p taskpath-tests --test fuzz_regressions -- miri_
+
+echo "=== miri: C ABI (taskpath-ffi --test miri)"
+cargo +nightly miri test -p taskpath-ffi --test miri

@@ -16,7 +16,7 @@
 //! These kernels are the reference that faster kernels (SIMD, lookup tables)
 //! are tested against, so clarity wins over cleverness where the two differ.
 
-use libm::{erfcf, erff, expf, sqrtf};
+use libm::{erfcf, erff, expf};
 
 /// Number of independent accumulators (and chunk width) of the reductions.
 const LANES: usize = 8;
@@ -25,6 +25,52 @@ const LANES: usize = 8;
 #[inline]
 pub fn erf(x: f32) -> f32 {
     erff(x)
+}
+
+/// Correctly rounded square root. libm's x86 `sqrtf` is `sqrtss` inline
+/// assembly, which Miri cannot execute, so Miri runs [`soft_sqrt`], which
+/// returns the same bits for every input (tested against libm below).
+#[inline]
+fn sqrtf(x: f32) -> f32 {
+    #[cfg(miri)]
+    return soft_sqrt(x);
+    #[cfg(not(miri))]
+    libm::sqrtf(x)
+}
+
+/// Correctly rounded square root in integer arithmetic. For a positive finite
+/// `x = m * 2^e` (`e` even after normalising), `r = isqrt(m << k)` has 25
+/// bits; rounding `r / 2` up when its last bit is set is round-to-nearest,
+/// since a square root of an f32 can never lie exactly half-way between two
+/// f32s (that would make `m << k` the square of an odd number, which has no
+/// trailing zero bits).
+#[cfg(any(miri, test))]
+fn soft_sqrt(x: f32) -> f32 {
+    if x.is_nan() || x == 0.0 || x == f32::INFINITY {
+        return x;
+    }
+    if x < 0.0 {
+        return f32::NAN;
+    }
+    let b = x.to_bits();
+    let (mut m, mut e) = match (b >> 23) as i32 {
+        0 => (u64::from(b & 0x7f_ffff), -149),
+        be => (u64::from(b & 0x7f_ffff) | 1 << 23, be - 150),
+    };
+    while m < 1 << 23 {
+        m <<= 1;
+        e -= 1;
+    }
+    if e & 1 != 0 {
+        m <<= 1;
+        e -= 1;
+    }
+    // m in [2^23, 2^25): m << k in [2^48, 2^50), so r in [2^24, 2^25).
+    let k = if m < 1 << 24 { 26 } else { 24 };
+    let r = (m << k).isqrt();
+    let q = (r >> 1) + (r & 1); // in [2^23, 2^24]; 2^24 carries into the exponent
+    let exp = (e - k) / 2 + 1 + 23 + 127;
+    f32::from_bits(((exp as u32) << 23) + (q as u32 - (1 << 23)))
 }
 
 /// Sum of the accumulators, left to right.
@@ -429,5 +475,37 @@ pub fn add(x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len(), y.len(), "add: x and y must have the same length");
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += xi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::soft_sqrt;
+
+    /// The Miri square root returns libm's bits: every exponent, the edges
+    /// of each binade, subnormals, specials and 2^20 pseudo-random patterns.
+    #[test]
+    fn soft_sqrt_equals_libm_bit_for_bit() {
+        let check = |b: u32| {
+            let x = f32::from_bits(b);
+            let (want, got) = (libm::sqrtf(x), soft_sqrt(x));
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                "sqrt({x:e}) [{b:#010x}]: libm {want:e}, soft {got:e}"
+            );
+        };
+        for e in 0..=255u32 {
+            for m in [0, 1, 2, 3, 0x40_0000, 0x7f_fffe, 0x7f_ffff] {
+                check(e << 23 | m);
+                check(1 << 31 | e << 23 | m);
+            }
+        }
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..1 << 20 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            check((s >> 32) as u32);
+        }
     }
 }
