@@ -559,19 +559,8 @@ pub unsafe extern "C" fn tp_session_arena_size_budgeted(
     size: *mut usize,
 ) -> tp_status {
     guard("tp_session_arena_size_budgeted", || {
-        // SAFETY: NULL or a live model handle, by contract.
-        let m = unsafe { model_ref(model, "model")? };
-        if size.is_null() {
-            return Err(Fail::null("size"));
-        }
-        let info = m
-            .model()
-            .task(task as usize)
-            .map_err(|_| m.unknown_task(task))?;
-        let need = session_bytes(info.arena_bytes).saturating_add(TP_CACHE_OVERHEAD);
-        // SAFETY: non-null and writable by contract.
-        unsafe { write_out(size, need) };
-        Ok(())
+        // SAFETY: the caller's contract, passed on.
+        unsafe { arena_size(model, task, size, TP_CACHE_OVERHEAD) }
     })
 }
 
@@ -725,19 +714,29 @@ pub unsafe extern "C" fn tp_session_arena_size(
     size: *mut usize,
 ) -> tp_status {
     guard("tp_session_arena_size", || {
-        // SAFETY: NULL or a live model handle, by contract.
-        let m = unsafe { model_ref(model, "model")? };
-        if size.is_null() {
-            return Err(Fail::null("size"));
-        }
-        let info = m
-            .model()
-            .task(task as usize)
-            .map_err(|_| m.unknown_task(task))?;
-        // SAFETY: non-null and writable by contract.
-        unsafe { write_out(size, session_bytes(info.arena_bytes)) };
-        Ok(())
+        // SAFETY: the caller's contract, passed on.
+        unsafe { arena_size(model, task, size, 0) }
     })
+}
+
+/// Both arena-size queries: session memory for `task`, plus `extra`.
+///
+/// # Safety
+/// `model` is NULL or a live model handle; `size` is NULL or writable.
+unsafe fn arena_size(model: *const tp_model, task: u32, size: *mut usize, extra: usize) -> Res {
+    // SAFETY: NULL or a live model handle, by contract.
+    let m = unsafe { model_ref(model, "model")? };
+    if size.is_null() {
+        return Err(Fail::null("size"));
+    }
+    let info = m
+        .model()
+        .task(task as usize)
+        .map_err(|_| m.unknown_task(task))?;
+    let need = session_bytes(info.arena_bytes).saturating_add(extra);
+    // SAFETY: non-null and writable by contract.
+    unsafe { write_out(size, need) };
+    Ok(())
 }
 
 fn run(
