@@ -16,7 +16,7 @@ use taskpath_pack::{pack, pack_delta, PackOptions};
 use taskpath_runtime::format::records::blob_kind;
 use taskpath_runtime::{AlignedArena, Model, Session};
 
-use common::{fails, last};
+use common::{close, fails, last, ok, open};
 use tp_status::*;
 
 // ---------------------------------------------------------------- fixtures
@@ -57,27 +57,6 @@ fn tmp_file(name: &str, bytes: &[u8]) -> PathBuf {
 
 fn cpath(p: &std::path::Path) -> CString {
     CString::new(p.to_str().unwrap()).unwrap()
-}
-
-#[track_caller]
-fn ok(got: tp_status) {
-    assert_eq!(got, TP_OK, "{}", last());
-    assert_eq!(last(), "", "a success leaves no last error");
-}
-
-/// Opens `bytes` (aligned) from memory with default options.
-fn open(bytes: &[u8]) -> *mut tp_model {
-    let mut m = null_mut();
-    // SAFETY: valid bytes that outlive the model (each test closes it first).
-    ok(unsafe { tp_model_open_memory(bytes.as_ptr(), bytes.len(), null(), &mut m) });
-    assert!(!m.is_null());
-    m
-}
-
-fn close(mut m: *mut tp_model) {
-    // SAFETY: a live handle from `open`.
-    ok(unsafe { tp_model_close(&mut m) });
-    assert!(m.is_null(), "tp_model_close nulls the handle");
 }
 
 fn info(m: *const tp_model, t: u32) -> tp_task_info {

@@ -14,13 +14,8 @@ use taskpath_ffi::*;
 use taskpath_pack::{pack, PackOptions};
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session};
 
-use common::{fails, last};
+use common::{close, fails, ok, open};
 use tp_status::*;
-
-#[track_caller]
-fn ok(got: tp_status) {
-    assert_eq!(got, TP_OK, "{}", last());
-}
 
 #[derive(Default)]
 struct Seen {
@@ -61,16 +56,7 @@ fn miri_sessions_in_caller_memory_with_budget_tracer_and_prefetch() {
     let model = Model::from_bytes(pkg.as_slice()).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
 
-    let mut m = null_mut();
-    // SAFETY: aligned package bytes that outlive the model (closed below).
-    ok(unsafe {
-        tp_model_open_memory(
-            pkg.as_slice().as_ptr(),
-            pkg.as_slice().len(),
-            null(),
-            &mut m,
-        )
-    });
+    let m = open(pkg.as_slice());
     let mut min = 0;
     // SAFETY: live model, writable out.
     ok(unsafe { tp_model_min_expert_budget(m, &mut min) });
@@ -183,7 +169,5 @@ fn miri_sessions_in_caller_memory_with_budget_tracer_and_prefetch() {
         }
         assert!(s.is_null() && b.is_null());
     }
-    // SAFETY: a live handle with no session left.
-    ok(unsafe { tp_model_close(&mut m) });
-    assert!(m.is_null());
+    close(m);
 }

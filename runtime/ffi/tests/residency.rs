@@ -17,13 +17,8 @@ use taskpath_pack::{pack, random_calibration, PackOptions};
 use taskpath_runtime::format::Opcode;
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, Tracer};
 
-use common::{fails, last};
+use common::{close, fails, ok, open};
 use tp_status::*;
-
-#[track_caller]
-fn ok(got: tp_status) {
-    assert_eq!(got, TP_OK, "{}", last());
-}
 
 struct Fx {
     ck: taskpath_checkpoint::Checkpoint,
@@ -34,13 +29,6 @@ fn fixture() -> Fx {
     let ck = random_checkpoint(&RandomSpec::reference(), 31);
     let pkg = AlignedArena::from_bytes(&pack(&ck, &PackOptions::default()).unwrap());
     Fx { ck, pkg }
-}
-
-fn open(bytes: &[u8]) -> *mut tp_model {
-    let mut m = null_mut();
-    // SAFETY: valid bytes outliving the model.
-    ok(unsafe { tp_model_open_memory(bytes.as_ptr(), bytes.len(), null(), &mut m) });
-    m
 }
 
 fn sizes(m: *const tp_model, t: u32) -> (usize, usize, usize) {
@@ -152,9 +140,7 @@ fn budgeted_sessions_are_bit_identical_and_count_like_the_rust_cache() {
         // SAFETY: live session.
         ok(unsafe { tp_session_destroy(&mut s) });
     }
-    let mut m = m;
-    // SAFETY: live model without sessions.
-    ok(unsafe { tp_model_close(&mut m) });
+    close(m);
 }
 
 #[test]
@@ -319,8 +305,7 @@ fn budgeted_entry_points_report_their_errors() {
         ok(tp_trace_attach(s, &tr));
         ok(tp_trace_attach(s, null()));
         ok(tp_session_destroy(&mut s));
-        let mut m = m;
-        ok(tp_model_close(&mut m));
+        close(m);
     }
 }
 
@@ -435,8 +420,7 @@ fn tracer_callbacks_see_what_the_rust_tracer_sees() {
     // SAFETY: live session and model.
     unsafe {
         ok(tp_session_destroy(&mut s));
-        let mut m = m;
-        ok(tp_model_close(&mut m));
+        close(m);
     }
 }
 
@@ -594,9 +578,7 @@ fn prefetch_hints_are_the_rust_prefetch_plan_of_each_input() {
     }
     assert!(multi > 0, "a task with several inputs");
     assert!(differing > 0, "narrowed masks give inputs different plans");
-    let mut m = m;
-    // SAFETY: live model without sessions.
-    ok(unsafe { tp_model_close(&mut m) });
+    close(m);
 }
 
 #[test]
@@ -670,8 +652,7 @@ fn prefetch_hints_reach_unbudgeted_sessions_and_the_latest_hook() {
     unsafe {
         ok(tp_prefetch_attach(s, &pf2));
         ok(tp_session_destroy(&mut s));
-        let mut m = m;
-        ok(tp_model_close(&mut m));
+        close(m);
     }
 }
 
@@ -740,7 +721,6 @@ fn prefetch_attach_reports_its_errors() {
             "tp_prefetch_attach",
             &["session"],
         );
-        let mut m = m;
-        ok(tp_model_close(&mut m));
+        close(m);
     }
 }
