@@ -45,8 +45,9 @@
 
 /*
  `tp_model_config.flags`: check the checksum of every blob of every package
- at open (reads all weights once). Without it, blobs are checked when a
- session that uses them is created.
+ at open, then that every weight and scale is finite (no NaN or infinity)
+ (reads all weights once). Without it, blobs are checked when a session
+ that uses them is created (checksums only).
  */
 #define TP_MODEL_VERIFY 2
 
@@ -129,6 +130,20 @@ enum tp_status
    */
   TP_ERR_OUTPUT_SHAPE = 19,
   /*
+   A token id at or beyond the model's vocabulary.
+   */
+  TP_ERR_TOKEN_OUT_OF_RANGE = 20,
+  /*
+   A step's tokens do not fit: more than the task's chunk, or past the
+   context its KV cache holds (`tp_session_reset` starts over).
+   */
+  TP_ERR_CONTEXT_FULL = 21,
+  /*
+   The call does not fit the task's kind (`tp_session_step` on a
+   fixed-shape task, `tp_session_run` on a language-model task).
+   */
+  TP_ERR_TASK_KIND = 22,
+  /*
    A pointer argument that must not be NULL is NULL.
    */
   TP_ERR_NULL_ARGUMENT = 28,
@@ -197,6 +212,11 @@ enum tp_status
    A weight format this build or this CPU has no kernel for.
    */
   TP_ERR_UNSUPPORTED_FORMAT = 65,
+  /*
+   An op this build of the runtime was compiled without (e.g. the
+   decoder ops in a firmware build without the `decoder` feature).
+   */
+  TP_ERR_UNSUPPORTED_OP = 66,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -484,6 +504,28 @@ typedef struct tp_prefetch {
    */
   void (*will_need)(void *user, uint32_t blob, const uint8_t *bytes, size_t len);
 } tp_prefetch;
+
+/*
+ A language-model task's shape, fixed when its package was made.
+ */
+typedef struct tp_token_shape {
+  /*
+   Most tokens one `tp_session_step` takes (the prefill chunk).
+   */
+  uint32_t chunk;
+  /*
+   Positions the KV cache holds.
+   */
+  uint32_t context;
+  /*
+   Vocabulary: logits per step.
+   */
+  uint32_t vocab;
+  /*
+   Tokens stepped since creation or the last `tp_session_reset`.
+   */
+  uint32_t position;
+} tp_token_shape;
 
 /*
  Counters of a session's runs. Set `struct_size = sizeof(tp_run_stats)`
@@ -809,6 +851,52 @@ tp_status tp_session_run(struct tp_session *session,
                          size_t n_inputs,
                          float *outputs,
                          size_t n_outputs);
+
+/*
+ Runs a language-model task on `n_tokens` token ids at the session's
+ position (a prompt chunk, or one decode step), appending them to its KV
+ cache, and writes the last token's logits.
+
+ - `tokens`: `n_tokens` ids, each below the vocabulary
+   (`TP_ERR_TOKEN_OUT_OF_RANGE`); `1 <= n_tokens <= tp_token_shape.chunk`,
+   and the position plus `n_tokens` at most `tp_token_shape.context`
+   (`TP_ERR_CONTEXT_FULL`; `tp_session_reset` starts over).
+ - `logits`, `n_logits`: `n_logits` must equal the vocabulary
+   (`tp_task_info.outputs`, `TP_ERR_OUTPUT_SHAPE`). Written only on success.
+ - A fixed-shape task: `TP_ERR_TASK_KIND`.
+
+ Allocates nothing; results are bit-identical to the Rust API's
+ `Session::step`.
+
+ # Safety
+ `session` is NULL or a live session handle used by no other thread now;
+ `tokens` is NULL or `n_tokens` readable `uint32_t`; `logits` is NULL or
+ `n_logits` writable floats.
+ */
+tp_status tp_session_step(struct tp_session *session,
+                          const uint32_t *tokens,
+                          size_t n_tokens,
+                          float *logits,
+                          size_t n_logits);
+
+/*
+ Writes the session's token shape and position into `*shape`;
+ `TP_ERR_TASK_KIND` for a fixed-shape task.
+
+ # Safety
+ `session` is NULL or a live session handle used by no other thread now;
+ `shape` is NULL or a writable `tp_token_shape`.
+ */
+tp_status tp_session_token_shape(struct tp_session *session, struct tp_token_shape *shape);
+
+/*
+ Clears the session's KV cache: the next `tp_session_step` starts at
+ position 0. Allocates nothing.
+
+ # Safety
+ `session` is NULL or a live session handle used by no other thread now.
+ */
+tp_status tp_session_reset(struct tp_session *session);
 
 /*
  Copies the session's counters into `*stats` (zero before the first run).

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build and run taskpath-cpu's tests for aarch64 under qemu-user, so the NEON
 # kernels run the same property tests as the x86-64 ones (and the suite checks
-# that Kernels::best() picks them there).
+# that Kernels::best() picks them there), then the runtime's primitive
+# conformance suite (runtime/core/tests/primitives.rs), so the CPU primitives
+# on the NEON kernel table are checked bit for bit against the reference.
 #
 # Uses Debian's rustc-web / cargo-web 1.96 with the standard library's source
 # (-Zbuild-std; rustup cannot add targets here), the aarch64 cross linker and
@@ -33,5 +35,9 @@ export PATH="/usr/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 /usr/bin/cargo --version
-exec /usr/bin/cargo test -Zbuild-std --target aarch64-unknown-linux-gnu \
-    -p taskpath-cpu --target-dir target-aarch64 "$@"
+cross_test() {
+    /usr/bin/cargo test -Zbuild-std --target aarch64-unknown-linux-gnu \
+        --target-dir target-aarch64 "$@"
+}
+cross_test -p taskpath-cpu "$@"
+cross_test -p taskpath-runtime --features conformance --test primitives "$@"

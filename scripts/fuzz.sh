@@ -13,6 +13,8 @@
 # delta packs; a small generated model: f32, int4, base + delta) into
 # fuzz/packages/, seeds each target's corpus (fuzz/corpus/TARGET) with them
 # and with the kept regression inputs (tests/data/fuzz/TARGET/), then fuzzes.
+# The importer's targets (gguf_reader, safetensors_reader) are seeded with the
+# tiny models' files in models/llm-tiny/ instead; run alone, they need no CLI.
 # Exits non-zero on any crash, timeout or out-of-memory; the input is left in
 # fuzz/artifacts/TARGET/ and the log in fuzz/logs/TARGET.log.
 # Environment: FUZZ_NICE (default 10), FUZZ_RSS_MB (default 2048),
@@ -37,8 +39,16 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
     SECONDS_PER=$1
     shift
 fi
-ALL_TARGETS=(open_bytes mutate_package delta_chain c_abi)
+ALL_TARGETS=(open_bytes mutate_package delta_chain c_abi gguf_reader safetensors_reader)
 TARGETS=("${@:-${ALL_TARGETS[@]}}")
+# The importer's readers (feature `import`) are seeded from models/llm-tiny/
+# and need no packages (nor the taskpath CLI).
+IMPORT_TARGETS=" gguf_reader safetensors_reader "
+NEED_PKGS=0
+for t in "${TARGETS[@]}"; do
+    [[ $IMPORT_TARGETS == *" $t "* ]] || NEED_PKGS=1
+done
+[[ $SEEDS_ONLY == 1 || $PAYLOAD == 1 ]] && NEED_PKGS=1
 NICE=${FUZZ_NICE:-10}
 RSS_MB=${FUZZ_RSS_MB:-2048}
 TIMEOUT=${FUZZ_TIMEOUT:-10}
@@ -49,13 +59,13 @@ mkdir -p "$PKG" fuzz/logs
 # --- seed packages, built with the CLI (skipped when already there) --------
 if [[ -n "${TASKPATH_BIN:-}" ]]; then
     TP=$TASKPATH_BIN
-else
+elif [[ $NEED_PKGS == 1 ]]; then
     cargo build --release -q -p taskpath-cli
     TP="${CARGO_TARGET_DIR:-$ROOT/target}/release/taskpath"
 fi
 tp() { "$TP" "$@" >>fuzz/logs/seeds.log 2>&1; }
 REF=models/reference
-if [[ ! -f $PKG/ref-s3.tpkd ]]; then
+if [[ $NEED_PKGS == 1 && ! -f $PKG/ref-s3.tpkd ]]; then
     echo "building seed packages into $PKG"
     : >fuzz/logs/seeds.log
     tp gen-random "$PKG/small-model" --shape small --seed 7 --per-stage \
@@ -91,12 +101,26 @@ for t in "${ALL_TARGETS[@]}"; do
         cp tests/data/fuzz/"$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
     fi
 done
-for f in "$PKG"/*.tpk "$PKG"/*.tpkd; do
-    seed open_bytes "seed-$(basename "$f")" "$f"
+if [[ $NEED_PKGS == 1 ]]; then
+    for f in "$PKG"/*.tpk "$PKG"/*.tpkd; do
+        seed open_bytes "seed-$(basename "$f")" "$f"
+    done
+    # c_abi raw mode: mode 0, flags COPY, neutral knobs, then a small package.
+    for f in "$PKG"/small*.tpk; do
+        { printf '\x00\x01\x00\x00\x00\x00'; cat "$f"; } >"fuzz/corpus/c_abi/seed-raw-$(basename "$f")"
+    done
+fi
+# The importer: every tiny GGUF / safetensors file whole, and its first 16 KiB
+# (header and metadata, data cut short: the truncation paths).
+LLM=models/llm-tiny
+for f in "$LLM"/gguf/*.gguf; do
+    seed gguf_reader "seed-$(basename "$f")" "$f"
+    head -c 16384 "$f" >"fuzz/corpus/gguf_reader/seed-head-$(basename "$f")"
 done
-# c_abi raw mode: mode 0, flags COPY, neutral knobs, then a small package.
-for f in "$PKG"/small*.tpk; do
-    { printf '\x00\x01\x00\x00\x00\x00'; cat "$f"; } >"fuzz/corpus/c_abi/seed-raw-$(basename "$f")"
+for f in "$LLM"/*/*.safetensors; do
+    n="$(basename "$(dirname "$f")")-$(basename "$f")"
+    seed safetensors_reader "seed-$n" "$f"
+    head -c 16384 "$f" >"fuzz/corpus/safetensors_reader/seed-head-$n"
 done
 # Structure-aware targets: one near-no-op edit program per base / chain / mode.
 for s in 0 1 2 3 4 5 6 7; do
@@ -131,9 +155,11 @@ SUMMARY=fuzz/logs/summary.txt
 for t in "${TARGETS[@]}"; do
     echo "=== fuzz $t for ${SECONDS_PER}s"
     mkdir -p "fuzz/artifacts/$t"
-    # Only c_abi needs the C ABI crate (feature `ffi`).
+    # Only c_abi needs the C ABI crate (feature `ffi`), only the importer's
+    # readers the importer (feature `import`).
     feat=(--no-default-features)
-    [[ $t == c_abi ]] && feat=()
+    [[ $t == c_abi ]] && feat=(--no-default-features --features ffi)
+    [[ $IMPORT_TARGETS == *" $t "* ]] && feat=(--no-default-features --features import)
     # Build first (not counted in the fuzzing time).
     (cd fuzz && CARGO_TARGET_DIR=target cargo +nightly fuzz build -a "${feat[@]}" "$t" >/dev/null 2>"$ROOT/fuzz/logs/$t.build.log") || {
         cat "fuzz/logs/$t.build.log"

@@ -11,7 +11,9 @@
 #    an AlignedArena (runtime/core/src/mapped.rs, the runtime's only unsafe
 #    besides mmap), a Model over it and a Session over a caller arena
 #    created and run.
-# 3. taskpath-ffi --test miri: the C ABI on a tiny packed model (d=8): a
+# 3. taskpath-runtime's pool tests: jobs borrowed across worker threads,
+#    a worker panic, parking and waking.
+# 4. taskpath-ffi --test miri: the C ABI on a tiny packed model (d=8): a
 #    session in caller memory, a budgeted one (expert cache in the caller's
 #    budget, evicting), tracer and prefetch hooks, runs, stats, destroy,
 #    close; outputs equal the Rust API's.
@@ -38,6 +40,9 @@ cargo +nightly miri test -p taskpath-format
 
 echo "=== miri: runtime (AlignedArena, Model, Session) via fuzz_regressions::miri_*"
 cargo +nightly miri test -p taskpath-tests --test fuzz_regressions -- miri_
+
+echo "=== miri: the session thread pool (runtime/core/src/pool.rs: lifetime-erased jobs, spin/park hand-off)"
+cargo +nightly miri test -p taskpath-runtime --lib pool::
 
 echo "=== miri: C ABI (taskpath-ffi --test miri)"
 cargo +nightly miri test -p taskpath-ffi --test miri

@@ -107,7 +107,7 @@ print(f"- package (weights + tables) in .rodata: {pkg} bytes")
 print(f"- flash, whole image: {flash(full)} bytes f32 only, {flash(quant)} with `quant`; baseline: {flash(base)} bytes")
 print(f"- runtime's own flash (code + constants, without the package), f32 only: {code} bytes = {code / 1024:.1f} KiB (goal: < 64 KiB)")
 print(f"- runtime's own flash with the quantized kernels (`--features quant`): {qcode} bytes = {qcode / 1024:.1f} KiB")
-print(f"- RAM (.data + .bss): {full.get('.data', 0) + full.get('.bss', 0)} bytes (8 KiB arena + 4 KiB inputs, static)")
+print(f"- RAM (.data + .bss): {full.get('.data', 0) + full.get('.bss', 0)} bytes (16 KiB arena: plan + slots, + 4 KiB inputs, static)")
 
 # Where the image's code goes, by crate (symbol sizes; LTO inlines across
 # crates, so this is indicative only).

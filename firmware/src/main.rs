@@ -21,7 +21,7 @@ use cortex_m_semihosting::{debug, hio};
 
 /// Arena bytes reserved for a session (the largest task of the embedded
 /// package must fit; `taskpath inspect` prints each task's need).
-const ARENA_BYTES: usize = 8 * 1024;
+const ARENA_BYTES: usize = 16 * 1024;
 /// Input values reserved per modality.
 const MAX_INPUT: usize = 256;
 /// Modalities a task may take here.

@@ -16,7 +16,7 @@ fn check(bytes: &[u8]) {
     if let Ok(p) = Package::parse(a.as_slice()) {
         for t in p.tensors().iter() {
             let _ = p.tensor_f32(&t);
-            if let Some(b) = t.blob.checked_sub(p.hparams().blob_base) {
+            if let Some(b) = t.blob.checked_sub(p.model().blob_base) {
                 if let Some(blob) = p.blob_bytes(b as usize) {
                     let _ = tensor_raw(&t, blob);
                     let _ = tensor_data(&t, blob);

@@ -36,7 +36,12 @@ pub fn inputs(model: &Model<'_>, task: usize) -> Vec<Vec<f32>> {
 /// tasks ran to completion.
 pub fn exercise(model: &Model<'_>, verify_path: bool) -> usize {
     let mut ran = 0;
-    let _ = format!("{:?}", model.hparams());
+    let _ = format!("{:?}", model.arch());
+    for p in model.parts() {
+        for (k, v) in p.meta_entries() {
+            let _ = format!("{k} = {v}");
+        }
+    }
     for t in 0..model.task_count().min(MAX_TASKS) {
         let info = match model.task(t) {
             Ok(i) => i,

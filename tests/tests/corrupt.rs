@@ -94,7 +94,8 @@ fn header_fields_each_get_their_own_error() {
     // (offset, width, value, expected field)
     let cases: &[(usize, usize, u64, &str)] = &[
         (0, 8, 0x4b50_5489_0000_0000, "header.magic"),
-        (8, 2, 2, "header.version_major"),
+        (8, 2, 3, "header.version_major"),
+        (8, 2, 1, "header.version_major"),
         (12, 4, 64, "header.header_len"),
         (16, 4, 2, "header.flags"),
         (20, 4, 11, "header.align_log2"),
@@ -153,24 +154,21 @@ fn table_fields_each_get_their_own_error() {
     let b = package();
     // (section kind, offset in first record, width, value, expected field)
     let cases: &[(u32, usize, usize, u64, &str)] = &[
-        (s::HPARAMS, 0, 4, 0, "hparams.d_model"),
-        (s::HPARAMS, 4, 4, 3, "hparams.heads"),
-        (s::HPARAMS, 8, 4, 65, "hparams.experts"),
-        (s::HPARAMS, 12, 4, 0, "hparams.top_k"),
-        (s::HPARAMS, 12, 4, 6, "hparams.top_k"),
-        (s::HPARAMS, 24, 4, 0, "hparams.stages"),
-        (s::HPARAMS, 28, 4, 7, "hparams.gating"),
-        (
-            s::HPARAMS,
-            32,
-            4,
-            u64::from(f32::NAN.to_bits()),
-            "hparams.ln_eps",
-        ),
-        (s::HPARAMS, 36, 4, 1, "hparams.tensor_base"),
+        (s::MODEL, 0, 4, 1 << 30, "model.arch"),
+        (s::MODEL, 4, 4, 0, "model.arch"),
+        (s::MODEL, 8, 4, 1, "model.tensor_base"),
+        (s::MODEL, 24, 4, 1, "model.group_base"),
+        (s::MODEL, 28, 4, 1, "model.reserved"),
+        (s::METADATA, 0, 4, 1 << 30, "metadata.key"),
+        (s::METADATA, 8, 4, 99, "metadata.vtype"),
+        (s::METADATA, 12, 4, 1, "metadata.reserved"),
+        (s::METADATA, 20, 4, 1, "metadata.value"),
         (s::MODALITIES, 0, 4, 1 << 30, "modalities.name"),
         (s::MODALITIES, 8, 4, 0, "modalities.tokens"),
         (s::MODALITIES, 12, 4, 1 << 20, "modalities.features"),
+        (s::MODALITIES, 16, 4, 1, "modalities.features"),
+        (s::MODALITIES, 16, 4, 9, "modalities.kind"),
+        (s::MODALITIES, 20, 4, 1, "modalities.reserved"),
         (s::TENSORS, 0, 4, u64::from(u32::MAX), "tensors.name"),
         (s::TENSORS, 8, 4, 9999, "tensors.blob"),
         (s::TENSORS, 12, 2, 99, "tensors.format"),
@@ -183,42 +181,70 @@ fn table_fields_each_get_their_own_error() {
         (s::TENSORS, 36, 4, 3, "tensors.bytes"),
         (s::TENSORS, 36, 4, u64::from(u32::MAX), "tensors.bytes"),
         (s::TENSORS, 44, 4, 1, "tensors.reserved"),
-        (s::EXPERTS, 0, 2, 99, "experts.expert"),
-        (s::EXPERTS, 2, 2, 99, "experts.component"),
-        (s::EXPERTS, 4, 4, 12345, "experts.blob"),
-        (s::EXPERTS, 8, 4, 0, "experts.conv_w"),
-        (s::EXPERTS, 8, 4, u64::from(u32::MAX), "experts.conv_w"),
-        (s::EXPERTS, 24, 4, 0, "experts.fc1_w"),
-        (s::TASKS, 8, 4, 99, "tasks.stage"),
+        (s::GROUPS, 0, 4, 1 << 30, "groups.name"),
+        (s::GROUPS, 8, 4, 0, "groups.experts"),
+        (s::GROUPS, 8, 4, 257, "groups.experts"),
+        (s::GROUPS, 12, 4, 0, "groups.top_k"),
+        (s::GROUPS, 12, 4, 6, "groups.top_k"),
+        (s::GROUPS, 16, 4, 9, "groups.kind"),
+        (s::GROUPS, 20, 4, 1, "groups.reserved"),
+        (s::EXPERTS, 0, 4, 99, "experts.group"),
+        (s::EXPERTS, 4, 2, 99, "experts.expert"),
+        (s::EXPERTS, 6, 2, 999, "experts.component"),
+        (s::EXPERTS, 8, 4, 12345, "experts.blob"),
+        (s::EXPERTS, 12, 4, 0, "experts.tensor_start"),
+        (
+            s::EXPERTS,
+            12,
+            4,
+            u64::from(u32::MAX),
+            "experts.tensor_start",
+        ),
+        (s::EXPERTS, 16, 4, 3, "experts.tensor_count"),
+        (s::EXPERTS, 20, 4, 1, "experts.reserved"),
+        (s::COMPONENTS, 0, 4, 99, "components.first_expert"),
+        (s::COMPONENTS, 8, 4, 1, "components.first_expert"),
+        (s::COMPONENTS, 12, 4, 1, "components.reserved"),
+        (s::TASKS, 8, 4, 999, "tasks.stage"),
         (s::TASKS, 12, 4, 0, "tasks.outputs"),
         (s::TASKS, 16, 4, 0, "tasks.modality_mask"),
         (s::TASKS, 16, 4, 1 << 5, "tasks.modality_mask"),
-        (s::TASKS, 20, 4, 0, "tasks.head_blob"),
-        (s::TASKS, 28, 4, u64::from(u32::MAX), "tasks.program_len"),
-        (s::TASKS, 36, 4, 1 << 20, "tasks.slot_count"),
-        (s::TASKS, 44, 4, 1 << 20, "tasks.path_len"),
-        (s::TASKS, 48, 4, 1 << 20, "tasks.output_slot"),
-        (s::TASKS, 56, 8, 4, "tasks.arena_bytes"),
-        (s::TASKS, 56, 8, 3, "tasks.arena_bytes"),
-        (s::ROUTERS, 0, 2, 99, "routers.modality"),
-        (s::ROUTERS, 2, 2, 99, "routers.head"),
-        (s::ROUTERS, 12, 4, 0, "routers.gate"),
+        (s::TASKS, 24, 4, u64::from(u32::MAX), "tasks.program_len"),
+        (s::TASKS, 24, 4, 0, "tasks.program_len"),
+        (s::TASKS, 32, 4, 1 << 20, "tasks.slot_count"),
+        (s::TASKS, 40, 4, 1 << 20, "tasks.path_len"),
+        (s::TASKS, 44, 4, 1 << 20, "tasks.output_slot"),
+        (s::TASKS, 48, 4, 1 << 20, "tasks.plan_tensors"),
+        (s::TASKS, 52, 4, 1, "tasks.reserved"),
+        (s::TASKS, 56, 8, 4, "tasks.slot_bytes"),
+        (s::TASKS, 56, 8, 3, "tasks.slot_bytes"),
+        // Well-formed but far more than the slots use: every session would
+        // allocate it (issue 17's 4 GiB arena).
+        (s::TASKS, 56, 8, 0xFFFF_FFF0, "tasks.slot_bytes"),
         (s::PATHS, 0, 4, 99, "paths.task"),
-        (s::PATHS, 4, 4, 99, "paths.modality"),
-        (s::PATHS, 8, 8, 0, "paths.mask"),
-        (s::PATHS, 8, 8, 1 << 40, "paths.mask"),
+        (s::PATHS, 4, 4, 99, "paths.group"),
+        (s::PATHS, 8, 4, 99, "paths.router"),
+        (s::PATHS, 12, 4, 1, "paths.reserved"),
+        (s::PATHS, 16, 8, 0, "paths.mask"),
+        (s::PATHS, 16, 8, 1 << 40, "paths.mask"),
+        (s::PATHS, 40, 8, 1, "paths.mask"),
         (s::PROGRAM, 0, 2, 99, "program.opcode"),
         (s::PROGRAM, 2, 2, 1, "program.flags"),
-        (s::SLOTS, 0, 4, u64::from(u32::MAX), "slots.len"),
+        (s::PROGRAM, 8, 4, u64::from(u32::MAX), "program.args"),
+        (s::PROGRAM, 44, 4, 1, "program.args"),
+        (s::SLOTS, 0, 4, u64::from(u32::MAX), "tasks.slot_bytes"),
+        (s::SLOTS, 8, 4, 9, "slots.kind"),
         (s::BLOBS, 0, 8, 100, "blobs.offset"),
         (s::BLOBS, 8, 8, 1 << 40, "blobs.len"),
         (s::BLOBS, 8, 8, u64::MAX, "blobs.len"),
         (s::BLOBS, 24, 1, 9, "blobs.kind"),
         (s::BLOBS, 25, 1, 99, "blobs.format"),
-        (s::BLOBS, 28, 2, 99, "blobs.modality"),
-        (s::BLOBS, 30, 2, 99, "blobs.expert"),
+        (s::BLOBS, 26, 2, 1, "blobs.reserved"),
+        (s::BLOBS, 28, 2, 0, "blobs.group"),
+        (s::BLOBS, 34, 2, 99, "blobs.owner"),
     ];
     for &(kind, at, w, v, field) in cases {
+        eprintln!("case: section {kind} +{at} = {v} ({field})");
         let mut m = b.clone();
         let (off, _) = section(&m, kind);
         let at = off + at;
@@ -236,6 +262,27 @@ fn table_fields_each_get_their_own_error() {
             "section {kind} +{} = {v}: got {e}",
             at - off
         );
+    }
+}
+
+/// A package of the previous major version gets an error naming both
+/// versions and what to do.
+#[test]
+fn a_package_of_the_previous_version_says_repack() {
+    let mut m = package();
+    m[8..10].copy_from_slice(&1u16.to_le_bytes());
+    reseal(&mut m);
+    let e = format_err(&m);
+    assert_eq!(
+        e,
+        FormatError::Version {
+            found: 1,
+            supported: 2
+        }
+    );
+    let msg = e.to_string();
+    for want in ["version 1", "version 2", "repack", "taskpath pack"] {
+        assert!(msg.contains(want), "{msg}");
     }
 }
 
@@ -364,4 +411,69 @@ fn misaligned_bytes_are_refused() {
     a.as_mut_slice()[4..].copy_from_slice(&b);
     let e = Package::parse(&a.as_slice()[4..]).unwrap_err();
     assert!(matches!(e, FormatError::Misaligned { required: 16 }));
+}
+
+/// Outputs of every task on fixed inputs, or the first error building a
+/// session (which is where a package's meaning is checked).
+fn outputs(bytes: &[u8]) -> Result<Vec<Vec<u32>>, Error> {
+    let a = AlignedArena::from_bytes(bytes);
+    let model = Model::from_bytes(a.as_slice())?;
+    // What `verify` and the CLI's open check (sessions rely on it).
+    taskpath_runtime::plan::check_all(&model)?;
+    let ck = random_checkpoint(&RandomSpec::small(16, 2, 5, 2, 2), 5);
+    let mut rng = SplitMix64::new(7);
+    let mut all = Vec::new();
+    for t in 0..model.task_count() {
+        let info = model.task(t)?;
+        let mut arena = AlignedArena::new(info.arena_bytes);
+        let mut s = Session::new(&model, t, arena.as_mut_slice())?;
+        let x = random_inputs(&ck.config, t.min(ck.config.tasks.len() - 1), &mut rng);
+        let refs: Vec<&[f32]> = x.iter().map(|v| v.as_slice()).collect();
+        let mut out = vec![0f32; info.outputs];
+        s.run(&refs, &mut out)?;
+        all.push(out.iter().map(|v| v.to_bits()).collect());
+    }
+    Ok(all)
+}
+
+/// Semantic mutations that pass every checksum (issue 17): each slot moved
+/// onto another slot's bytes, re-sealed. The meaning check (`check_all`,
+/// which `verify` and every CLI command run on open) must refuse every alias
+/// that changes what the package computes:
+/// an accepted mutation computes exactly the pristine outputs (the planner
+/// reuses bytes of slots whose live ranges do not meet, so some moves are
+/// harmless), and at least the aliases of slots live at once are refused.
+#[test]
+fn aliased_slots_are_refused_or_harmless() {
+    use taskpath_format::records::section as s;
+    let b = package();
+    let want = outputs(&b).expect("pristine package runs");
+    let (off, len) = section(&b, s::SLOTS);
+    let n = len / 12;
+    let (mut refused, mut harmless) = (0, 0);
+    for k in 0..n {
+        for j in 0..n {
+            let (ok_, oj) = (off + 12 * k, off + 12 * j);
+            if k == j || rd32(&b, ok_) == rd32(&b, oj) {
+                continue;
+            }
+            let mut m = b.clone();
+            // Slot k starts where slot j does (one that would then pass the
+            // end of the slots region is refused by the reader).
+            wr32(&mut m, ok_, rd32(&b, oj));
+            reseal(&mut m);
+            match outputs(&m) {
+                Err(_) => refused += 1,
+                Ok(got) => {
+                    assert_eq!(
+                        got, want,
+                        "slot {k} moved onto slot {j}: accepted but computes something else"
+                    );
+                    harmless += 1;
+                }
+            }
+        }
+    }
+    eprintln!("slot aliases: {refused} refused, {harmless} accepted and harmless");
+    assert!(refused > 0, "no alias was refused");
 }

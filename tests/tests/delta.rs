@@ -91,9 +91,9 @@ fn earlier_tasks_are_bit_identical_after_two_deltas_and_the_chain_equals_the_ful
         use taskpath_format::records::blob_kind;
         match b.kind {
             blob_kind::EXPERT => assert_eq!(b.component, 1),
-            blob_kind::TRUNK => assert!(b.modality >= 5, "trunk of base modality {}", b.modality),
-            blob_kind::ROUTER => assert!(b.component == 1 || b.modality >= 5),
-            _ => assert!(b.task == 2 || b.task == 3),
+            blob_kind::SHARED => assert!(b.owner >= 5, "trunk of base modality {}", b.owner),
+            blob_kind::ROUTER => assert!(b.component == 1 || b.owner >= 5),
+            _ => assert!(b.owner == 2 || b.owner == 3),
         }
     }
     let (lb, l1, lf) = (

@@ -153,7 +153,8 @@ fn f32_tensor_size_overflow_is_an_error() {
 /// For Miri without the packer (which is too slow to run there): a package
 /// written directly, read from an `AlignedArena` (the runtime's `unsafe`
 /// byte view, runtime/core/src/mapped.rs) with f32 data borrowed in place,
-/// and a session over a caller arena running a one-op program (`Copy`).
+/// and a session over a caller arena running a one-op program (`Copy`) that
+/// reads a slot nothing writes (which `check_all`, run by `verify`, refuses).
 #[test]
 fn miri_aligned_arena_model_and_session_on_a_written_package() {
     let mut w = common::one_head_writer();
@@ -167,24 +168,32 @@ fn miri_aligned_arena_model_and_session_on_a_written_package() {
         slot_count: 2,
         path_len: 1,
         output_slot: 1,
-        arena_bytes: 32,
+        program_start: 1,
+        slot_bytes: 32,
         ..Default::default()
     });
-    w.slots.push(SlotRec { offset: 0, len: 4 });
-    w.slots.push(SlotRec { offset: 4, len: 4 });
-    w.paths.push(PathRec {
-        task: 0,
-        modality: 0,
-        mask: 1,
+    w.slots.push(SlotRec {
+        offset: 0,
+        len: 4,
+        kind: 0,
     });
+    w.slots.push(SlotRec {
+        offset: 4,
+        len: 4,
+        kind: 0,
+    });
+    w.paths.push(common::one_expert_path(0));
     // Copy 2 values from slot 0 (offset 0) to slot 1 (offset 0).
-    w.program.push(OpRec {
-        opcode: taskpath_format::Opcode::Copy as u16,
-        a0: 0,
-        a2: 1,
-        a4: 2,
-        ..Default::default()
-    });
+    w.program.push(
+        taskpath_format::Op::Copy {
+            src: taskpath_format::SlotId(0),
+            src_offset: 0,
+            dst: taskpath_format::SlotId(1),
+            dst_offset: 0,
+            len: 2,
+        }
+        .encode(),
+    );
     let bytes = w.finish(12, 0);
     let a = AlignedArena::from_bytes(&bytes);
     assert_eq!(a.as_slice(), &bytes[..]);
@@ -197,4 +206,62 @@ fn miri_aligned_arena_model_and_session_on_a_written_package() {
     s.run(&[&[1.0]], &mut out).unwrap();
     // Slot 0 is never written by this program: the arena starts zeroed.
     assert_eq!(out, [0.0, 0.0]);
+    // Sessions rely on the meaning check, which refuses exactly that.
+    let e = taskpath_runtime::plan::check_all(&m).unwrap_err();
+    assert!(
+        e.to_string().contains("reads a slot no earlier op wrote"),
+        "{e}"
+    );
+}
+
+/// The tables format 2.0 added — the metadata table, the expert groups, the
+/// `(group, expert, component)` index (component and expert records) and
+/// the op records — each field set to hostile values and re-sealed: the
+/// reader refuses the package or every task still opens, runs or fails with
+/// an error; never a panic. Also through a delta chain, where the chain-level
+/// checks (groups defined earlier, blocks defined once) must hold.
+#[test]
+fn new_tables_survive_every_hostile_field_value() {
+    const HOSTILE: [u64; 7] = [0, 1, 2, 3, 0xFF, 0xFFFF, u64::MAX];
+    let base = small();
+    let mut tried = 0;
+    for f in mutate::fields(&base) {
+        if ![5, 7, 9, 13, 14].contains(&f.table) {
+            continue;
+        }
+        for v in HOSTILE {
+            let mut b = base.clone();
+            let bytes = v.to_le_bytes();
+            b[f.at..f.at + f.width].copy_from_slice(&bytes[..f.width]);
+            mutate::reseal(&mut b);
+            let _ = replay(&b);
+            tried += 1;
+        }
+    }
+    assert!(tried > 1000, "only {tried} mutations");
+
+    // A delta chain: stage 0 base + stage 1 delta; mutate the delta's new tables.
+    let ck = random_checkpoint(&RandomSpec::small(16, 2, 4, 2, 2), 7);
+    let opts = PackOptions::default();
+    let b0 = AlignedArena::from_bytes(&pack(&ck.stage_prefix(0).unwrap(), &opts).unwrap());
+    let m0 = Model::from_bytes(b0.as_slice()).unwrap();
+    let delta = taskpath_pack::pack_delta(&ck, &m0, &opts).unwrap();
+    let mut delta_tried = 0;
+    for f in mutate::fields(&delta) {
+        if ![2, 5, 7, 13, 14].contains(&f.table) {
+            continue;
+        }
+        for v in HOSTILE {
+            let mut d = delta.clone();
+            let bytes = v.to_le_bytes();
+            d[f.at..f.at + f.width].copy_from_slice(&bytes[..f.width]);
+            mutate::reseal(&mut d);
+            let a = AlignedArena::from_bytes(&d);
+            if let Ok(m) = m0.with_delta(a.as_slice()) {
+                let _ = exercise::exercise(&m, true);
+            }
+            delta_tried += 1;
+        }
+    }
+    assert!(delta_tried > 200, "only {delta_tried} delta mutations");
 }

@@ -28,7 +28,7 @@ fn narrowed() -> (Checkpoint, PackOptions) {
 }
 
 /// The path as the model definition says it should be, from the checkpoint
-/// config and masks alone: (kind, modality, expert, component, task) keys.
+/// config and masks alone: (kind, group, expert, component, owner) keys.
 fn expected_path(
     ck: &Checkpoint,
     opts: &PackOptions,
@@ -41,15 +41,15 @@ fn expected_path(
     let mut s = BTreeSet::new();
     let mut union = 0u64;
     for &m in &mods {
-        s.insert((blob_kind::TRUNK, m as u16, n, n, n));
+        s.insert((blob_kind::SHARED, n, n, n, m as u16));
         for h in 0..=task.stage {
-            s.insert((blob_kind::ROUTER, m as u16, n, h as u16, n));
+            s.insert((blob_kind::ROUTER, n, n, h as u16, m as u16));
         }
         union |= opts.masks[&(t, m)];
     }
     for j in (0..c.experts).filter(|j| union & (1 << j) != 0) {
         for comp in 0..=task.stage {
-            s.insert((blob_kind::EXPERT, n, j as u16, comp as u16, n));
+            s.insert((blob_kind::EXPERT, 0, j as u16, comp as u16, n));
         }
     }
     s.insert((blob_kind::HEAD, n, n, n, t as u16));
@@ -70,10 +70,10 @@ fn running_a_task_reads_only_its_path_which_is_exactly_its_parts() {
             .map(|b| {
                 (
                     b.rec.kind,
-                    b.rec.modality,
+                    b.rec.group,
                     b.rec.expert,
                     b.rec.component,
-                    b.rec.task,
+                    b.rec.owner,
                 )
             })
             .collect();

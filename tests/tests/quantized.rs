@@ -67,7 +67,10 @@ fn worst_error(ck: &Checkpoint, fmt: WeightFormat, kernels: Option<Kernels>) -> 
             s.run(&refs, &mut out).unwrap();
             let want = reference::forward(&oracle, t, &x, None).unwrap();
             for (a, b) in out.iter().zip(&want.logits) {
-                worst = worst.max(f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0));
+                worst = taskpath_tests::nan_max(
+                    worst,
+                    f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0),
+                );
             }
         }
     }

@@ -45,7 +45,10 @@ fn compare(ours: &[Vec<f32>], ds: &Dataset) -> (f64, f64) {
     for (o, s) in ours.iter().zip(&ds.samples) {
         let want = s.logits.as_ref().expect("test sets carry candle's logits");
         for (a, b) in o.iter().zip(want) {
-            worst = worst.max(f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0));
+            worst = taskpath_tests::nan_max(
+                worst,
+                f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0),
+            );
         }
         same += usize::from(argmax(o) == argmax(want));
     }

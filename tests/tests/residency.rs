@@ -109,27 +109,27 @@ fn expert_blobs_are_the_expert_kind_blobs() {
         .map(|&i| model.blob(i).unwrap().bytes.len())
         .sum();
     assert_eq!(model.expert_bytes(), sum);
-    // Every (j, c) record is found by index as by the scan, and points at its blob.
+    // The package's explicit (group, expert, component) index finds every
+    // record, each pointing at its blob, and nothing past the group or stages.
     for j in 0..5 {
         for c in 0..3 {
-            let e = model.expert(j, c).unwrap();
-            let i = model.expert_index(j, c).unwrap();
-            assert_eq!(model.expert_at(i).unwrap().blob, e.blob);
+            let e = model.expert(0, j, c).unwrap();
             let b = model.blob(e.blob).unwrap();
             assert_eq!(
-                (usize::from(b.rec.expert), usize::from(b.rec.component)),
-                (j, c)
+                (
+                    b.rec.group,
+                    usize::from(b.rec.expert),
+                    usize::from(b.rec.component)
+                ),
+                (0, j, c)
             );
+            let block = model.component_block(0, c).unwrap();
+            assert_eq!(model.expert_at(block.first_expert + j as u32), Some(e));
         }
     }
-    assert!(model.expert(5, 0).is_none() && model.expert(0, 3).is_none());
-    // Sessions find components through their index, not the scan.
-    for t in 0..model.task_count() {
-        let info = model.task(t).unwrap();
-        let mut arena = AlignedArena::new(info.arena_bytes);
-        let s = Session::new(&model, t, arena.as_mut_slice()).unwrap();
-        assert_eq!(s.indexed_components(), info.stage + 1, "task {}", info.name);
-    }
+    assert!(model.expert(0, 5, 0).is_none() && model.expert(0, 0, 3).is_none());
+    assert!(model.expert(1, 0, 0).is_none(), "group 1 does not exist");
+    assert_eq!(model.components(0), 3);
 }
 
 /// Variable-size slots: later stages' low-rank components are smaller than

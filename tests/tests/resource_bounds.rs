@@ -84,8 +84,11 @@ fn build(s: &Spec) -> Vec<u8> {
             w.slots.len() as u32
         };
         if !s.share_slots || i == 0 {
-            w.slots
-                .extend((0..s.slots as u32).map(|k| SlotRec { offset: k, len: 1 }));
+            w.slots.extend((0..s.slots as u32).map(|k| SlotRec {
+                offset: k,
+                len: 1,
+                kind: 0,
+            }));
         }
         w.tasks.push(TaskRec {
             name_off: no,
@@ -96,14 +99,11 @@ fn build(s: &Spec) -> Vec<u8> {
             slot_count: s.slots as u32,
             path_start: i as u32,
             path_len: 1,
-            arena_bytes: 4 * s.slots as u64,
+            program_len: 1,
+            slot_bytes: 4 * s.slots as u64,
             ..Default::default()
         });
-        w.paths.push(PathRec {
-            task: i as u32,
-            modality: 0,
-            mask: 1,
-        });
+        w.paths.push(common::one_expert_path(i as u32));
     }
     w.finish(12, 0)
 }
@@ -246,21 +246,21 @@ fn hostile_counts_and_offsets_are_refused_cheaply_and_without_allocation() {
         (
             "task claiming 2^32 - 1 slots",
             "tasks.slot_count",
-            hostile(&base, |b| wr(b, tasks + 36, 4, u64::from(u32::MAX))),
+            hostile(&base, |b| wr(b, tasks + 32, 4, u64::from(u32::MAX))),
         ),
         (
             "task claiming 2^32 - 1 ops",
             "tasks.program_len",
-            hostile(&base, |b| wr(b, tasks + 28, 4, u64::from(u32::MAX))),
+            hostile(&base, |b| wr(b, tasks + 24, 4, u64::from(u32::MAX))),
         ),
         (
             "task claiming 2^32 - 1 path entries",
             "tasks.path_len",
-            hostile(&base, |b| wr(b, tasks + 44, 4, u64::from(u32::MAX))),
+            hostile(&base, |b| wr(b, tasks + 40, 4, u64::from(u32::MAX))),
         ),
         (
             "task claiming a 2^64 - 1 byte arena",
-            "tasks.arena_bytes",
+            "tasks.slot_bytes",
             hostile(&base, |b| wr(b, tasks + 56, 8, u64::MAX)),
         ),
         (
@@ -268,14 +268,14 @@ fn hostile_counts_and_offsets_are_refused_cheaply_and_without_allocation() {
             "tasks.slot_start",
             hostile(&base, |b| {
                 for t in 0..256 {
-                    wr(b, tasks + 64 * t + 32, 4, 0);
+                    wr(b, tasks + 64 * t + 28, 4, 0);
                 }
             }),
         ),
         (
             "task paths pointing at the previous task's entry",
             "tasks.path_start",
-            hostile(&base, |b| wr(b, tasks + 64 + 40, 4, 0)),
+            hostile(&base, |b| wr(b, tasks + 64 + 36, 4, 0)),
         ),
         (
             "task name longer than the cap",

@@ -18,6 +18,12 @@ pub enum ErrorCode {
     InputShape = 0x12,
     /// An output buffer of the wrong length.
     OutputShape = 0x13,
+    /// A token id beyond the model's vocabulary.
+    TokenOutOfRange = 0x14,
+    /// More tokens than the session's context holds.
+    ContextFull = 0x15,
+    /// `run` on a token-stream task, or `step` on a fixed-shape one.
+    TaskKind = 0x16,
     /// The arena is smaller than the task's plan.
     ArenaTooSmall = 0x20,
     /// The arena is not aligned for f32.
@@ -36,6 +42,8 @@ pub enum ErrorCode {
     Io = 0x40,
     /// A weight format this build or this CPU cannot run.
     UnsupportedFormat = 0x41,
+    /// An op this build leaves out (a cargo feature it was built without).
+    UnsupportedOp = 0x42,
 }
 
 /// A runtime error; `Display` says what is wrong in one sentence.
@@ -65,6 +73,25 @@ pub enum Error {
         expected: usize,
         /// Buffer length given.
         got: usize,
+    },
+    /// A token id the vocabulary does not have.
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The tokens do not fit the session's context (or one run's capacity).
+    ContextFull {
+        /// Positions the tokens need (or tokens given).
+        need: usize,
+        /// Positions the context holds (or tokens a run takes).
+        context: usize,
+    },
+    /// The call does not fit the task's kind.
+    TaskKind {
+        /// What to call instead.
+        why: &'static str,
     },
     /// The arena is too small for the task.
     ArenaTooSmall {
@@ -109,9 +136,26 @@ pub enum Error {
         /// The CPU feature the kernel needs and this CPU lacks, or why else.
         missing: &'static str,
     },
+    /// An op this build was compiled without.
+    UnsupportedOp {
+        /// Index of the op within the task's program.
+        op: u32,
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
 }
 
 impl Error {
+    /// The error with an op-program fault attributed to op `at` (the
+    /// primitives report faults without knowing which op they run).
+    #[must_use]
+    pub fn at_op(self, at: u32) -> Self {
+        match self {
+            Self::InvalidProgram { why, .. } => Self::InvalidProgram { op: at, why },
+            e => e,
+        }
+    }
+
     /// The stable numeric code.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -119,6 +163,9 @@ impl Error {
             Self::InputCount { .. } => ErrorCode::InputCount,
             Self::InputShape { .. } => ErrorCode::InputShape,
             Self::OutputShape { .. } => ErrorCode::OutputShape,
+            Self::TokenOutOfRange { .. } => ErrorCode::TokenOutOfRange,
+            Self::ContextFull { .. } => ErrorCode::ContextFull,
+            Self::TaskKind { .. } => ErrorCode::TaskKind,
             Self::ArenaTooSmall { .. } => ErrorCode::ArenaTooSmall,
             Self::ArenaMisaligned => ErrorCode::ArenaMisaligned,
             Self::BudgetTooSmall { .. } => ErrorCode::BudgetTooSmall,
@@ -128,6 +175,7 @@ impl Error {
             Self::ChainTooLong => ErrorCode::ChainTooLong,
             Self::Io(_) => ErrorCode::Io,
             Self::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
+            Self::UnsupportedOp { .. } => ErrorCode::UnsupportedOp,
         }
     }
 }
@@ -152,6 +200,14 @@ impl fmt::Display for Error {
             Self::OutputShape { expected, got } => {
                 write!(f, "wrong output shape: the task has {expected} outputs, buffer holds {got}")
             }
+            Self::TokenOutOfRange { token, vocab } => {
+                write!(f, "token id {token} is beyond the vocabulary of {vocab}")
+            }
+            Self::ContextFull { need, context } => write!(
+                f,
+                "the tokens need {need} positions but the context holds {context}"
+            ),
+            Self::TaskKind { why } => write!(f, "wrong call for this task: {why}"),
             Self::ArenaTooSmall { need, have } => {
                 write!(f, "arena too small: the task needs {need} bytes, got {have}")
             }
@@ -168,6 +224,10 @@ impl fmt::Display for Error {
             Self::UnsupportedFormat { format, name, missing } => write!(
                 f,
                 "weight format {name} (id {format}) cannot run here: {missing}"
+            ),
+            Self::UnsupportedOp { op, feature } => write!(
+                f,
+                "op {op} cannot run in this build: it was compiled without the `{feature}` feature"
             ),
         }
     }

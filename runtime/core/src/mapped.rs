@@ -7,15 +7,19 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use taskpath_format::{Layout, Package};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::residency::{BlobSource, Prefetch};
 
-/// A model whose packages are memory-mapped files. The mappings are read-only
-/// and shared: pages are read from the file only when a session touches them.
+/// A model whose packages are memory-mapped files. The mappings are
+/// read-only and private, advised `MADV_RANDOM`: a page is read from the
+/// file only when a session touches it, without the kernel's readahead
+/// around it, so the resident pages of a package are its metadata plus what
+/// its sessions use ([`MappedModel::will_need_task`] asks for a task's path
+/// in advance).
 #[derive(Debug)]
 pub struct MappedModel {
     maps: Vec<(Mmap, Layout)>,
@@ -23,10 +27,22 @@ pub struct MappedModel {
 
 fn map(path: &Path) -> Result<Mmap> {
     let f = File::open(path).map_err(|_| Error::Io("cannot open package file"))?;
-    // SAFETY: the map is read-only and private to this process; the file may be
-    // changed by another process, which is the caller's contract (as for every
-    // mmap-based loader); the reader never trusts the bytes beyond validation.
-    unsafe { Mmap::map(&f) }.map_err(|_| Error::Io("cannot memory-map package file"))
+    // SAFETY: the mapping is read-only and private (MAP_PRIVATE, PROT_READ):
+    // this process never writes through it. Another process may still
+    // change the file's pages (private mappings share unmodified pages with
+    // the page cache) or truncate it, which turns later touches into
+    // SIGBUS; not doing that is the caller's contract, as for every
+    // mmap-based loader, and the reader never trusts the bytes beyond
+    // validation. Replacing the file by rename leaves this mapping on the
+    // old inode.
+    let m = unsafe { MmapOptions::new().map_copy_read_only(&f) }
+        .map_err(|_| Error::Io("cannot memory-map package file"))?;
+    // No readahead: a fault reads its page only, so touching one blob does
+    // not pull in its neighbours (the path would otherwise be the whole file).
+    // Advice is a hint; its failure is too.
+    #[cfg(unix)]
+    let _ = m.advise(memmap2::Advice::Random);
+    Ok(m)
 }
 
 impl MappedModel {
@@ -64,6 +80,33 @@ impl MappedModel {
         Ok(model)
     }
 
+    /// Asks the kernel to start reading task `task`'s path (madvise
+    /// `MADV_WILLNEED` over each of its blobs): one large read per blob in
+    /// the background instead of a fault per page, and nothing else of the
+    /// package. A hint: errors are ignored, and so is an unknown task.
+    pub fn will_need_task(&self, task: usize) {
+        self.will_need_path(task, true);
+    }
+
+    /// [`MappedModel::will_need_task`] without the expert blobs: for a
+    /// session whose experts come from a residency cache, which reads each
+    /// one when it is first routed to (asking for all of them would read
+    /// the whole expert pool into a page cache that may not hold it).
+    pub fn will_need_shared(&self, task: usize) {
+        self.will_need_path(task, false);
+    }
+
+    fn will_need_path(&self, task: usize, experts: bool) {
+        let Ok(model) = self.model() else { return };
+        let Ok(info) = model.task(task) else { return };
+        let mut pf = MmapPrefetch(self);
+        for b in model.path_blobs(&info) {
+            if experts || b.rec.kind != taskpath_format::records::blob_kind::EXPERT {
+                pf.will_need(b.index, b.bytes);
+            }
+        }
+    }
+
     /// The mapped bytes of package `i` of the chain.
     pub fn bytes(&self, i: usize) -> Option<&[u8]> {
         self.maps.get(i).map(|(m, _)| &m[..])
@@ -80,6 +123,36 @@ impl MappedModel {
 pub struct MmapPrefetch<'m>(pub &'m MappedModel);
 
 impl Prefetch for MmapPrefetch<'_> {
+    /// On Linux, asks the kernel to reclaim the blob's page-cache pages
+    /// (MADV_PAGEOUT): under a memory limit that counts the page cache, a
+    /// blob copied into an expert cache would otherwise be held twice.
+    fn filled(&mut self, _blob: u32, bytes: &[u8]) {
+        #[cfg(target_os = "linux")]
+        for (m, _) in &self.0.maps {
+            let (base, p) = (m.as_ptr() as usize, bytes.as_ptr() as usize);
+            if p >= base && p + bytes.len() <= base + m.len() {
+                // Blobs start on a page boundary of the file and the mapping
+                // on one of memory; round the start down to be sure.
+                let start = p & !4095;
+                // SAFETY: [start, p + len) lies in this live mapping (the
+                // check above; `start` rounds down to the page that holds
+                // `p`, which is inside the page-aligned mapping). The
+                // mapping is private, read-only and file-backed, so paging
+                // its pages out changes no byte anyone can read: a later
+                // touch reads them from the file again. madvise takes no
+                // Rust references and its failure is ignored (a hint).
+                unsafe {
+                    libc::madvise(
+                        start as *mut libc::c_void,
+                        p + bytes.len() - start,
+                        libc::MADV_PAGEOUT,
+                    );
+                }
+                return;
+            }
+        }
+    }
+
     fn will_need(&mut self, _blob: u32, bytes: &[u8]) {
         let p = bytes.as_ptr() as usize;
         for (m, _) in &self.0.maps {

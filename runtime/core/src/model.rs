@@ -1,23 +1,23 @@
 //! A model: a base package plus any chain of delta packs, validated once.
 
 use taskpath_format::records::{
-    blob_kind, layout, BlobRec, ExpertRec, HParams, TaskRec, TensorRec,
+    blob_kind, layout, BlobRec, ComponentRec, ExpertRec, GroupRec, TaskRec, TensorRec,
 };
-use taskpath_format::Package;
+use taskpath_format::{ExpertKind, ExpertMask, MetaValue, Op, Package, WeightFormat};
 
 use crate::error::{Error, Result};
 
 /// Most packages (base + deltas) in one model.
 pub const MAX_CHAIN: usize = 8;
 
-/// A weight tensor borrowed from the package bytes.
-#[derive(Clone, Copy, Debug)]
+/// A weight tensor borrowed from the package bytes (or a RAM copy of its blob).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct TensorView<'a> {
     /// Logical rows (output dimension).
     pub rows: usize,
     /// Logical columns (input dimension).
     pub cols: usize,
-    /// Weight format id (`taskpath_cpu::quant::WeightFormat`).
+    /// Weight format id ([`WeightFormat`]).
     pub format: u16,
     /// f32 tensors: dense data, or the `U [rows, rank]` factor. Empty otherwise.
     pub a: &'a [f32],
@@ -31,44 +31,6 @@ pub struct TensorView<'a> {
     pub rank: usize,
     /// Global blob index.
     pub blob: u32,
-}
-
-/// The eight tensors of one expert component (Eq. 3-4 of DESIGN.md), borrowed
-/// from a copy of its blob.
-#[derive(Clone, Copy, Debug)]
-pub struct ExpertTensors<'a> {
-    /// Token-mixing convolution `[d, 3d]`.
-    pub conv_w: TensorView<'a>,
-    /// Convolution bias `[d]`.
-    pub conv_b: TensorView<'a>,
-    /// LayerNorm gain `[d]`.
-    pub ln_g: TensorView<'a>,
-    /// LayerNorm bias `[d]`.
-    pub ln_b: TensorView<'a>,
-    /// First FFN matrix `[h, d]`.
-    pub fc1_w: TensorView<'a>,
-    /// First FFN bias `[h]`.
-    pub fc1_b: TensorView<'a>,
-    /// Second FFN matrix `[d, h]`.
-    pub fc2_w: TensorView<'a>,
-    /// Second FFN bias `[d]`.
-    pub fc2_b: TensorView<'a>,
-}
-
-impl<'a> ExpertTensors<'a> {
-    /// All eight, in record order.
-    pub fn all(&self) -> [&TensorView<'a>; 8] {
-        [
-            &self.conv_w,
-            &self.conv_b,
-            &self.ln_g,
-            &self.ln_b,
-            &self.fc1_w,
-            &self.fc1_b,
-            &self.fc2_w,
-            &self.fc2_b,
-        ]
-    }
 }
 
 impl TensorView<'_> {
@@ -86,6 +48,59 @@ impl TensorView<'_> {
     }
 }
 
+/// The tensors of one expert component of kind [`ExpertKind::ConvFfn`]
+/// (docs/DESIGN.md, "The reference model"), in record order.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertTensors<W> {
+    /// Token-mixing convolution `[d, 3d]`.
+    pub conv_w: W,
+    /// Convolution bias `[d]`.
+    pub conv_b: W,
+    /// LayerNorm gain `[d]`.
+    pub ln_g: W,
+    /// LayerNorm bias `[d]`.
+    pub ln_b: W,
+    /// First FFN matrix `[h, d]`.
+    pub fc1_w: W,
+    /// First FFN bias `[h]`.
+    pub fc1_b: W,
+    /// Second FFN matrix `[d, h]`.
+    pub fc2_w: W,
+    /// Second FFN bias `[d]`.
+    pub fc2_b: W,
+}
+
+impl<W> ExpertTensors<W> {
+    /// All eight, in record order.
+    pub fn all(&self) -> [&W; 8] {
+        [
+            &self.conv_w,
+            &self.conv_b,
+            &self.ln_g,
+            &self.ln_b,
+            &self.fc1_w,
+            &self.fc1_b,
+            &self.fc2_w,
+            &self.fc2_b,
+        ]
+    }
+    /// The eight from a function of their position in the record.
+    pub fn try_from_fn<E>(
+        mut f: impl FnMut(u32) -> core::result::Result<W, E>,
+    ) -> core::result::Result<Self, E> {
+        Ok(Self {
+            conv_w: f(0)?,
+            conv_b: f(1)?,
+            ln_g: f(2)?,
+            ln_b: f(3)?,
+            fc1_w: f(4)?,
+            fc1_b: f(5)?,
+            fc2_w: f(6)?,
+            fc2_b: f(7)?,
+        })
+    }
+}
+
 /// A task as the model describes it.
 #[derive(Clone, Copy, Debug)]
 pub struct TaskInfo<'a> {
@@ -99,8 +114,11 @@ pub struct TaskInfo<'a> {
     pub outputs: usize,
     /// Bit m set for each modality the task uses.
     pub modality_mask: u32,
-    /// Arena bytes its CPU plan needs.
+    /// Arena bytes a [`crate::Session`] of this task needs on this platform:
+    /// its plan ([`crate::Plan::storage_bytes`]) plus its slots.
     pub arena_bytes: usize,
+    /// Bytes of the task's slots (the package's `slot_bytes`).
+    pub slot_bytes: usize,
     /// Which package of the chain defines it.
     pub part: usize,
     /// The raw record.
@@ -128,6 +146,17 @@ pub struct BlobView<'a> {
     pub bytes: &'a [u8],
 }
 
+/// One path entry of a task: the experts of `group` its router `router` may pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathEntry {
+    /// Global group index.
+    pub group: u32,
+    /// Router id within the task.
+    pub router: u32,
+    /// The experts.
+    pub mask: ExpertMask,
+}
+
 /// A validated model over borrowed package bytes (flash, a static array or an
 /// mmap). Cheap to copy; holds no allocation.
 #[derive(Clone, Copy, Debug)]
@@ -136,14 +165,19 @@ pub struct Model<'a> {
     len: usize,
 }
 
-fn same_arch(a: &HParams, b: &HParams) -> bool {
-    a.d_model == b.d_model
-        && a.heads == b.heads
-        && a.experts == b.experts
-        && a.top_k == b.top_k
-        && a.ffn_hidden == b.ffn_hidden
-        && a.gating == b.gating
-        && a.ln_eps.to_bits() == b.ln_eps.to_bits()
+/// Whether two packages' metadata agree on every key both have.
+fn same_metadata(a: &Package<'_>, b: &Package<'_>) -> bool {
+    a.meta_entries()
+        .all(|(k, v)| b.meta(k).is_none_or(|w| meta_eq(v, w)))
+}
+
+fn meta_eq(a: MetaValue<'_>, b: MetaValue<'_>) -> bool {
+    match (a, b) {
+        // Bit equality: a NaN-free table, but -0.0 and 0.0 are different hyper-parameters.
+        (MetaValue::F32(x), MetaValue::F32(y)) => x.to_bits() == y.to_bits(),
+        (MetaValue::F64(x), MetaValue::F64(y)) => x.to_bits() == y.to_bits(),
+        (x, y) => x == y,
+    }
 }
 
 impl<'a> Model<'a> {
@@ -161,7 +195,9 @@ impl<'a> Model<'a> {
         }
         let mut parts = [None; MAX_CHAIN];
         parts[0] = Some(p);
-        Ok(Self { parts, len: 1 })
+        let m = Self { parts, len: 1 };
+        m.check_part(&p)?;
+        Ok(m)
     }
 
     /// Adds a delta pack to the chain; refuses one whose base is not the
@@ -183,12 +219,8 @@ impl<'a> Model<'a> {
         if d.header().base_id != last.id() {
             return mismatch("its base id is not the checksum of the package before it (wrong base or out of order)");
         }
-        let (hd, hl) = (d.hparams(), last.hparams());
-        if !same_arch(hd, hl) {
-            return mismatch("architecture hyper-parameters differ");
-        }
-        if hd.stages <= hl.stages {
-            return mismatch("a delta must add at least one stage");
+        if d.arch() != last.arch() || !same_metadata(&d, &last) || !same_metadata(&last, &d) {
+            return mismatch("architecture or its metadata differ");
         }
         // A stage may bring new modalities (new trunks), appended after the
         // chain's: the ones already there keep their index, shape and name.
@@ -198,6 +230,7 @@ impl<'a> Model<'a> {
             || prev.iter().zip(dm.iter()).any(|(a, b)| {
                 a.tokens != b.tokens
                     || a.features != b.features
+                    || a.kind != b.kind
                     || last.str(a.name_off, a.name_len) != d.str(b.name_off, b.name_len)
             })
         {
@@ -205,17 +238,77 @@ impl<'a> Model<'a> {
         }
         let count =
             |f: fn(&Package<'a>) -> usize| self.parts().map(|p| f(&p)).sum::<usize>() as u32;
-        if hd.tensor_base != count(|p| p.tensors().len())
-            || hd.blob_base != count(|p| p.blobs().len())
-            || hd.task_base != count(|p| p.tasks().len())
-            || hd.expert_base != count(|p| p.experts().len())
-            || hd.router_base != count(|p| p.routers().len())
+        let m = d.model();
+        if m.tensor_base != count(|p| p.tensors().len())
+            || m.blob_base != count(|p| p.blobs().len())
+            || m.task_base != count(|p| p.tasks().len())
+            || m.expert_base != count(|p| p.experts().len())
+            || m.group_base != count(|p| p.groups().len())
         {
             return mismatch("its index bases do not continue the chain");
         }
         self.parts[self.len] = Some(d);
         self.len += 1;
+        if let Err(e) = self.check_part(&d) {
+            self.len -= 1;
+            return Err(e);
+        }
         Ok(self)
+    }
+
+    /// The checks of a package that need the chain before it: its expert
+    /// records, component blocks and path masks against groups defined earlier.
+    fn check_part(&self, p: &Package<'a>) -> Result<()> {
+        let bad = |why| Err(Error::DeltaMismatch { why });
+        for c in p.components().iter() {
+            let Some(g) = self.group(c.group) else {
+                return bad("a component block names a group the chain does not have");
+            };
+            let n = p
+                .components()
+                .iter()
+                .filter(|x| x.group == c.group && x.component == c.component)
+                .count();
+            if n != 1
+                || self.parts().take_while(|q| q.id() != p.id()).any(|q| {
+                    q.components()
+                        .iter()
+                        .any(|x| x.group == c.group && x.component == c.component)
+                })
+            {
+                return bad("a (group, component) block is defined twice along the chain");
+            }
+            let block = (0..g.experts).filter_map(|j| self.expert_at(c.first_expert + j));
+            if block.count() as u32 != g.experts {
+                return bad("a component block lacks experts of its group");
+            }
+            for j in 0..g.experts {
+                match self.expert_at(c.first_expert + j) {
+                    Some(e) if e.expert as u32 == j && e.group == c.group => {
+                        let k = ExpertKind::from_u32(g.kind).map_or(0, |k| k.tensors());
+                        if e.tensor_count != k {
+                            return bad("an expert's tensor count is not its group's kind's");
+                        }
+                    }
+                    _ => {
+                        return bad("a component block does not list its group's experts in order")
+                    }
+                }
+            }
+        }
+        for t in p.tasks().iter() {
+            for k in 0..t.path_len {
+                if let Some(e) = p.paths().get((t.path_start + k) as usize) {
+                    let ok = self
+                        .group(e.group)
+                        .is_some_and(|g| e.mask().within(g.experts as usize));
+                    if !ok {
+                        return bad("a path mask names experts its group does not have");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Packages of the chain, base first.
@@ -238,9 +331,17 @@ impl<'a> Model<'a> {
     fn last(&self) -> Package<'a> {
         self.parts[self.len - 1].unwrap_or_else(|| unreachable!())
     }
-    /// Hyper-parameters (of the last package: `stages` grows along the chain).
-    pub fn hparams(&self) -> HParams {
-        *self.last().hparams()
+    /// The architecture tag (`"flame"`, ...).
+    pub fn arch(&self) -> &'a str {
+        self.base().arch()
+    }
+    /// Metadata value of `key` (the last package's: a delta repeats its base's).
+    pub fn meta(&self, key: &str) -> Option<MetaValue<'a>> {
+        self.parts[..self.len]
+            .iter()
+            .rev()
+            .flatten()
+            .find_map(|p| p.meta(key))
     }
 
     /// Number of tasks across the chain.
@@ -254,13 +355,15 @@ impl<'a> Model<'a> {
             let tasks = p.tasks();
             if rest < tasks.len() {
                 let rec = tasks.get(rest).ok_or(Error::UnknownTask)?;
+                let slot_bytes = rec.slot_bytes as usize;
                 return Ok(TaskInfo {
                     index,
                     name: p.str(rec.name_off, rec.name_len),
                     stage: rec.stage as usize,
                     outputs: rec.outputs as usize,
                     modality_mask: rec.modality_mask,
-                    arena_bytes: rec.arena_bytes as usize,
+                    arena_bytes: crate::plan::storage_bytes(&rec) + slot_bytes,
+                    slot_bytes,
                     part,
                     rec,
                 });
@@ -269,8 +372,7 @@ impl<'a> Model<'a> {
         }
         Err(Error::UnknownTask)
     }
-    /// Global index of the task named `name` (a later delta's task of the
-    /// same name shadows nothing: names are unique along a chain).
+    /// Global index of the task named `name` (names are unique along a chain).
     pub fn task_index(&self, name: &str) -> Result<usize> {
         (0..self.task_count())
             .find(|&i| self.task(i).is_ok_and(|t| t.name == name))
@@ -286,18 +388,121 @@ impl<'a> Model<'a> {
             r.features as usize,
         ))
     }
+    /// Whether modality `m` is an input of token ids (a language model's).
+    pub fn is_token_input(&self, m: usize) -> bool {
+        self.last()
+            .modalities()
+            .get(m)
+            .is_some_and(|r| r.kind == taskpath_format::records::input_kind::TOKEN_IDS)
+    }
     /// Number of modalities.
     pub fn modality_count(&self) -> usize {
         self.last().modalities().len()
     }
 
-    /// The expert mask of `(task, modality)`.
-    pub fn path_mask(&self, task: &TaskInfo<'a>, modality: usize) -> Option<u64> {
-        let p = self.part(task.part)?;
-        (0..task.rec.path_len)
-            .filter_map(|k| p.paths().get((task.rec.path_start + k) as usize))
-            .find(|e| e.modality as usize == modality)
+    /// Op `i` of `task`'s program, decoded.
+    pub fn op(&self, task: &TaskInfo<'a>, i: u32) -> Result<Op> {
+        let p = self.part(task.part).ok_or(Error::UnknownTask)?;
+        if i >= task.rec.program_len {
+            return Err(Error::InvalidProgram {
+                op: i,
+                why: "beyond the task's program",
+            });
+        }
+        let rec = p
+            .program()
+            .get((task.rec.program_start + i) as usize)
+            .ok_or(Error::InvalidProgram {
+                op: i,
+                why: "program range",
+            })?;
+        if !cfg!(feature = "decoder") && taskpath_format::opcode::is_token_stream(rec.opcode) {
+            return Err(Error::UnsupportedOp {
+                op: i,
+                feature: "decoder",
+            });
+        }
+        Ok(Op::decode(&rec, i)?)
+    }
+
+    /// The ops of `task`'s program, decoded (the package parser decoded each
+    /// once already, so these never fail on a validated package).
+    pub fn ops<'s>(&'s self, task: &'s TaskInfo<'a>) -> impl Iterator<Item = Op> + 's {
+        (0..task.rec.program_len).filter_map(move |i| self.op(task, i).ok())
+    }
+
+    /// The path entries of `task`, ascending by `(group, router)`.
+    pub fn paths<'s>(&'s self, task: &TaskInfo<'a>) -> impl Iterator<Item = PathEntry> + 's {
+        let p = self.part(task.part);
+        let (start, len) = (task.rec.path_start, task.rec.path_len);
+        (0..len).filter_map(move |k| {
+            let e = p?.paths().get((start + k) as usize)?;
+            Some(PathEntry {
+                group: e.group,
+                router: e.router,
+                mask: e.mask(),
+            })
+        })
+    }
+
+    /// The expert mask of `task`'s router `router` in `group`.
+    pub fn path_mask(&self, task: &TaskInfo<'a>, group: u32, router: u32) -> Option<ExpertMask> {
+        self.paths(task)
+            .find(|e| e.group == group && e.router == router)
             .map(|e| e.mask)
+    }
+
+    /// Number of expert groups across the chain.
+    pub fn group_count(&self) -> usize {
+        self.parts().map(|p| p.groups().len()).sum()
+    }
+    /// Group by global index.
+    pub fn group(&self, global: u32) -> Option<GroupRec> {
+        self.parts().find_map(|p| p.local_group(global))
+    }
+    /// Name of group `global`.
+    pub fn group_name(&self, global: u32) -> Option<&'a str> {
+        self.parts()
+            .find_map(|p| p.local_group(global).map(|g| p.str(g.name_off, g.name_len)))
+    }
+    /// Components group `global` has along the chain (`max component + 1`).
+    pub fn components(&self, group: u32) -> usize {
+        self.parts()
+            .flat_map(|p| p.components().iter())
+            .filter(|c| c.group == group)
+            .map(|c| c.component as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+    /// The `(group, component)` block, wherever along the chain it is.
+    pub fn component_block(&self, group: u32, component: usize) -> Option<ComponentRec> {
+        self.parts().find_map(|p| {
+            let t = p.components();
+            let key = (group, component as u32);
+            // Blocks are ascending by (group, component) within a package.
+            let (mut lo, mut hi) = (0, t.len());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let c = t.get(mid)?;
+                match (c.group, c.component).cmp(&key) {
+                    core::cmp::Ordering::Less => lo = mid + 1,
+                    core::cmp::Ordering::Greater => hi = mid,
+                    core::cmp::Ordering::Equal => return Some(c),
+                }
+            }
+            None
+        })
+    }
+    /// Component `c` of expert `j` of `group`, through the package's index.
+    pub fn expert(&self, group: u32, j: usize, c: usize) -> Option<ExpertRec> {
+        let b = self.component_block(group, c)?;
+        let e = self.expert_at(b.first_expert.checked_add(u32::try_from(j).ok()?)?)?;
+        (usize::from(e.expert) == j && e.group == group && usize::from(e.component) == c)
+            .then_some(e)
+    }
+    /// Expert record by global index.
+    pub fn expert_at(&self, global: u32) -> Option<ExpertRec> {
+        self.parts().find_map(|p| p.local_expert(global))
     }
 
     /// Tensor by global index.
@@ -308,7 +513,7 @@ impl<'a> Model<'a> {
     /// Tensor by global index, borrowed from the package bytes.
     pub fn tensor(&self, global: u32) -> Option<TensorView<'a>> {
         let (p, t) = self.tensor_rec(global)?;
-        let local = t.blob.checked_sub(p.hparams().blob_base)?;
+        let local = t.blob.checked_sub(p.model().blob_base)?;
         Self::view(&t, p.blob_bytes(local as usize)?)
     }
 
@@ -318,20 +523,21 @@ impl<'a> Model<'a> {
         Self::view(&t, blob)
     }
 
-    /// The tensors of expert component `e`, borrowed from `blob` (its blob's
-    /// bytes); `None` when one of them lies outside that blob.
-    pub fn expert_tensors<'b>(&self, e: &ExpertRec, blob: &'b [u8]) -> Option<ExpertTensors<'b>> {
-        let t = |id: u32| self.tensor_in(id, blob);
-        Some(ExpertTensors {
-            conv_w: t(e.conv_w)?,
-            conv_b: t(e.conv_b)?,
-            ln_g: t(e.ln_g)?,
-            ln_b: t(e.ln_b)?,
-            fc1_w: t(e.fc1_w)?,
-            fc1_b: t(e.fc1_b)?,
-            fc2_w: t(e.fc2_w)?,
-            fc2_b: t(e.fc2_b)?,
+    /// The tensors of expert component `e` (kind [`ExpertKind::ConvFfn`]),
+    /// borrowed from `blob` (its blob's bytes); `None` when one of them lies
+    /// outside that blob.
+    pub fn expert_tensors<'b>(
+        &self,
+        e: &ExpertRec,
+        blob: &'b [u8],
+    ) -> Option<ExpertTensors<TensorView<'b>>> {
+        ExpertTensors::try_from_fn(|k| {
+            (k < e.tensor_count)
+                .then(|| self.tensor_in(e.tensor_start + k, blob))
+                .flatten()
+                .ok_or(())
         })
+        .ok()
     }
 
     fn view<'b>(t: &TensorRec, blob: &'b [u8]) -> Option<TensorView<'b>> {
@@ -365,7 +571,7 @@ impl<'a> Model<'a> {
     /// Blob by global index.
     pub fn blob(&self, global: u32) -> Option<BlobView<'a>> {
         for (part, p) in self.parts().enumerate() {
-            if let Some(local) = global.checked_sub(p.hparams().blob_base) {
+            if let Some(local) = global.checked_sub(p.model().blob_base) {
                 if let (Some(rec), Some(bytes)) =
                     (p.blobs().get(local as usize), p.blob_bytes(local as usize))
                 {
@@ -383,7 +589,7 @@ impl<'a> Model<'a> {
     /// Checks the checksum of blob `global`.
     pub fn verify_blob(&self, global: u32) -> Result<()> {
         for p in self.parts() {
-            if let Some(local) = global.checked_sub(p.hparams().blob_base) {
+            if let Some(local) = global.checked_sub(p.model().blob_base) {
                 if (local as usize) < p.blobs().len() {
                     return Ok(p.verify_blob(local as usize)?);
                 }
@@ -394,47 +600,16 @@ impl<'a> Model<'a> {
             why: "blob index out of range",
         })
     }
-    /// Checks every blob checksum of every package.
+    /// Checks every blob checksum of every package, then that every weight
+    /// and scale is finite
+    /// ([`taskpath_format::Package::check_finite`]): a NaN that passes the
+    /// checksums would otherwise turn every output into NaN. Reads every
+    /// byte; sessions do not call it.
     pub fn verify(&self) -> Result<()> {
         self.parts()
-            .try_for_each(|p| p.verify_all().map_err(Error::from))
-    }
-
-    /// Component `c` of expert slot `j`. A scan of the expert tables: sessions
-    /// look components up through an index built at creation instead.
-    pub fn expert(&self, j: usize, c: usize) -> Option<ExpertRec> {
-        self.expert_index(j, c).and_then(|i| self.expert_at(i))
-    }
-
-    /// Global position of component `c` of expert `j` in the chain's expert
-    /// tables (base first), found by a scan; see [`Model::expert_at`].
-    pub fn expert_index(&self, j: usize, c: usize) -> Option<usize> {
-        let mut base = 0;
-        for p in self.parts() {
-            let t = p.experts();
-            if let Some(k) = t
-                .iter()
-                .position(|e| usize::from(e.expert) == j && usize::from(e.component) == c)
-            {
-                return Some(base + k);
-            }
-            base += t.len();
-        }
-        None
-    }
-
-    /// Expert record `i` of the chain's expert tables (base first): constant
-    /// work per package of the chain.
-    pub fn expert_at(&self, i: usize) -> Option<ExpertRec> {
-        let mut rest = i;
-        for p in self.parts() {
-            let t = p.experts();
-            if rest < t.len() {
-                return t.get(rest);
-            }
-            rest -= t.len();
-        }
-        None
+            .try_for_each(|p| p.verify_all().map_err(Error::from))?;
+        self.parts()
+            .try_for_each(|p| p.check_finite().map_err(Error::from))
     }
 
     /// Every expert component's blob, in global blob (file) order: the blobs
@@ -450,40 +625,47 @@ impl<'a> Model<'a> {
         self.expert_blobs().map(|b| b.bytes.len()).sum()
     }
 
-    /// Whether blob `b` is on the path of `task`: the trunks and router heads
-    /// `0..=stage` of its modalities, components `0..=stage` of the experts in
-    /// its modalities' masks, and its head.
-    pub fn on_path(&self, task: &TaskInfo<'a>, b: &BlobRec) -> bool {
-        let mod_ok = |m: u16| usize::from(m) < 32 && task.modality_mask & (1 << m) != 0;
-        match b.kind {
-            blob_kind::TRUNK => mod_ok(b.modality),
-            blob_kind::ROUTER => mod_ok(b.modality) && usize::from(b.component) <= task.stage,
-            blob_kind::EXPERT => {
-                let union = task
-                    .modalities()
-                    .filter_map(|m| self.path_mask(task, m))
-                    .fold(0u64, |a, m| a | m);
-                usize::from(b.component) <= task.stage
-                    && b.expert < 64
-                    && union & (1 << b.expert) != 0
+    /// Whether blob `b` is on the path of `task`: a blob one of its ops
+    /// names a tensor of, or component `< components` of an expert in the
+    /// path mask of the router a `Moe` or `MoeTokens` op of the task runs.
+    pub fn on_path(&self, task: &TaskInfo<'a>, b: &BlobView<'a>) -> bool {
+        let mut hit = false;
+        for op in self.ops(task) {
+            if let Some((group, router, components)) = op.expert_use() {
+                hit |= b.rec.kind == blob_kind::EXPERT
+                    && u32::from(b.rec.group) == group
+                    && u32::from(b.rec.component) < components
+                    && self
+                        .path_mask(task, group, router)
+                        .is_some_and(|m| m.contains(b.rec.expert.into()));
             }
-            blob_kind::HEAD => usize::from(b.task) == task.index,
-            _ => false,
+            op.for_each_tensor(|t| {
+                hit |= self.tensor_rec(t.0).is_some_and(|(_, r)| r.blob == b.index);
+            });
+            if hit {
+                return true;
+            }
         }
+        false
     }
 
-    /// Global indices of the blobs on `task`'s path, in file order.
+    /// The blobs on `task`'s path, in file order.
     pub fn path_blobs<'s>(
         &'s self,
         task: &'s TaskInfo<'a>,
     ) -> impl Iterator<Item = BlobView<'a>> + 's {
         (0..self.blob_count() as u32)
             .filter_map(|i| self.blob(i))
-            .filter(move |b| self.on_path(task, &b.rec))
+            .filter(move |b| self.on_path(task, b))
     }
 
     /// Bytes of weights on `task`'s path.
     pub fn path_bytes(&self, task: &TaskInfo<'a>) -> usize {
         self.path_blobs(task).map(|b| b.bytes.len()).sum()
+    }
+
+    /// The weight format of a tensor view, when this build knows it.
+    pub fn format_of(t: &TensorView<'_>) -> Option<WeightFormat> {
+        WeightFormat::from_u16(t.format)
     }
 }

@@ -67,6 +67,9 @@ pub trait Prefetch {
     /// Blob `blob` (global index), whose package bytes are `bytes`, will
     /// likely be fetched soon.
     fn will_need(&mut self, blob: u32, bytes: &[u8]);
+    /// Blob `blob` was just copied out of `bytes` into a cache: the package
+    /// copy is not needed again soon. Default: nothing.
+    fn filled(&mut self, _blob: u32, _bytes: &[u8]) {}
 }
 
 /// Counters of a [`ResidencyCache`].
@@ -116,6 +119,17 @@ pub struct ResidencyCache<'r> {
     largest: usize,
     tick: u64,
     stats: CacheStats,
+    /// Told about each blob just before it is copied in.
+    fill: Option<FillHint<'r>>,
+}
+
+/// The hook of [`ResidencyCache::with_fill_hint`].
+struct FillHint<'r>(&'r mut dyn Prefetch);
+
+impl core::fmt::Debug for FillHint<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FillHint")
+    }
 }
 
 impl<'r> ResidencyCache<'r> {
@@ -150,7 +164,17 @@ impl<'r> ResidencyCache<'r> {
             largest,
             tick: 0,
             stats: CacheStats::default(),
+            fill: None,
         })
+    }
+
+    /// Tells `hint` about each blob just before the cache copies it in from
+    /// the package: over a memory map, `MmapPrefetch` turns the copy's
+    /// page-by-page faults into one read of the whole blob.
+    #[must_use]
+    pub fn with_fill_hint(mut self, hint: &'r mut dyn Prefetch) -> Self {
+        self.fill = Some(FillHint(hint));
+        self
     }
 
     /// The budget in bytes.
@@ -277,7 +301,13 @@ impl<'r> ResidencyCache<'r> {
                 (self.n, self.used_bytes())
             }
         };
+        if let Some(h) = self.fill.as_mut() {
+            h.0.will_need(blob, src.bytes);
+        }
         self.mem[off..off + src.bytes.len()].copy_from_slice(src.bytes);
+        if let Some(h) = self.fill.as_mut() {
+            h.0.filled(blob, src.bytes);
+        }
         self.slots.copy_within(i..self.n, i + 1);
         self.slots[i] = Slot {
             blob,

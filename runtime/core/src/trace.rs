@@ -5,17 +5,17 @@
 //! own [`crate::Clock`] in the hooks, so firmware can use a cycle counter and
 //! a host build `Instant`, and an untraced run never reads a clock.
 
-use taskpath_format::Opcode;
+use taskpath_format::Op;
 
 /// Receives events from a running session. Every method has an empty default,
 /// so new hooks can be added without breaking implementors.
 pub trait Tracer {
     /// Op `index` (within the task's program) is about to run.
     #[inline(always)]
-    fn op_begin(&mut self, _index: u32, _op: Opcode) {}
+    fn op_begin(&mut self, _index: u32, _op: &Op) {}
     /// Op `index` finished.
     #[inline(always)]
-    fn op_end(&mut self, _index: u32, _op: Opcode) {}
+    fn op_end(&mut self, _index: u32, _op: &Op) {}
     /// `bytes` of weights were read from blob `blob` (global index).
     #[inline(always)]
     fn blob_read(&mut self, _blob: u32, _bytes: usize) {}
@@ -24,9 +24,10 @@ pub trait Tracer {
     /// component's work lasts until the next `expert_fetch` or `op_end`.
     #[inline(always)]
     fn expert_fetch(&mut self, _blob: u32) {}
-    /// The router of `modality` picked `experts` with `gates`.
+    /// Router `router` of the task (FLAME: the modality index) picked
+    /// `experts` with `gates`.
     #[inline(always)]
-    fn route(&mut self, _modality: u32, _experts: &[u32], _gates: &[f32]) {}
+    fn route(&mut self, _router: u32, _experts: &[u32], _gates: &[f32]) {}
     /// Whether the tracer wants events that cost work to produce even when
     /// ignored (today: [`Tracer::cache_access`], which asks the blob source
     /// whether a blob is resident). [`NoTrace`] says no, so an untraced run
@@ -55,11 +56,11 @@ impl Tracer for NoTrace {
 
 impl<T: Tracer + ?Sized> Tracer for &mut T {
     #[inline(always)]
-    fn op_begin(&mut self, index: u32, op: Opcode) {
+    fn op_begin(&mut self, index: u32, op: &Op) {
         (**self).op_begin(index, op);
     }
     #[inline(always)]
-    fn op_end(&mut self, index: u32, op: Opcode) {
+    fn op_end(&mut self, index: u32, op: &Op) {
         (**self).op_end(index, op);
     }
     #[inline(always)]
@@ -71,8 +72,8 @@ impl<T: Tracer + ?Sized> Tracer for &mut T {
         (**self).expert_fetch(blob);
     }
     #[inline(always)]
-    fn route(&mut self, modality: u32, experts: &[u32], gates: &[f32]) {
-        (**self).route(modality, experts, gates);
+    fn route(&mut self, router: u32, experts: &[u32], gates: &[f32]) {
+        (**self).route(router, experts, gates);
     }
     #[inline(always)]
     fn wants_costly_events(&self) -> bool {
@@ -91,7 +92,7 @@ mod tests {
     #[derive(Default)]
     struct Count(u32);
     impl Tracer for Count {
-        fn op_begin(&mut self, _: u32, _: Opcode) {
+        fn op_begin(&mut self, _: u32, _: &Op) {
             self.0 += 1;
         }
     }
@@ -101,8 +102,15 @@ mod tests {
         let mut c = Count::default();
         {
             let mut r: &mut dyn Tracer = &mut c;
-            (&mut r).op_begin(0, Opcode::Copy);
-            r.op_begin(1, Opcode::Copy);
+            let op = Op::Copy {
+                src: taskpath_format::SlotId(0),
+                src_offset: 0,
+                dst: taskpath_format::SlotId(1),
+                dst_offset: 0,
+                len: 1,
+            };
+            (&mut r).op_begin(0, &op);
+            r.op_begin(1, &op);
             assert!(r.wants_costly_events());
         }
         assert_eq!(c.0, 2);

@@ -17,8 +17,9 @@ use crate::{check_out_struct, read_versioned, write_out, TP_MAX_MODALITIES, TP_P
 pub const TP_MODEL_COPY: u32 = 1;
 
 /// `tp_model_config.flags`: check the checksum of every blob of every package
-/// at open (reads all weights once). Without it, blobs are checked when a
-/// session that uses them is created.
+/// at open, then that every weight and scale is finite (no NaN or infinity)
+/// (reads all weights once). Without it, blobs are checked when a session
+/// that uses them is created (checksums only).
 pub const TP_MODEL_VERIFY: u32 = 2;
 
 const MODEL_FLAGS: u32 = TP_MODEL_COPY | TP_MODEL_VERIFY;

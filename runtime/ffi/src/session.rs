@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use taskpath_runtime::{CacheStats, Prefetch, ResidencyCache, Session, SessionOptions, Tracer};
+use taskpath_runtime::{
+    Backend, CacheStats, CpuBackend, Prefetch, ResidencyCache, Session, SessionOptions, Tracer,
+};
 
 use crate::model::{model_ref, out_handle, tp_model};
 use crate::status::{guard, tp_status, Fail, Res};
@@ -16,6 +18,21 @@ use crate::{check_out_struct, read_versioned, write_out, TP_ARENA_ALIGN, TP_MAX_
 /// the slot of `tp_prefetch_attach`'s hook; the rest is headroom so this
 /// value, part of the ABI, need not change as it grows.)
 pub const TP_SESSION_OVERHEAD: usize = 1024;
+
+/// The CPU backend of the C library, checking each task's path checksums
+/// at session creation (the default) or not (`TP_SESSION_NO_VERIFY`).
+static CPU_VERIFIED: CpuBackend = CpuBackend {
+    options: SessionOptions {
+        verify_path: true,
+        kernels: None,
+    },
+};
+static CPU_UNVERIFIED: CpuBackend = CpuBackend {
+    options: SessionOptions {
+        verify_path: false,
+        kernels: None,
+    },
+};
 
 /// `tp_session_config.flags`: skip checking the checksums of the task's
 /// blobs at creation (they are checked by default: one pass over the task's
@@ -113,17 +130,17 @@ pub struct tp_tracer {
 struct CTracer<'t>(&'t tp_tracer);
 
 impl Tracer for CTracer<'_> {
-    fn op_begin(&mut self, index: u32, op: taskpath_runtime::format::Opcode) {
+    fn op_begin(&mut self, index: u32, op: &taskpath_runtime::format::Op) {
         if let Some(f) = self.0.op_begin {
             // SAFETY: a callback the caller installed with tp_trace_attach,
             // called with the user pointer it gave, as documented.
-            unsafe { f(self.0.user, index, op as u32) }
+            unsafe { f(self.0.user, index, op.opcode().into()) }
         }
     }
-    fn op_end(&mut self, index: u32, op: taskpath_runtime::format::Opcode) {
+    fn op_end(&mut self, index: u32, op: &taskpath_runtime::format::Op) {
         if let Some(f) = self.0.op_end {
             // SAFETY: as in op_begin.
-            unsafe { f(self.0.user, index, op as u32) }
+            unsafe { f(self.0.user, index, op.opcode().into()) }
         }
     }
     fn blob_read(&mut self, blob: u32, bytes: usize) {
@@ -414,15 +431,15 @@ fn create(
             len - TP_SESSION_OVERHEAD - cache_bytes,
         )
     };
-    // Defaults for every option the C ABI does not expose (set field by
-    // field so options the runtime adds later need no change here).
-    #[allow(clippy::field_reassign_with_default)]
-    let opts = {
-        let mut o = SessionOptions::default();
-        o.verify_path = flags & TP_SESSION_NO_VERIFY == 0;
-        o
+    // The backend is chosen through the runtime's `Backend` interface; the
+    // C library carries the CPU backend (with or without path checks).
+    let backend = if flags & TP_SESSION_NO_VERIFY == 0 {
+        &CPU_VERIFIED
+    } else {
+        &CPU_UNVERIFIED
     };
-    let mut session = Session::with_options(m.model(), task as usize, work, opts)
+    let mut session = backend
+        .init(m.model(), task as usize, work)
         .map_err(|e| Fail::runtime(e, format!("creating a session for task {:?}", info.name)))?;
     if let Some((b, blen)) = budget {
         // SAFETY: by contract `budget` is `blen` writable bytes kept for this
@@ -807,7 +824,7 @@ fn run(
     let out = unsafe { std::slice::from_raw_parts_mut(outputs, n_outputs) };
     let started = Instant::now();
     let st = if s.tracer.is_null() {
-        s.session.run(&xs[..expected], out)
+        CPU_VERIFIED.execute(&mut s.session, &xs[..expected], out)
     } else {
         // SAFETY: installed by tp_trace_attach, kept alive by the caller.
         let mut t = CTracer(unsafe { &*s.tracer });
@@ -853,6 +870,180 @@ pub unsafe extern "C" fn tp_session_run(
 ) -> tp_status {
     guard("tp_session_run", || {
         run(session, inputs, n_inputs, outputs, n_outputs)
+    })
+}
+
+fn step(
+    session: *mut tp_session,
+    tokens: *const u32,
+    n_tokens: usize,
+    logits: *mut f32,
+    n_logits: usize,
+) -> Res {
+    // SAFETY: NULL or a live session handle, by contract.
+    let s = unsafe { session_mut(session, "session")? };
+    let task = *s.session.task();
+    if tokens.is_null() {
+        return Err(Fail::null("tokens"));
+    }
+    if logits.is_null() {
+        return Err(Fail::null("logits"));
+    }
+    if !tokens.is_aligned() || !logits.is_aligned() {
+        return Err(Fail::invalid("`tokens` or `logits` is misaligned"));
+    }
+    // Checked here, before the slices are made, so an absurd count is an
+    // error rather than a read past the caller's buffer.
+    let shape = s.session.plan().tokens().ok_or_else(|| {
+        Fail::new(
+            tp_status::TP_ERR_TASK_KIND,
+            format!(
+                "task {:?} is not a language-model task: use tp_session_run",
+                task.name
+            ),
+        )
+    })?;
+    if n_tokens == 0 || n_tokens > shape.capacity {
+        return Err(Fail::new(
+            tp_status::TP_ERR_CONTEXT_FULL,
+            format!(
+                "n_tokens = {n_tokens}: a step takes 1..={} tokens (the task's chunk)",
+                shape.capacity
+            ),
+        ));
+    }
+    if n_logits != task.outputs {
+        return Err(Fail::new(
+            tp_status::TP_ERR_OUTPUT_SHAPE,
+            format!(
+                "wrong logits count: task {:?} has a vocabulary of {}, got n_logits = {n_logits}",
+                task.name, task.outputs
+            ),
+        ));
+    }
+    // SAFETY: non-null, aligned, n_tokens readable u32 by contract (n_tokens
+    // checked against the chunk above).
+    let ids = unsafe { std::slice::from_raw_parts(tokens, n_tokens) };
+    // SAFETY: non-null, aligned, n_logits writable floats by contract,
+    // disjoint from the session memory and the tokens.
+    let out = unsafe { std::slice::from_raw_parts_mut(logits, n_logits) };
+    let started = Instant::now();
+    let st = if s.tracer.is_null() {
+        s.session.step(ids, out)
+    } else {
+        // SAFETY: installed by tp_trace_attach, kept alive by the caller.
+        let mut t = CTracer(unsafe { &*s.tracer });
+        s.session.step_traced(ids, out, &mut t)
+    }
+    .map_err(|e| Fail::runtime(e, format!("stepping task {:?}", task.name)))?;
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let acc = &mut s.stats;
+    acc.ops = st.ops;
+    acc.expert_components = st.expert_components;
+    acc.weight_bytes = st.weight_bytes as u64;
+    acc.runs += 1;
+    acc.last_run_ns = ns;
+    acc.total_run_ns = acc.total_run_ns.saturating_add(ns);
+    Ok(())
+}
+
+/// Runs a language-model task on `n_tokens` token ids at the session's
+/// position (a prompt chunk, or one decode step), appending them to its KV
+/// cache, and writes the last token's logits.
+///
+/// - `tokens`: `n_tokens` ids, each below the vocabulary
+///   (`TP_ERR_TOKEN_OUT_OF_RANGE`); `1 <= n_tokens <= tp_token_shape.chunk`,
+///   and the position plus `n_tokens` at most `tp_token_shape.context`
+///   (`TP_ERR_CONTEXT_FULL`; `tp_session_reset` starts over).
+/// - `logits`, `n_logits`: `n_logits` must equal the vocabulary
+///   (`tp_task_info.outputs`, `TP_ERR_OUTPUT_SHAPE`). Written only on success.
+/// - A fixed-shape task: `TP_ERR_TASK_KIND`.
+///
+/// Allocates nothing; results are bit-identical to the Rust API's
+/// `Session::step`.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `tokens` is NULL or `n_tokens` readable `uint32_t`; `logits` is NULL or
+/// `n_logits` writable floats.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_step(
+    session: *mut tp_session,
+    tokens: *const u32,
+    n_tokens: usize,
+    logits: *mut f32,
+    n_logits: usize,
+) -> tp_status {
+    guard("tp_session_step", || {
+        step(session, tokens, n_tokens, logits, n_logits)
+    })
+}
+
+/// A language-model task's shape, fixed when its package was made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct tp_token_shape {
+    /// Most tokens one `tp_session_step` takes (the prefill chunk).
+    pub chunk: u32,
+    /// Positions the KV cache holds.
+    pub context: u32,
+    /// Vocabulary: logits per step.
+    pub vocab: u32,
+    /// Tokens stepped since creation or the last `tp_session_reset`.
+    pub position: u32,
+}
+
+/// Writes the session's token shape and position into `*shape`;
+/// `TP_ERR_TASK_KIND` for a fixed-shape task.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now;
+/// `shape` is NULL or a writable `tp_token_shape`.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_token_shape(
+    session: *mut tp_session,
+    shape: *mut tp_token_shape,
+) -> tp_status {
+    guard("tp_session_token_shape", || {
+        // SAFETY: NULL or a live session handle, by contract.
+        let s = unsafe { session_mut(session, "session")? };
+        if shape.is_null() {
+            return Err(Fail::null("shape"));
+        }
+        if !shape.is_aligned() {
+            return Err(Fail::invalid("`shape` is misaligned"));
+        }
+        let t = s.session.plan().tokens().ok_or_else(|| {
+            Fail::new(
+                tp_status::TP_ERR_TASK_KIND,
+                "not a language-model task".to_string(),
+            )
+        })?;
+        let c = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let out = tp_token_shape {
+            chunk: c(t.capacity),
+            context: c(t.context),
+            vocab: c(t.vocab),
+            position: c(s.session.position()),
+        };
+        // SAFETY: non-null, aligned and writable by contract.
+        unsafe { write_out(shape, out) };
+        Ok(())
+    })
+}
+
+/// Clears the session's KV cache: the next `tp_session_step` starts at
+/// position 0. Allocates nothing.
+///
+/// # Safety
+/// `session` is NULL or a live session handle used by no other thread now.
+#[no_mangle]
+pub unsafe extern "C" fn tp_session_reset(session: *mut tp_session) -> tp_status {
+    guard("tp_session_reset", || {
+        // SAFETY: NULL or a live session handle, by contract.
+        let s = unsafe { session_mut(session, "session")? };
+        s.session.reset();
+        Ok(())
     })
 }
 

@@ -41,6 +41,14 @@ pub enum tp_status {
     TP_ERR_INPUT_SHAPE = 0x12,
     /// `n_outputs` differs from the task's output count.
     TP_ERR_OUTPUT_SHAPE = 0x13,
+    /// A token id at or beyond the model's vocabulary.
+    TP_ERR_TOKEN_OUT_OF_RANGE = 0x14,
+    /// A step's tokens do not fit: more than the task's chunk, or past the
+    /// context its KV cache holds (`tp_session_reset` starts over).
+    TP_ERR_CONTEXT_FULL = 0x15,
+    /// The call does not fit the task's kind (`tp_session_step` on a
+    /// fixed-shape task, `tp_session_run` on a language-model task).
+    TP_ERR_TASK_KIND = 0x16,
     /// A pointer argument that must not be NULL is NULL.
     TP_ERR_NULL_ARGUMENT = 0x1C,
     /// A struct's `struct_size` is not a size this library knows.
@@ -78,6 +86,9 @@ pub enum tp_status {
     TP_ERR_IO = 0x40,
     /// A weight format this build or this CPU has no kernel for.
     TP_ERR_UNSUPPORTED_FORMAT = 0x41,
+    /// An op this build of the runtime was compiled without (e.g. the
+    /// decoder ops in a firmware build without the `decoder` feature).
+    TP_ERR_UNSUPPORTED_OP = 0x42,
 }
 
 impl tp_status {
@@ -96,6 +107,9 @@ impl tp_status {
             Self::TP_ERR_INPUT_COUNT => b"TP_ERR_INPUT_COUNT\0",
             Self::TP_ERR_INPUT_SHAPE => b"TP_ERR_INPUT_SHAPE\0",
             Self::TP_ERR_OUTPUT_SHAPE => b"TP_ERR_OUTPUT_SHAPE\0",
+            Self::TP_ERR_TOKEN_OUT_OF_RANGE => b"TP_ERR_TOKEN_OUT_OF_RANGE\0",
+            Self::TP_ERR_CONTEXT_FULL => b"TP_ERR_CONTEXT_FULL\0",
+            Self::TP_ERR_TASK_KIND => b"TP_ERR_TASK_KIND\0",
             Self::TP_ERR_NULL_ARGUMENT => b"TP_ERR_NULL_ARGUMENT\0",
             Self::TP_ERR_STRUCT_SIZE => b"TP_ERR_STRUCT_SIZE\0",
             Self::TP_ERR_INVALID_ARGUMENT => b"TP_ERR_INVALID_ARGUMENT\0",
@@ -112,11 +126,12 @@ impl tp_status {
             Self::TP_ERR_CHAIN_TOO_LONG => b"TP_ERR_CHAIN_TOO_LONG\0",
             Self::TP_ERR_IO => b"TP_ERR_IO\0",
             Self::TP_ERR_UNSUPPORTED_FORMAT => b"TP_ERR_UNSUPPORTED_FORMAT\0",
+            Self::TP_ERR_UNSUPPORTED_OP => b"TP_ERR_UNSUPPORTED_OP\0",
         }
     }
 }
 
-const ALL_STATUSES: [tp_status; 23] = [
+const ALL_STATUSES: [tp_status; 27] = [
     tp_status::TP_OK,
     tp_status::TP_ERR_PANIC,
     tp_status::TP_ERR_RUNTIME,
@@ -124,6 +139,9 @@ const ALL_STATUSES: [tp_status; 23] = [
     tp_status::TP_ERR_INPUT_COUNT,
     tp_status::TP_ERR_INPUT_SHAPE,
     tp_status::TP_ERR_OUTPUT_SHAPE,
+    tp_status::TP_ERR_TOKEN_OUT_OF_RANGE,
+    tp_status::TP_ERR_CONTEXT_FULL,
+    tp_status::TP_ERR_TASK_KIND,
     tp_status::TP_ERR_NULL_ARGUMENT,
     tp_status::TP_ERR_STRUCT_SIZE,
     tp_status::TP_ERR_INVALID_ARGUMENT,
@@ -140,6 +158,7 @@ const ALL_STATUSES: [tp_status; 23] = [
     tp_status::TP_ERR_CHAIN_TOO_LONG,
     tp_status::TP_ERR_IO,
     tp_status::TP_ERR_UNSUPPORTED_FORMAT,
+    tp_status::TP_ERR_UNSUPPORTED_OP,
 ];
 
 impl From<ErrorCode> for tp_status {
@@ -301,6 +320,9 @@ mod tests {
             ErrorCode::InputCount,
             ErrorCode::InputShape,
             ErrorCode::OutputShape,
+            ErrorCode::TokenOutOfRange,
+            ErrorCode::ContextFull,
+            ErrorCode::TaskKind,
             ErrorCode::ArenaTooSmall,
             ErrorCode::ArenaMisaligned,
             ErrorCode::BudgetTooSmall,

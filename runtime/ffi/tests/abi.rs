@@ -910,7 +910,7 @@ fn session_create_on_a_corrupt_blob_fails_and_no_verify_skips_the_check() {
     let model = Model::from_bytes(f.pkg.as_slice()).unwrap();
     let head = (0..model.blob_count() as u32)
         .filter_map(|b| model.blob(b))
-        .find(|b| b.rec.kind == blob_kind::HEAD && b.rec.task == 1)
+        .find(|b| b.rec.kind == blob_kind::HEAD && b.rec.owner == 1)
         .unwrap();
     let off = head.bytes.as_ptr() as usize - f.pkg.as_slice().as_ptr() as usize;
     bytes[off] ^= 0x40;

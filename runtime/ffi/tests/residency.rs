@@ -14,7 +14,7 @@ use std::ptr::{null, null_mut};
 use taskpath_checkpoint::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
 use taskpath_ffi::*;
 use taskpath_pack::{pack, random_calibration, PackOptions};
-use taskpath_runtime::format::Opcode;
+use taskpath_runtime::format::{opcode, Op};
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, Tracer};
 
 use common::{close, fails, ok, open};
@@ -320,11 +320,11 @@ struct Events {
 }
 
 impl Tracer for Events {
-    fn op_begin(&mut self, i: u32, op: Opcode) {
-        self.ops.push((i, op as u32, true));
+    fn op_begin(&mut self, i: u32, op: &Op) {
+        self.ops.push((i, op.opcode().into(), true));
     }
-    fn op_end(&mut self, i: u32, op: Opcode) {
-        self.ops.push((i, op as u32, false));
+    fn op_end(&mut self, i: u32, op: &Op) {
+        self.ops.push((i, op.opcode().into(), false));
     }
     fn blob_read(&mut self, b: u32, n: usize) {
         self.reads.push((b, n));
@@ -474,7 +474,7 @@ unsafe extern "C" fn c_will_need(u: *mut c_void, blob: u32, bytes: *const u8, le
     hint_log(u).0.push(Some((blob, bytes as usize, len)));
 }
 unsafe extern "C" fn c_encode_begin(u: *mut c_void, _i: u32, op: u32) {
-    if op == Opcode::Encode as u32 {
+    if op == u32::from(opcode::ENCODE) {
         hint_log(u).0.push(None);
     }
 }

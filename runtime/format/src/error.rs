@@ -19,6 +19,13 @@ pub enum FormatError {
     },
     /// The first 8 bytes are not the package magic.
     BadMagic,
+    /// The package was written by another major version of the format.
+    Version {
+        /// Its major version.
+        found: u16,
+        /// The major version this reader implements.
+        supported: u16,
+    },
     /// A version or required feature this reader does not implement.
     Unsupported {
         /// Which field.
@@ -97,6 +104,7 @@ impl FormatError {
             | Self::OutOfBounds { field, .. }
             | Self::Checksum { field, .. } => field,
             Self::BadMagic => "header.magic",
+            Self::Version { .. } => "header.version_major",
             Self::MissingSection { section } => section,
             Self::Misaligned { .. } => "package.base_address",
         }
@@ -129,6 +137,10 @@ impl fmt::Display for FormatError {
                 )
             }
             Self::BadMagic => f.write_str("not a Taskpath package: bad magic in header.magic"),
+            Self::Version { found, supported } => write!(
+                f,
+                "package format version {found}.x; this runtime reads version {supported}.x: repack it with `taskpath pack` (or `taskpath add-task` for a delta pack)"
+            ),
             Self::Unsupported { field, value } => write!(f, "{field}: unsupported value {value}"),
             Self::Invalid {
                 field,

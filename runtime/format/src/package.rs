@@ -5,13 +5,13 @@ use core::marker::PhantomData;
 use crate::error::{FormatError, Result};
 use crate::records::*;
 use crate::steps;
-use crate::Opcode;
+use crate::{ExpertKind, Op};
 
 /// Package magic: non-ASCII first byte, then "TPK", then CR LF SUB LF so that
 /// text-mode transfers and truncated copies are caught (as PNG does).
 pub const MAGIC: [u8; 8] = *b"\x89TPK\r\n\x1a\n";
 /// Major version this reader implements; a breaking change bumps it.
-pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MAJOR: u16 = 2;
 /// Minor version written by this crate; readers accept any minor of their major.
 pub const VERSION_MINOR: u16 = 0;
 /// Size of the fixed header this version writes.
@@ -28,8 +28,12 @@ pub const BASE_ALIGN: usize = 16;
 pub const MAX_SECTIONS: u32 = 64;
 /// Most modalities (bits of `TaskRec::modality_mask`).
 pub const MAX_MODALITIES: usize = 32;
-/// Most experts (bits of `PathRec::mask`).
-pub const MAX_EXPERTS: u32 = 64;
+/// Most experts of a group (bits of a [`crate::ExpertMask`]).
+pub const MAX_EXPERTS: u32 = 256;
+/// Most experts a routing op keeps.
+pub const MAX_TOP_K: u32 = 64;
+/// Most components (stages) per expert.
+pub const MAX_COMPONENTS: u32 = 255;
 /// Largest accepted model width, heads, hidden width, token count or feature count.
 pub const MAX_DIM: u32 = 1 << 16;
 /// Longest accepted name (modality, tensor, task), in bytes. Without a cap,
@@ -160,13 +164,15 @@ impl<'a, R: Record + 'a> Table<'a, R> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Layout {
     header: Header,
-    hparams: HParams,
+    model: ModelRec,
     strings: (usize, usize),
+    metadata: (usize, usize),
     modalities: (usize, usize),
     tensors: (usize, usize),
+    groups: (usize, usize),
     experts: (usize, usize),
+    components: (usize, usize),
     tasks: (usize, usize),
-    routers: (usize, usize),
     paths: (usize, usize),
     program: (usize, usize),
     slots: (usize, usize),
@@ -181,6 +187,39 @@ pub struct Layout {
 pub struct Package<'a> {
     bytes: &'a [u8],
     layout: Layout,
+}
+
+/// A metadata value ([`KvRec`] decoded).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MetaValue<'a> {
+    /// `u32`.
+    U32(u32),
+    /// `i32`.
+    I32(i32),
+    /// `u64`.
+    U64(u64),
+    /// `f32`.
+    F32(f32),
+    /// `f64`.
+    F64(f64),
+    /// `bool`.
+    Bool(bool),
+    /// A string.
+    Str(&'a str),
+}
+
+impl core::fmt::Display for MetaValue<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::U32(v) => write!(f, "{v}"),
+            Self::I32(v) => write!(f, "{v}"),
+            Self::U64(v) => write!(f, "{v}"),
+            Self::F32(v) => write!(f, "{v:?}"),
+            Self::F64(v) => write!(f, "{v:?}"),
+            Self::Bool(v) => write!(f, "{v}"),
+            Self::Str(v) => write!(f, "{v:?}"),
+        }
+    }
 }
 
 macro_rules! tables {
@@ -198,23 +237,27 @@ macro_rules! tables {
 }
 
 tables! {
-    /// Modalities.
+    /// Metadata entries, keys ascending.
+    metadata: KvRec;
+    /// Modalities (inputs).
     modalities: ModalityRec;
-    /// Tensors (global index = `hparams.tensor_base + local`).
+    /// Tensors (global index = `model.tensor_base + local`).
     tensors: TensorRec;
-    /// Expert components.
+    /// Expert groups (global index = `model.group_base + local`).
+    groups: GroupRec;
+    /// Expert components (global index = `model.expert_base + local`).
     experts: ExpertRec;
-    /// Tasks (global index = `hparams.task_base + local`).
+    /// The `(group, component)` index into the expert records.
+    components: ComponentRec;
+    /// Tasks (global index = `model.task_base + local`).
     tasks: TaskRec;
-    /// Router heads.
-    routers: RouterRec;
     /// Task paths.
     paths: PathRec;
     /// Op programs.
     program: OpRec;
     /// Memory plan slots.
     slots: SlotRec;
-    /// Blobs (global index = `hparams.blob_base + local`).
+    /// Blobs (global index = `model.blob_base + local`).
     blobs: BlobRec;
     /// Routing statistics (may be empty).
     stats: StatRec;
@@ -267,9 +310,9 @@ impl<'a> Package<'a> {
         }
         let h = Header::decode(hb);
         if h.version_major != VERSION_MAJOR {
-            return Err(FormatError::Unsupported {
-                field: "header.version_major",
-                value: h.version_major.into(),
+            return Err(FormatError::Version {
+                found: h.version_major,
+                supported: VERSION_MAJOR,
             });
         }
         steps::scan(120);
@@ -387,7 +430,7 @@ impl<'a> Package<'a> {
             Table::new(&bytes[h.section_table_off as usize..st_end as usize]);
 
         // Locate each known section once; refuse duplicates and unknown required ones.
-        const KINDS: usize = 13;
+        const KINDS: usize = 15;
         let mut found: [Option<(usize, usize)>; KINDS] = [None; KINDS];
         for (i, s) in sections.iter().enumerate() {
             steps::add(1);
@@ -444,21 +487,24 @@ impl<'a> Package<'a> {
             }
             Ok(&bytes[a..b])
         };
-        let hp = sect(section::HPARAMS, "hparams", HParams::SIZE)?;
-        if hp.len() != HParams::SIZE {
+        let mr = sect(section::MODEL, "model", ModelRec::SIZE)?;
+        if mr.len() != ModelRec::SIZE {
             return Err(FormatError::invalid(
-                "hparams",
+                "model",
                 None,
-                hp.len() as u64,
+                mr.len() as u64,
                 "exactly one record expected",
             ));
         }
-        let stats = match found[section::ROUTE_STATS as usize] {
-            Some(r) => {
-                sect(section::ROUTE_STATS, "route_stats", StatRec::SIZE)?;
-                r
+        // Optional sections: absent means empty.
+        let optional = |kind: u32, name: &'static str, rec: usize| -> Result<(usize, usize)> {
+            match found[kind as usize] {
+                Some(r) => {
+                    sect(kind, name, rec)?;
+                    Ok(r)
+                }
+                None => Ok((0, 0)),
             }
-            None => (0, 0),
         };
         let range = |kind: u32, name: &'static str, rec: usize| -> Result<(usize, usize)> {
             sect(kind, name, rec)?;
@@ -466,18 +512,20 @@ impl<'a> Package<'a> {
         };
         let layout = Layout {
             header: h,
-            hparams: HParams::decode(hp),
+            model: ModelRec::decode(mr),
             strings: range(section::STRINGS, "strings", 1)?,
+            metadata: range(section::METADATA, "metadata", KvRec::SIZE)?,
             modalities: range(section::MODALITIES, "modalities", ModalityRec::SIZE)?,
             tensors: range(section::TENSORS, "tensors", TensorRec::SIZE)?,
+            groups: range(section::GROUPS, "groups", GroupRec::SIZE)?,
             experts: range(section::EXPERTS, "experts", ExpertRec::SIZE)?,
+            components: range(section::COMPONENTS, "components", ComponentRec::SIZE)?,
             tasks: range(section::TASKS, "tasks", TaskRec::SIZE)?,
-            routers: range(section::ROUTERS, "routers", RouterRec::SIZE)?,
             paths: range(section::PATHS, "paths", PathRec::SIZE)?,
             program: range(section::PROGRAM, "program", OpRec::SIZE)?,
             slots: range(section::SLOTS, "slots", SlotRec::SIZE)?,
             blobs: range(section::BLOBS, "blobs", BlobRec::SIZE)?,
-            stats,
+            stats: optional(section::ROUTE_STATS, "route_stats", StatRec::SIZE)?,
         };
         let p = Package { bytes, layout };
         p.validate_tables()?;
@@ -485,105 +533,42 @@ impl<'a> Package<'a> {
     }
 
     fn validate_tables(&self) -> Result<()> {
-        let hp = &self.layout.hparams;
+        let m = &self.layout.model;
         let inv = FormatError::invalid;
-        let dims = [
-            ("hparams.d_model", hp.d_model),
-            ("hparams.heads", hp.heads),
-            ("hparams.ffn_hidden", hp.ffn_hidden),
-        ];
-        for (f, v) in dims {
-            if v == 0 || v > MAX_DIM {
-                return Err(inv(f, None, v.into(), "must be in 1..=65536"));
-            }
+        self.check_str("model.arch", 0, m.arch_off, m.arch_len)?;
+        if [
+            m.reserved0,
+            m.reserved1,
+            m.reserved2,
+            m.reserved3,
+            m.reserved4,
+        ]
+        .iter()
+        .any(|&r| r != 0)
+        {
+            return Err(inv("model.reserved", None, 0, "must be zero"));
         }
-        if !hp.d_model.is_multiple_of(hp.heads) {
-            return Err(inv(
-                "hparams.heads",
-                None,
-                hp.heads.into(),
-                "must divide d_model",
-            ));
-        }
-        if hp.experts == 0 || hp.experts > MAX_EXPERTS {
-            return Err(inv(
-                "hparams.experts",
-                None,
-                hp.experts.into(),
-                "must be in 1..=64",
-            ));
-        }
-        if hp.top_k == 0 || hp.top_k > hp.experts {
-            return Err(inv(
-                "hparams.top_k",
-                None,
-                hp.top_k.into(),
-                "must be in 1..=experts",
-            ));
-        }
-        if hp.stages == 0 || hp.stages > 255 {
-            return Err(inv(
-                "hparams.stages",
-                None,
-                hp.stages.into(),
-                "must be in 1..=255",
-            ));
-        }
-        if hp.gating > gating::SOFTMAX {
-            return Err(inv(
-                "hparams.gating",
-                None,
-                hp.gating.into(),
-                "unknown gate function",
-            ));
-        }
-        if !(hp.ln_eps.is_finite() && hp.ln_eps > 0.0) {
-            return Err(inv(
-                "hparams.ln_eps",
-                None,
-                u64::from(hp.ln_eps.to_bits()),
-                "must be finite and > 0",
-            ));
-        }
-        if hp.reserved0 != 0 || hp.reserved1 != 0 {
-            return Err(inv("hparams.reserved", None, 0, "must be zero"));
-        }
-        let is_delta = self.is_delta();
         let bases = [
-            hp.tensor_base,
-            hp.blob_base,
-            hp.task_base,
-            hp.expert_base,
-            hp.router_base,
+            ("model.tensor_base", m.tensor_base, self.tensors().len()),
+            ("model.blob_base", m.blob_base, self.blobs().len()),
+            ("model.task_base", m.task_base, self.tasks().len()),
+            ("model.expert_base", m.expert_base, self.experts().len()),
+            ("model.group_base", m.group_base, self.groups().len()),
         ];
-        if !is_delta && bases.iter().any(|&b| b != 0) {
-            return Err(inv(
-                "hparams.tensor_base",
-                None,
-                0,
-                "index bases must be zero in a base package",
-            ));
-        }
-        for (n, b) in [
-            (
-                "hparams.tensor_base",
-                (hp.tensor_base, self.tensors().len()),
-            ),
-            ("hparams.blob_base", (hp.blob_base, self.blobs().len())),
-            ("hparams.task_base", (hp.task_base, self.tasks().len())),
-            (
-                "hparams.expert_base",
-                (hp.expert_base, self.experts().len()),
-            ),
-            (
-                "hparams.router_base",
-                (hp.router_base, self.routers().len()),
-            ),
-        ] {
-            if u64::from(b.0) + b.1 as u64 >= u64::from(u32::MAX) {
-                return Err(inv(n, None, b.0.into(), "global indices overflow u32"));
+        for (n, base, len) in bases {
+            if !self.is_delta() && base != 0 {
+                return Err(inv(
+                    n,
+                    None,
+                    base.into(),
+                    "index bases must be zero in a base package",
+                ));
+            }
+            if u64::from(base) + len as u64 >= u64::from(u32::MAX) {
+                return Err(inv(n, None, base.into(), "global indices overflow u32"));
             }
         }
+        self.validate_metadata()?;
 
         let n_mod = self.modalities().len();
         if n_mod == 0 || n_mod > MAX_MODALITIES {
@@ -594,24 +579,84 @@ impl<'a> Package<'a> {
                 "need 1..=32 modalities",
             ));
         }
-        for (i, m) in self.modalities().iter().enumerate() {
+        for (i, r) in self.modalities().iter().enumerate() {
             steps::add(1);
-            self.check_str("modalities.name", i, m.name_off, m.name_len)?;
-            if m.tokens == 0 || m.tokens > MAX_DIM {
+            self.check_str("modalities.name", i, r.name_off, r.name_len)?;
+            if r.tokens == 0 || r.tokens > MAX_DIM {
                 return Err(inv(
                     "modalities.tokens",
                     idx(i),
-                    m.tokens.into(),
+                    r.tokens.into(),
                     "must be in 1..=65536",
                 ));
             }
-            if m.features == 0 || m.features > MAX_DIM {
+            if r.features == 0 || r.features > MAX_DIM {
                 return Err(inv(
                     "modalities.features",
                     idx(i),
-                    m.features.into(),
+                    r.features.into(),
                     "must be in 1..=65536",
                 ));
+            }
+            match r.kind {
+                input_kind::FEATURES => {}
+                input_kind::TOKEN_IDS if r.features == 1 => {}
+                input_kind::TOKEN_IDS => {
+                    return Err(inv(
+                        "modalities.features",
+                        idx(i),
+                        r.features.into(),
+                        "token-id inputs have one feature",
+                    ))
+                }
+                k => {
+                    return Err(inv(
+                        "modalities.kind",
+                        idx(i),
+                        k.into(),
+                        "unknown input kind",
+                    ))
+                }
+            }
+            if r.reserved != 0 {
+                return Err(inv(
+                    "modalities.reserved",
+                    idx(i),
+                    r.reserved.into(),
+                    "must be zero",
+                ));
+            }
+        }
+
+        let n_groups_global = u64::from(m.group_base) + self.groups().len() as u64;
+        let n_tasks_global = u64::from(m.task_base) + self.tasks().len() as u64;
+        for (i, g) in self.groups().iter().enumerate() {
+            steps::add(1);
+            self.check_str("groups.name", i, g.name_off, g.name_len)?;
+            if g.experts == 0 || g.experts > MAX_EXPERTS {
+                return Err(inv(
+                    "groups.experts",
+                    idx(i),
+                    g.experts.into(),
+                    "must be in 1..=256",
+                ));
+            }
+            if g.top_k == 0 || g.top_k > g.experts.min(MAX_TOP_K) {
+                return Err(inv(
+                    "groups.top_k",
+                    idx(i),
+                    g.top_k.into(),
+                    "must be in 1..=min(experts, 64)",
+                ));
+            }
+            if ExpertKind::from_u32(g.kind).is_none() {
+                return Err(FormatError::Unsupported {
+                    field: "groups.kind",
+                    value: g.kind.into(),
+                });
+            }
+            if g.reserved0 != 0 || g.reserved1 != 0 || g.reserved2 != 0 {
+                return Err(inv("groups.reserved", idx(i), 0, "must be zero"));
             }
         }
 
@@ -619,7 +664,6 @@ impl<'a> Package<'a> {
         let align = self.layout.header.align();
         let data_len = self.layout.header.data_len;
         let mut prev_end = 0u64;
-        let n_tasks_global = u64::from(hp.task_base) + self.tasks().len() as u64;
         for (i, b) in self.blobs().iter().enumerate() {
             steps::add(1);
             if b.offset % align != 0 {
@@ -640,7 +684,7 @@ impl<'a> Package<'a> {
                 ));
             }
             prev_end = e;
-            if !(blob_kind::TRUNK..=blob_kind::HEAD).contains(&b.kind) {
+            if !(blob_kind::SHARED..=blob_kind::DATA).contains(&b.kind) {
                 return Err(inv(
                     "blobs.kind",
                     idx(i),
@@ -658,15 +702,22 @@ impl<'a> Package<'a> {
                 return Err(inv("blobs.reserved", idx(i), 0, "must be zero"));
             }
             let opt = |v: u16, bound: u64| v == NONE16 || u64::from(v) < bound;
-            if !opt(b.modality, n_mod as u64) {
+            let is_expert = b.kind == blob_kind::EXPERT;
+            if is_expert != (b.group != NONE16)
+                || is_expert != (b.expert != NONE16)
+                || (is_expert && b.component == NONE16)
+            {
                 return Err(inv(
-                    "blobs.modality",
+                    "blobs.group",
                     idx(i),
-                    b.modality.into(),
-                    "no such modality",
+                    b.group.into(),
+                    "expert blobs, and only they, name a group, expert and component",
                 ));
             }
-            if !opt(b.expert, hp.experts.into()) {
+            if !opt(b.group, n_groups_global) {
+                return Err(inv("blobs.group", idx(i), b.group.into(), "no such group"));
+            }
+            if !opt(b.expert, MAX_EXPERTS.into()) {
                 return Err(inv(
                     "blobs.expert",
                     idx(i),
@@ -674,7 +725,7 @@ impl<'a> Package<'a> {
                     "no such expert",
                 ));
             }
-            if !opt(b.component, hp.stages.into()) {
+            if !opt(b.component, MAX_COMPONENTS.into()) {
                 return Err(inv(
                     "blobs.component",
                     idx(i),
@@ -682,8 +733,17 @@ impl<'a> Package<'a> {
                     "beyond the last stage",
                 ));
             }
-            if !opt(b.task, n_tasks_global) {
-                return Err(inv("blobs.task", idx(i), b.task.into(), "no such task"));
+            let owner_bound = match b.kind {
+                blob_kind::HEAD => n_tasks_global,
+                _ => n_mod as u64,
+            };
+            if !opt(b.owner, owner_bound) {
+                return Err(inv(
+                    "blobs.owner",
+                    idx(i),
+                    b.owner.into(),
+                    "no such modality or task",
+                ));
             }
         }
 
@@ -780,18 +840,36 @@ impl<'a> Package<'a> {
             }
         }
 
-        let (d, n, hdim) = (hp.d_model, hp.experts, hp.ffn_hidden);
         for (i, e) in self.experts().iter().enumerate() {
             steps::add(1);
-            if u32::from(e.expert) >= n {
+            if u64::from(e.group) >= n_groups_global {
                 return Err(inv(
-                    "experts.expert",
+                    "experts.group",
                     idx(i),
-                    e.expert.into(),
-                    "no such expert slot",
+                    e.group.into(),
+                    "no such group",
                 ));
             }
-            if u32::from(e.component) >= hp.stages {
+            if let Some(g) = self.local_group(e.group) {
+                if u32::from(e.expert) >= g.experts {
+                    return Err(inv(
+                        "experts.expert",
+                        idx(i),
+                        e.expert.into(),
+                        "no such expert in its group",
+                    ));
+                }
+                let kind = ExpertKind::from_u32(g.kind).map_or(0, |k| k.tensors());
+                if e.tensor_count != kind {
+                    return Err(inv(
+                        "experts.tensor_count",
+                        idx(i),
+                        e.tensor_count.into(),
+                        "not the tensor count of its group's expert kind",
+                    ));
+                }
+            }
+            if u32::from(e.component) >= MAX_COMPONENTS {
                 return Err(inv(
                     "experts.component",
                     idx(i),
@@ -799,119 +877,152 @@ impl<'a> Package<'a> {
                     "beyond the last stage",
                 ));
             }
-            self.local_blob(e.blob).ok_or(inv(
+            if e.reserved != 0 {
+                return Err(inv(
+                    "experts.reserved",
+                    idx(i),
+                    e.reserved.into(),
+                    "must be zero",
+                ));
+            }
+            let b = self.local_blob(e.blob).ok_or(inv(
                 "experts.blob",
                 idx(i),
                 e.blob.into(),
                 "not a blob of this package",
             ))?;
-            for (f, t, r, c) in [
-                ("experts.conv_w", e.conv_w, d, 3 * d),
-                ("experts.conv_b", e.conv_b, 1, d),
-                ("experts.ln_g", e.ln_g, 1, d),
-                ("experts.ln_b", e.ln_b, 1, d),
-                ("experts.fc1_w", e.fc1_w, hdim, d),
-                ("experts.fc1_b", e.fc1_b, 1, hdim),
-                ("experts.fc2_w", e.fc2_w, d, hdim),
-                ("experts.fc2_b", e.fc2_b, 1, d),
-            ] {
-                self.check_tensor(f, i, t, e.blob, r, c)?;
+            if b.kind != blob_kind::EXPERT
+                || u32::from(b.group) != e.group
+                || b.expert != e.expert
+                || b.component != e.component
+            {
+                return Err(inv(
+                    "experts.blob",
+                    idx(i),
+                    e.blob.into(),
+                    "not the expert blob of this group, expert and component",
+                ));
+            }
+            if e.tensor_count == 0 || e.tensor_count > 64 {
+                return Err(inv(
+                    "experts.tensor_count",
+                    idx(i),
+                    e.tensor_count.into(),
+                    "must be in 1..=64",
+                ));
+            }
+            for k in 0..e.tensor_count {
+                steps::add(1);
+                let t = e
+                    .tensor_start
+                    .checked_add(k)
+                    .and_then(|t| self.local_tensor(t));
+                if t.is_none_or(|t| t.blob != e.blob) {
+                    return Err(inv(
+                        "experts.tensor_start",
+                        idx(i),
+                        e.tensor_start.into(),
+                        "its tensors must be tensors of this package in its blob",
+                    ));
+                }
             }
         }
-        for (i, r) in self.routers().iter().enumerate() {
+
+        // The (group, component) index: blocks of one record per expert, in
+        // order, covering the expert table exactly, (group, component) ascending.
+        let mut next = u64::from(m.expert_base);
+        let mut prev: Option<(u32, u32)> = None;
+        for (i, c) in self.components().iter().enumerate() {
             steps::add(1);
-            if usize::from(r.modality) >= n_mod {
+            if c.reserved != 0 {
                 return Err(inv(
-                    "routers.modality",
+                    "components.reserved",
                     idx(i),
-                    r.modality.into(),
-                    "no such modality",
+                    c.reserved.into(),
+                    "must be zero",
                 ));
             }
-            if u32::from(r.head) >= hp.stages {
+            if prev.is_some_and(|p| p >= (c.group, c.component)) {
                 return Err(inv(
-                    "routers.head",
+                    "components.group",
                     idx(i),
-                    r.head.into(),
-                    "beyond the last stage",
+                    c.group.into(),
+                    "(group, component) pairs must be strictly ascending",
                 ));
             }
-            self.local_blob(r.blob).ok_or(inv(
-                "routers.blob",
-                idx(i),
-                r.blob.into(),
-                "not a blob of this package",
-            ))?;
-            self.check_tensor("routers.query", i, r.query, r.blob, 1, d)?;
-            self.check_tensor("routers.gate", i, r.gate, r.blob, n, d)?;
+            prev = Some((c.group, c.component));
+            if u64::from(c.first_expert) != next {
+                return Err(inv(
+                    "components.first_expert",
+                    idx(i),
+                    c.first_expert.into(),
+                    "component blocks must cover the expert table in order",
+                ));
+            }
+            let mut j = 0u32;
+            while let Some(e) = self.local_expert(c.first_expert + j) {
+                if (e.group, u32::from(e.component)) != (c.group, c.component) {
+                    break;
+                }
+                if u32::from(e.expert) != j {
+                    return Err(inv(
+                        "experts.expert",
+                        idx((c.first_expert + j - m.expert_base) as usize),
+                        e.expert.into(),
+                        "a component's experts must be listed 0, 1, 2, ...",
+                    ));
+                }
+                j += 1;
+            }
+            if let Some(g) = self.local_group(c.group) {
+                if j != g.experts {
+                    return Err(inv(
+                        "components.first_expert",
+                        idx(i),
+                        c.first_expert.into(),
+                        "the block must hold one record for every expert of the group",
+                    ));
+                }
+            }
+            if j == 0 {
+                return Err(inv(
+                    "components.first_expert",
+                    idx(i),
+                    c.first_expert.into(),
+                    "empty block",
+                ));
+            }
+            next += u64::from(j);
         }
-        for (i, p) in self.paths().iter().enumerate() {
-            steps::add(1);
-            if u64::from(p.task) < u64::from(hp.task_base) || u64::from(p.task) >= n_tasks_global {
-                return Err(inv(
-                    "paths.task",
-                    idx(i),
-                    p.task.into(),
-                    "not a task of this package",
-                ));
-            }
-            if p.modality as usize >= n_mod {
-                return Err(inv(
-                    "paths.modality",
-                    idx(i),
-                    p.modality.into(),
-                    "no such modality",
-                ));
-            }
-            let valid = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-            if p.mask == 0 || p.mask & !valid != 0 {
-                return Err(inv(
-                    "paths.mask",
-                    idx(i),
-                    p.mask,
-                    "must name at least one expert and no expert beyond N",
-                ));
-            }
+        if next != u64::from(m.expert_base) + self.experts().len() as u64 {
+            return Err(inv(
+                "components",
+                None,
+                next,
+                "every expert record must belong to a component block",
+            ));
         }
-        for (i, s) in self.slots().iter().enumerate() {
-            steps::add(1);
-            end(
-                "slots.len",
-                idx(i),
-                s.offset.into(),
-                s.len.into(),
-                u32::MAX.into(),
-            )?;
-        }
+
         for (i, o) in self.program().iter().enumerate() {
             steps::add(1);
-            if Opcode::from_u16(o.opcode).is_none() {
-                return Err(inv(
-                    "program.opcode",
-                    idx(i),
-                    o.opcode.into(),
-                    "unknown opcode",
-                ));
-            }
-            if o.flags != 0 {
-                return Err(inv("program.flags", idx(i), o.flags.into(), "must be zero"));
+            // A build without the decoder ops cannot read their arguments:
+            // it opens the package and refuses the tasks that use them.
+            if cfg!(feature = "decoder") || !crate::op::opcode::is_token_stream(o.opcode) {
+                Op::decode(&o, i as u32)?;
             }
         }
-        let mod_bits = if n_mod == 32 {
-            u32::MAX
-        } else {
-            (1u32 << n_mod) - 1
-        };
+
         let mut prev_slots_end = 0u64;
+        let mut prev_path_end = 0u64;
         for (i, t) in self.tasks().iter().enumerate() {
             steps::add(1);
             self.check_str("tasks.name", i, t.name_off, t.name_len)?;
-            if t.stage >= hp.stages {
+            if t.stage >= MAX_COMPONENTS {
                 return Err(inv(
                     "tasks.stage",
                     idx(i),
                     t.stage.into(),
-                    "beyond the last stage",
+                    "must be below 255",
                 ));
             }
             if t.outputs == 0 || t.outputs > MAX_DIM {
@@ -922,26 +1033,12 @@ impl<'a> Package<'a> {
                     "must be in 1..=65536",
                 ));
             }
-            if t.modality_mask == 0 || t.modality_mask & !mod_bits != 0 {
+            if t.modality_mask == 0 || (n_mod < 32 && t.modality_mask >> n_mod != 0) {
                 return Err(inv(
                     "tasks.modality_mask",
                     idx(i),
                     t.modality_mask.into(),
-                    "must name 1+ existing modalities",
-                ));
-            }
-            let hb = self.local_blob(t.head_blob).ok_or(inv(
-                "tasks.head_blob",
-                idx(i),
-                t.head_blob.into(),
-                "not a blob of this package",
-            ))?;
-            if hb.kind != blob_kind::HEAD {
-                return Err(inv(
-                    "tasks.head_blob",
-                    idx(i),
-                    t.head_blob.into(),
-                    "not a head blob",
+                    "must name at least one modality, and only existing ones",
                 ));
             }
             end(
@@ -951,6 +1048,17 @@ impl<'a> Package<'a> {
                 t.program_len.into(),
                 self.program().len() as u64,
             )?;
+            if t.program_len == 0 {
+                return Err(inv("tasks.program_len", idx(i), 0, "empty op program"));
+            }
+            if t.plan_tensors > t.program_len.saturating_mul(3) {
+                return Err(inv(
+                    "tasks.plan_tensors",
+                    idx(i),
+                    t.plan_tensors.into(),
+                    "an op names at most three tensors",
+                ));
+            }
             let slots_end = end(
                 "tasks.slot_count",
                 idx(i),
@@ -958,9 +1066,7 @@ impl<'a> Package<'a> {
                 t.slot_count.into(),
                 self.slots().len() as u64,
             )?;
-            // Disjoint, ascending slot ranges keep the per-slot checks below
-            // linear in the slot table: tasks sharing one long range would
-            // cost tasks x slots.
+            // Ascending, disjoint slot ranges keep validation linear (docs/FORMAT.md).
             if u64::from(t.slot_start) < prev_slots_end {
                 return Err(inv(
                     "tasks.slot_start",
@@ -970,13 +1076,22 @@ impl<'a> Package<'a> {
                 ));
             }
             prev_slots_end = slots_end;
-            end(
+            let path_end = end(
                 "tasks.path_len",
                 idx(i),
                 t.path_start.into(),
                 t.path_len.into(),
                 self.paths().len() as u64,
             )?;
+            if u64::from(t.path_start) < prev_path_end {
+                return Err(inv(
+                    "tasks.path_start",
+                    idx(i),
+                    t.path_start.into(),
+                    "path ranges of tasks must be ascending and disjoint",
+                ));
+            }
+            prev_path_end = path_end;
             if t.output_slot >= t.slot_count {
                 return Err(inv(
                     "tasks.output_slot",
@@ -993,16 +1108,8 @@ impl<'a> Package<'a> {
                     "must be zero",
                 ));
             }
-            if t.path_len != t.modality_mask.count_ones() {
-                return Err(inv(
-                    "tasks.path_len",
-                    idx(i),
-                    t.path_len.into(),
-                    "must equal the number of the task's modalities",
-                ));
-            }
-            let global = u64::from(hp.task_base) + i as u64;
-            let mut seen = 0u32;
+            let global = u64::from(m.task_base) + i as u64;
+            let mut prev_key: Option<(u32, u32)> = None;
             for k in 0..t.path_len {
                 steps::add(1);
                 let p = self.paths().get((t.path_start + k) as usize).ok_or(oob(
@@ -1012,26 +1119,52 @@ impl<'a> Package<'a> {
                     t.path_len.into(),
                     self.paths().len() as u64,
                 ))?;
-                let bit = 1u32 << p.modality;
-                if u64::from(p.task) != global || t.modality_mask & bit == 0 || seen & bit != 0 {
+                let at = idx((t.path_start + k) as usize);
+                if u64::from(p.task) != global {
                     return Err(inv(
-                        "tasks.path_start",
-                        idx(i),
-                        t.path_start.into(),
-                        "path entries must be one per task modality",
+                        "paths.task",
+                        at,
+                        p.task.into(),
+                        "not the task whose range holds it",
                     ));
                 }
-                seen |= bit;
+                if prev_key.is_some_and(|q| q >= (p.group, p.router)) {
+                    return Err(inv(
+                        "paths.router",
+                        at,
+                        p.router.into(),
+                        "a task's (group, router) entries must be strictly ascending",
+                    ));
+                }
+                prev_key = Some((p.group, p.router));
+                if u64::from(p.group) >= n_groups_global {
+                    return Err(inv("paths.group", at, p.group.into(), "no such group"));
+                }
+                if p.reserved != 0 {
+                    return Err(inv("paths.reserved", at, p.reserved.into(), "must be zero"));
+                }
+                let mask = p.mask();
+                let n = self.local_group(p.group).map_or(MAX_EXPERTS, |g| g.experts);
+                if mask.is_empty() || !mask.within(n as usize) {
+                    return Err(inv(
+                        "paths.mask",
+                        at,
+                        mask.0[0],
+                        "empty, or names experts beyond its group's",
+                    ));
+                }
             }
-            let arena_elems = t.arena_bytes / 4;
-            if t.arena_bytes % 4 != 0 || t.arena_bytes > u64::from(u32::MAX) {
+            if t.slot_bytes % 4 != 0 || t.slot_bytes > u64::from(u32::MAX) {
                 return Err(inv(
-                    "tasks.arena_bytes",
+                    "tasks.slot_bytes",
                     idx(i),
-                    t.arena_bytes,
+                    t.slot_bytes,
                     "must be a multiple of 4 below 4 GiB",
                 ));
             }
+            let elems = t.slot_bytes / 4;
+            #[cfg(feature = "std")]
+            let mut used = 0u64;
             for k in 0..t.slot_count {
                 steps::add(1);
                 let s = self.slots().get((t.slot_start + k) as usize).ok_or(oob(
@@ -1042,19 +1175,43 @@ impl<'a> Package<'a> {
                     self.slots().len() as u64,
                 ))?;
                 end(
-                    "tasks.arena_bytes",
+                    "tasks.slot_bytes",
                     idx(i),
                     s.offset.into(),
                     s.len.into(),
-                    arena_elems,
+                    elems,
                 )?;
+                #[cfg(feature = "std")]
+                {
+                    used = used.max(u64::from(s.offset) + u64::from(s.len));
+                }
+                if s.kind > slot_kind::STATE {
+                    return Err(inv(
+                        "slots.kind",
+                        idx((t.slot_start + k) as usize),
+                        s.kind.into(),
+                        "unknown slot kind",
+                    ));
+                }
+            }
+            // A host sizes a session's arena by slot_bytes: a value beyond
+            // what the slots use would make every run allocate it. (Without
+            // std the caller's static arena bounds it, and flash is short.)
+            #[cfg(feature = "std")]
+            if t.slot_bytes > (used * 4).next_multiple_of(64) + 64 {
+                return Err(inv(
+                    "tasks.slot_bytes",
+                    idx(i),
+                    t.slot_bytes,
+                    "more than its slots use",
+                ));
             }
         }
         for (i, s) in self.stats().iter().enumerate() {
             steps::add(1);
             if u64::from(s.task) >= n_tasks_global
-                || s.modality as usize >= n_mod
-                || s.expert >= n
+                || u64::from(s.group) >= n_groups_global
+                || s.expert >= MAX_EXPERTS
                 || s.picks > s.samples
                 || !(0.0..=1.0).contains(&s.mass)
             {
@@ -1063,6 +1220,60 @@ impl<'a> Package<'a> {
                     idx(i),
                     s.task.into(),
                     "statistics entry out of range",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_metadata(&self) -> Result<()> {
+        let inv = FormatError::invalid;
+        let mut prev: Option<&[u8]> = None;
+        for (i, kv) in self.metadata().iter().enumerate() {
+            steps::add(1);
+            self.check_str("metadata.key", i, kv.key_off, kv.key_len)?;
+            let key = self.str(kv.key_off, kv.key_len).as_bytes();
+            if prev.is_some_and(|p| p >= key) {
+                return Err(inv(
+                    "metadata.key",
+                    idx(i),
+                    kv.key_off.into(),
+                    "keys must be strictly ascending (each key once)",
+                ));
+            }
+            prev = Some(key);
+            if kv.reserved != 0 {
+                return Err(inv(
+                    "metadata.reserved",
+                    idx(i),
+                    kv.reserved.into(),
+                    "must be zero",
+                ));
+            }
+            let hi = kv.value >> 32;
+            let ok = match kv.vtype {
+                kv_type::U32 | kv_type::I32 => hi == 0,
+                kv_type::F32 => hi == 0 && f32::from_bits(kv.value as u32).is_finite(),
+                kv_type::F64 => f64::from_bits(kv.value).is_finite(),
+                kv_type::U64 => true,
+                kv_type::BOOL => kv.value <= 1,
+                kv_type::STR => {
+                    self.check_str("metadata.value", i, kv.value as u32, hi as u32)?;
+                    true
+                }
+                _ => {
+                    return Err(FormatError::Unsupported {
+                        field: "metadata.vtype",
+                        value: kv.vtype.into(),
+                    })
+                }
+            };
+            if !ok {
+                return Err(inv(
+                    "metadata.value",
+                    idx(i),
+                    kv.value,
+                    "not a valid value of its type (finite floats, 32-bit values, bools 0/1)",
                 ));
             }
         }
@@ -1097,59 +1308,76 @@ impl<'a> Package<'a> {
         Ok(())
     }
 
-    /// Tensor `t` (global) must be a local tensor of shape `[rows, cols]` in blob `blob`.
-    fn check_tensor(
-        &self,
-        field: &'static str,
-        i: usize,
-        t: u32,
-        blob: u32,
-        rows: u32,
-        cols: u32,
-    ) -> Result<()> {
-        let rec = self.local_tensor(t).ok_or(FormatError::invalid(
-            field,
-            idx(i),
-            t.into(),
-            "not a tensor of this package",
-        ))?;
-        if rec.blob != blob {
-            return Err(FormatError::invalid(
-                field,
-                idx(i),
-                t.into(),
-                "tensor lies outside the record's blob",
-            ));
-        }
-        if rec.rows != rows || rec.cols != cols {
-            return Err(FormatError::invalid(
-                field,
-                idx(i),
-                u64::from(rec.rows) << 32 | u64::from(rec.cols),
-                "tensor shape does not match the hyper-parameters",
-            ));
-        }
-        Ok(())
-    }
-
     fn local_blob(&self, global: u32) -> Option<BlobRec> {
         self.blobs()
-            .get(global.checked_sub(self.layout.hparams.blob_base)? as usize)
+            .get(global.checked_sub(self.layout.model.blob_base)? as usize)
     }
 
     /// Tensor by global index, if it belongs to this package.
     pub fn local_tensor(&self, global: u32) -> Option<TensorRec> {
         self.tensors()
-            .get(global.checked_sub(self.layout.hparams.tensor_base)? as usize)
+            .get(global.checked_sub(self.layout.model.tensor_base)? as usize)
     }
 
     /// The header.
     pub fn header(&self) -> &Header {
         &self.layout.header
     }
-    /// The hyper-parameters.
-    pub fn hparams(&self) -> &HParams {
-        &self.layout.hparams
+    /// The model record (architecture tag, index bases).
+    pub fn model(&self) -> &ModelRec {
+        &self.layout.model
+    }
+    /// The architecture tag (`"flame"`, `"mixtral"`, ...).
+    pub fn arch(&self) -> &'a str {
+        self.str(self.layout.model.arch_off, self.layout.model.arch_len)
+    }
+    /// Every metadata entry as `(key, value)`, keys ascending.
+    pub fn meta_entries(&self) -> impl Iterator<Item = (&'a str, MetaValue<'a>)> + 'a {
+        let p = *self;
+        self.metadata()
+            .iter()
+            .map(move |kv| (p.str(kv.key_off, kv.key_len), p.meta_value(&kv)))
+    }
+    /// The metadata value of `key` (a binary search: keys are ascending).
+    pub fn meta(&self, key: &str) -> Option<MetaValue<'a>> {
+        let t = self.metadata();
+        let (mut lo, mut hi) = (0, t.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let kv = t.get(mid)?;
+            match self
+                .str(kv.key_off, kv.key_len)
+                .as_bytes()
+                .cmp(key.as_bytes())
+            {
+                core::cmp::Ordering::Less => lo = mid + 1,
+                core::cmp::Ordering::Greater => hi = mid,
+                core::cmp::Ordering::Equal => return Some(self.meta_value(&kv)),
+            }
+        }
+        None
+    }
+    fn meta_value(&self, kv: &KvRec) -> MetaValue<'a> {
+        let lo = kv.value as u32;
+        match kv.vtype {
+            kv_type::U32 => MetaValue::U32(lo),
+            kv_type::I32 => MetaValue::I32(lo as i32),
+            kv_type::F32 => MetaValue::F32(f32::from_bits(lo)),
+            kv_type::F64 => MetaValue::F64(f64::from_bits(kv.value)),
+            kv_type::BOOL => MetaValue::Bool(kv.value != 0),
+            kv_type::STR => MetaValue::Str(self.str(lo, (kv.value >> 32) as u32)),
+            _ => MetaValue::U64(kv.value),
+        }
+    }
+    /// Group by global index, if it belongs to this package.
+    pub fn local_group(&self, global: u32) -> Option<GroupRec> {
+        self.groups()
+            .get(global.checked_sub(self.layout.model.group_base)? as usize)
+    }
+    /// Expert record by global index, if it belongs to this package.
+    pub fn local_expert(&self, global: u32) -> Option<ExpertRec> {
+        self.experts()
+            .get(global.checked_sub(self.layout.model.expert_base)? as usize)
     }
     /// Where the tables lie, to re-view the same bytes later with [`Package::view`].
     pub fn layout(&self) -> Layout {
@@ -1237,15 +1465,15 @@ impl<'a> Package<'a> {
     /// The f32 values of a local tensor's first factor (`U` for low-rank, the
     /// whole tensor for dense) and second factor (`V`, empty for dense).
     pub fn tensor_f32(&self, t: &TensorRec) -> Result<(&'a [f32], &'a [f32])> {
-        let local =
-            t.blob
-                .checked_sub(self.layout.hparams.blob_base)
-                .ok_or(FormatError::invalid(
-                    "tensors.blob",
-                    None,
-                    t.blob.into(),
-                    "not a blob of this package",
-                ))?;
+        let local = t
+            .blob
+            .checked_sub(self.layout.model.blob_base)
+            .ok_or(FormatError::invalid(
+                "tensors.blob",
+                None,
+                t.blob.into(),
+                "not a blob of this package",
+            ))?;
         let blob = self.blob_bytes(local as usize).ok_or(FormatError::invalid(
             "tensors.blob",
             None,
@@ -1253,6 +1481,75 @@ impl<'a> Package<'a> {
             "no such blob",
         ))?;
         tensor_data(t, blob)
+    }
+
+    /// Checks that every value of local tensor `local` is finite: its f32
+    /// or f16 values, or the scales (and zero points) its packed format
+    /// stores ([`crate::weight::first_non_finite`]). A NaN scale passes every
+    /// checksum and turns every output into NaN, so `verify` refuses it.
+    ///
+    /// The error is [`FormatError::Invalid`] on `tensors.data` with the
+    /// tensor's local index and the row-major index of the first bad value
+    /// (of `U` and then `V` for a low-rank tensor, `V` counted after `U`).
+    /// Reads the whole tensor; not for the inference path.
+    pub fn check_tensor_finite(&self, local: usize) -> Result<()> {
+        let t = self.tensors().get(local).ok_or(FormatError::invalid(
+            "tensors",
+            None,
+            local as u64,
+            "no such tensor",
+        ))?;
+        let at = idx(local);
+        let blob = t
+            .blob
+            .checked_sub(self.layout.model.blob_base)
+            .and_then(|b| self.blob_bytes(b as usize))
+            .ok_or(FormatError::invalid(
+                "tensors.blob",
+                at,
+                t.blob.into(),
+                "not a blob of this package",
+            ))?;
+        let fmt = crate::WeightFormat::from_u16(t.format).ok_or(FormatError::Unsupported {
+            field: "tensors.format",
+            value: t.format.into(),
+        })?;
+        let (a, b) = tensor_raw(&t, blob)?;
+        let (rows, cols, rank) = (t.rows as usize, t.cols as usize, t.rank as usize);
+        let factors: [(usize, usize, &[u8]); 2] = if t.layout == layout::LOW_RANK {
+            [(rows, rank, a), (rank, cols, b)]
+        } else {
+            [(rows, cols, a), (0, 0, &[])]
+        };
+        let mut before = 0u64;
+        for (r, c, bytes) in factors {
+            match crate::weight::first_non_finite(fmt, r, c, bytes) {
+                Ok(None) => before += (r * c) as u64,
+                Ok(Some(i)) => {
+                    return Err(FormatError::invalid(
+                        "tensors.data",
+                        at,
+                        before + i as u64,
+                        "value (or its scale) is NaN or infinite",
+                    ))
+                }
+                Err(_) => {
+                    return Err(FormatError::invalid(
+                        "tensors.bytes",
+                        at,
+                        bytes.len() as u64,
+                        "do not match the tensor's format layout",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Package::check_tensor_finite`] for every tensor, in table order.
+    /// (Float metadata values are checked by [`Package::parse`].)
+    pub fn check_finite(&self) -> Result<()> {
+        (0..self.tensors().len()).try_for_each(|i| self.check_tensor_finite(i))
     }
 }
 

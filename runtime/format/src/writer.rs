@@ -11,18 +11,22 @@ use crate::{Header, FLAG_DELTA, HEADER_LEN, MIN_ALIGN_LOG2, VERSION_MAJOR, VERSI
 pub struct PackageWriter {
     strings: Vec<u8>,
     string_index: HashMap<String, (u32, u32)>,
-    /// Hyper-parameters.
-    pub hparams: HParams,
+    /// The model record (architecture tag and index bases; see [`Self::arch`]).
+    pub model: ModelRec,
+    /// Metadata entries (any order: [`Self::finish`] sorts them by key).
+    pub metadata: Vec<KvRec>,
     /// Modalities.
     pub modalities: Vec<ModalityRec>,
     /// Tensors.
     pub tensors: Vec<TensorRec>,
+    /// Expert groups.
+    pub groups: Vec<GroupRec>,
     /// Expert components.
     pub experts: Vec<ExpertRec>,
+    /// The `(group, component)` index.
+    pub components: Vec<ComponentRec>,
     /// Tasks.
     pub tasks: Vec<TaskRec>,
-    /// Router heads.
-    pub routers: Vec<RouterRec>,
     /// Paths.
     pub paths: Vec<PathRec>,
     /// Op program.
@@ -59,6 +63,36 @@ impl PackageWriter {
         r
     }
 
+    /// Sets the architecture tag.
+    pub fn arch(&mut self, tag: &str) {
+        (self.model.arch_off, self.model.arch_len) = self.string(tag);
+    }
+
+    /// Adds metadata entry `key = value`.
+    pub fn meta(&mut self, key: &str, value: crate::MetaValue<'_>) {
+        use crate::MetaValue as V;
+        let (vtype, value) = match value {
+            V::U32(v) => (kv_type::U32, u64::from(v)),
+            V::I32(v) => (kv_type::I32, u64::from(v as u32)),
+            V::U64(v) => (kv_type::U64, v),
+            V::F32(v) => (kv_type::F32, u64::from(v.to_bits())),
+            V::F64(v) => (kv_type::F64, v.to_bits()),
+            V::Bool(v) => (kv_type::BOOL, u64::from(v)),
+            V::Str(v) => {
+                let (off, len) = self.string(v);
+                (kv_type::STR, u64::from(off) | u64::from(len) << 32)
+            }
+        };
+        let (key_off, key_len) = self.string(key);
+        self.metadata.push(KvRec {
+            key_off,
+            key_len,
+            vtype,
+            reserved: 0,
+            value,
+        });
+    }
+
     /// Lays out the package: header, section table, sections, then blobs each
     /// aligned to `1 << align_log2`, in the order they were added. `base_id`
     /// is 0 for a base package, the base's id for a delta pack.
@@ -73,14 +107,20 @@ impl PackageWriter {
             data_cursor = align_up(data_cursor + rec.len, align);
         }
         let blob_recs: Vec<BlobRec> = self.blobs.iter().map(|(r, _)| *r).collect();
+        let strings = &self.strings;
+        let key = |kv: &KvRec| &strings[kv.key_off as usize..(kv.key_off + kv.key_len) as usize];
+        let mut metadata = self.metadata.clone();
+        metadata.sort_by(|a, b| key(a).cmp(key(b)));
         let mut sections: Vec<(u32, Vec<u8>)> = vec![
             (section::STRINGS, std::mem::take(&mut self.strings)),
-            (section::HPARAMS, table(&[self.hparams])),
+            (section::MODEL, table(&[self.model])),
+            (section::METADATA, table(&metadata)),
             (section::MODALITIES, table(&self.modalities)),
             (section::TENSORS, table(&self.tensors)),
+            (section::GROUPS, table(&self.groups)),
             (section::EXPERTS, table(&self.experts)),
+            (section::COMPONENTS, table(&self.components)),
             (section::TASKS, table(&self.tasks)),
-            (section::ROUTERS, table(&self.routers)),
             (section::PATHS, table(&self.paths)),
             (section::PROGRAM, table(&self.program)),
             (section::SLOTS, table(&self.slots)),

@@ -22,29 +22,81 @@
 //! quantisation, buffer set-up. The matrices are copies of one quantised
 //! random matrix at distinct addresses (content does not affect caching).
 //!
+//! *Batched* (second table): `run_batch` with `n` = 16 and 64 activation rows
+//! (prefill tokens) per matrix, single thread, over the same DRAM-resident
+//! matrices; *eff. GB/s* = `n` x weight bytes per second (what `n` separate
+//! matvecs would have to stream), *x n=1* = its ratio to the single-row
+//! GB/s of the same run. The q4_0 / q8_0 kernels take as many tokens per pass
+//! over the weights as the scratch holds (`scratch_bytes` gives 8; the
+//! `64 tokens` rows pass room for 64); the other formats run one row at a time.
+//!
 //! Environment: `TASKPATH_BENCH_SECS` (default 1.0) is the minimum timed
 //! duration per configuration and thread count; `TASKPATH_BENCH_SHAPES`
-//! (e.g. `128x512`) restricts the shapes.
+//! (e.g. `128x512,2816x1024`) restricts the shapes; `TASKPATH_BENCH_CACHED_KIB`
+//! (default 1024) bounds the cache-resident measurement's packed bytes.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use taskpath_cpu::qmatvec::{Kernels, QMatVec};
+use taskpath_cpu::qmatvec::{CpuFeatures, Kernels, QMatVec};
 use taskpath_cpu::quant::{quantize, WeightFormat};
 
-const SHAPES: [(usize, usize); 2] = [(128, 512), (4096, 14336)];
+/// Expert-sized LUT shapes, then the Mixtral-shaped model's q4_0 / q8_0
+/// shapes (d 1024, ffn 2816: the two expert matrices and the 32000-row head).
+const SHAPES: [(usize, usize); 5] = [
+    (128, 512),
+    (4096, 14336),
+    (2816, 1024),
+    (1024, 2816),
+    (32000, 1024),
+];
 
-/// (format, force the generic kernel).
-const CONFIGS: [(WeightFormat, bool); 9] = [
-    (WeightFormat::F32, false),
-    (WeightFormat::F16, false),
-    (WeightFormat::I8Row, false),
-    (WeightFormat::I4G32, false),
-    (WeightFormat::I4G64, false),
-    (WeightFormat::I4G32Z, false),
-    (WeightFormat::I2G32, false),
-    (WeightFormat::I2G64, false),
-    (WeightFormat::I4G32, true),
+/// Which table a configuration takes its kernel from.
+#[derive(Clone, Copy, PartialEq)]
+enum Table {
+    Best,
+    Generic,
+    /// The best table without AVX-512 (the AVX2 q4_0 / q8_0 kernels).
+    NoAvx512,
+}
+
+/// Configurations of the LUT shapes (format, table).
+const CONFIGS: [(WeightFormat, Table); 11] = [
+    (WeightFormat::F32, Table::Best),
+    (WeightFormat::F16, Table::Best),
+    (WeightFormat::I8Row, Table::Best),
+    (WeightFormat::I4G32, Table::Best),
+    (WeightFormat::I4G64, Table::Best),
+    (WeightFormat::I4G32Z, Table::Best),
+    (WeightFormat::I2G32, Table::Best),
+    (WeightFormat::I2G64, Table::Best),
+    (WeightFormat::Q4_0, Table::Best),
+    (WeightFormat::Q8_0, Table::Best),
+    (WeightFormat::I4G32, Table::Generic),
+];
+
+/// Configurations of the GGUF-block shapes.
+const Q_CONFIGS: [(WeightFormat, Table); 8] = [
+    (WeightFormat::F32, Table::Best),
+    (WeightFormat::I8Row, Table::Best),
+    (WeightFormat::I4G32, Table::Best),
+    (WeightFormat::Q4_0, Table::Best),
+    (WeightFormat::Q8_0, Table::Best),
+    (WeightFormat::Q4_0, Table::NoAvx512),
+    (WeightFormat::Q8_0, Table::NoAvx512),
+    (WeightFormat::Q4_0, Table::Generic),
+];
+
+/// Batched configurations: (format, tokens per call, scratch tokens or 0 for
+/// `scratch_bytes`).
+const BATCH: [(WeightFormat, usize, usize); 7] = [
+    (WeightFormat::Q4_0, 16, 0),
+    (WeightFormat::Q4_0, 64, 0),
+    (WeightFormat::Q4_0, 64, 64),
+    (WeightFormat::Q8_0, 16, 0),
+    (WeightFormat::Q8_0, 64, 0),
+    (WeightFormat::Q8_0, 64, 64),
+    (WeightFormat::I4G32, 16, 0),
 ];
 
 struct Stats {
@@ -226,6 +278,26 @@ fn commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Whether to skip a generic configuration on a large shape (the portable
+/// reference would take minutes to stream 8x LLC of weights).
+fn generic_too_slow(f: WeightFormat, which: Table, rows: usize, cols: usize) -> bool {
+    which == Table::Generic && f.is_gguf_block() && rows * cols > 4 << 20
+}
+
+/// One batched configuration's result.
+struct BatchRow {
+    shape: (usize, usize),
+    format: WeightFormat,
+    kernel: &'static str,
+    n: usize,
+    /// 0: `scratch_bytes` (8 tokens for q4_0 / q8_0).
+    scratch_tokens: usize,
+    /// n x weight bytes per second.
+    eff: Stats,
+    /// Single-row GB/s of the same configuration (1 thread).
+    single: f64,
+}
+
 struct Row {
     shape: (usize, usize),
     format: WeightFormat,
@@ -300,6 +372,16 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let only: Option<String> = std::env::var("TASKPATH_BENCH_SHAPES").ok();
+    let cached_max: usize = std::env::var("TASKPATH_BENCH_CACHED_KIB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map_or(1 << 20, |k| k << 10);
+    let no512 = CpuFeatures {
+        avx512vnni: false,
+        ..CpuFeatures::host()
+    };
+    let no512 = Kernels::for_features(no512);
+    let mut batch_out: Vec<BatchRow> = Vec::new();
     let load_start = loadavg();
     let llc = llc_bytes();
     let min_ws = (8 * llc).max(256 << 20);
@@ -332,12 +414,18 @@ fn main() {
 
     let mut rows_out: Vec<Row> = Vec::new();
     for &(rows, cols) in &SHAPES {
+        let name = format!("{rows}x{cols}");
         if only
             .as_deref()
-            .is_some_and(|o| o != format!("{rows}x{cols}"))
+            .is_some_and(|o| !o.split(',').any(|s| s.trim() == name))
         {
             continue;
         }
+        let configs: &[(WeightFormat, Table)] = if SHAPES[2..].contains(&(rows, cols)) {
+            &Q_CONFIGS
+        } else {
+            &CONFIGS
+        };
         // One random matrix per shape, quantised per format.
         let mut state = 0x1234_5678_9ABC_DEF0u64 ^ (rows * cols) as u64;
         let mut rnd = move || {
@@ -348,8 +436,15 @@ fn main() {
         };
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd() * 0.05).collect();
         let x: Vec<f32> = (0..cols).map(|_| rnd()).collect();
-        for &(f, force_generic) in &CONFIGS {
-            let table = if force_generic { &generic } else { &best };
+        for &(f, which) in configs {
+            if generic_too_slow(f, which, rows, cols) {
+                continue;
+            }
+            let table = match which {
+                Table::Best => &best,
+                Table::Generic => &generic,
+                Table::NoAvx512 => &no512,
+            };
             let k = table.kernel(f).expect("generic fallback");
             let bytes = f.packed_bytes(rows, cols);
             let mats = min_ws.div_ceil(bytes).max(2);
@@ -368,11 +463,11 @@ fn main() {
             // Cache-resident ceiling: the first rows (a multiple of 4 row
             // tiles, or all) whose packed size is at most 1 MiB.
             let unit = 4 * f.row_tile();
-            let cached_rows = if bytes <= 1 << 20 {
+            let cached_rows = if bytes <= cached_max {
                 rows
             } else {
                 let per_row = bytes as f64 / rows as f64;
-                (((1 << 20) as f64 / per_row) as usize / unit * unit).clamp(f.row_tile(), rows)
+                ((cached_max as f64 / per_row) as usize / unit * unit).clamp(f.row_tile(), rows)
             };
             let cb = f.packed_bytes(cached_rows, cols);
             let cached = cache_resident(
@@ -409,6 +504,62 @@ fn main() {
             });
             bw_all[0].push(bw1.mean);
             bw_all[1].push(bw2.mean);
+            if which == Table::Best {
+                for &(bf, n, stok) in BATCH.iter().filter(|b| b.0 == f) {
+                    let sbytes = if stok == 0 {
+                        f.scratch_bytes(cols)
+                    } else {
+                        f.scratch_bytes(cols).max(stok * f.q_token_bytes(cols))
+                    };
+                    let mut s = vec![0u8; sbytes];
+                    let xs: Vec<f32> = (0..n).flat_map(|_| x.iter().copied()).collect();
+                    let mut ys = vec![0.0f32; n * rows];
+                    let mats = mbuf.len() / bytes;
+                    let mut go = || {
+                        for m in 0..mats {
+                            k.run_batch(
+                                rows,
+                                cols,
+                                &mbuf[m * bytes..(m + 1) * bytes],
+                                n,
+                                &xs,
+                                None,
+                                &mut ys,
+                                &mut s,
+                            );
+                            black_box(&ys[..]);
+                        }
+                    };
+                    go();
+                    let mut v = Vec::new();
+                    let start = Instant::now();
+                    while v.len() < 3 || start.elapsed().as_secs_f64() < secs {
+                        let t = Instant::now();
+                        go();
+                        v.push((n * mats * bytes) as f64 / t.elapsed().as_secs_f64() / 1e9);
+                    }
+                    let st = stats(&v);
+                    eprintln!(
+                        "{rows}x{cols} {:>7} batch n={n} scratch {}: eff {:.2} GB/s",
+                        bf.name(),
+                        if stok == 0 {
+                            "default".to_string()
+                        } else {
+                            format!("{stok} tokens")
+                        },
+                        st.mean
+                    );
+                    batch_out.push(BatchRow {
+                        shape: (rows, cols),
+                        format: bf,
+                        kernel: k.name(),
+                        n,
+                        scratch_tokens: stok,
+                        eff: st,
+                        single: t1.mean,
+                    });
+                }
+            }
             eprintln!(
                 "{rows}x{cols} {:>7} {:<24} cached {cached:6.2}, {:6.2} GB/s 1T ({:.0}% of {:.2}), {:6.2} GB/s 2T ({:.0}% of {:.2})",
                 f.name(),
@@ -480,9 +631,9 @@ fn main() {
         v.join(", ")
     });
     println!();
-    println!("GB/s = packed weight bytes (incl. scales) per second. DRAM columns: mean ± sd over passes through >= 8x LLC of matrices, and the best pass. BW = read bandwidth measured interleaved pass by pass with the same row's passes, same thread count (mean / best pass). % BW = kernel / BW, of the means and of the best passes. vs f32 = time per matrix of f32 / of this format (means), same shape and threads. Cache-resident = the kernel re-run on one matrix's first rows (<= 1 MiB packed, rows in brackets), GB/s per on-CPU second: the compute ceiling.\n");
-    println!("| shape | format | kernel | bytes/matrix | matrices | cache-resident GB/s | 1T GB/s | 1T best | 1T BW | 1T % BW | 1T vs f32 | 2T GB/s | 2T BW | 2T % BW | 2T vs f32 | 2T / 1T |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("GB/s = packed weight bytes (incl. scales) per second. DRAM columns: mean ± sd over passes through >= 8x LLC of matrices, and the best pass. BW = read bandwidth measured interleaved pass by pass with the same row's passes, same thread count (mean / best pass). % BW = kernel / BW, of the means and of the best passes. vs f32 (vs i4g32) = time per matrix of f32 (i4g32, best kernel) / of this row (means), same shape and threads. Cache-resident = the kernel re-run on one matrix's first rows (<= 1 MiB packed, rows in brackets), GB/s per on-CPU second: the compute ceiling.\n");
+    println!("| shape | format | kernel | bytes/matrix | matrices | cache-resident GB/s | 1T GB/s | 1T best | 1T BW | 1T % BW | 1T vs f32 | 1T vs i4g32 | 2T GB/s | 2T BW | 2T % BW | 2T vs f32 | 2T / 1T |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows_out {
         let f32_row = rows_out
             .iter()
@@ -491,8 +642,21 @@ fn main() {
         // Time per matrix is bytes / (GB/s); speedup = t_f32 / t_fmt.
         let speed =
             |s: &Stats, sf: &Stats| (f32_row.bytes as f64 / sf.mean) / (r.bytes as f64 / s.mean);
+        let vs_i4 = rows_out
+            .iter()
+            .find(|o| {
+                o.shape == r.shape
+                    && o.format == WeightFormat::I4G32
+                    && !o.kernel.starts_with("generic")
+            })
+            .map_or("-".to_string(), |i4| {
+                format!(
+                    "{:.2}x",
+                    (i4.bytes as f64 / i4.t1.mean) / (r.bytes as f64 / r.t1.mean)
+                )
+            });
         println!(
-            "| {}x{} | {} | {} | {} | {} | {:.1} ({}) | {:.2} ± {:.2} | {:.2} | {:.2} / {:.2} | {:.0}%, {:.0}% | {:.2}x | {:.2} ± {:.2} | {:.2} / {:.2} | {:.0}%, {:.0}% | {:.2}x | {:.2} |",
+            "| {}x{} | {} | {} | {} | {} | {:.1} ({}) | {:.2} ± {:.2} | {:.2} | {:.2} / {:.2} | {:.0}%, {:.0}% | {:.2}x | {} | {:.2} ± {:.2} | {:.2} / {:.2} | {:.0}%, {:.0}% | {:.2}x | {:.2} |",
             r.shape.0,
             r.shape.1,
             r.format.name(),
@@ -509,6 +673,7 @@ fn main() {
             100.0 * r.t1.mean / r.bw1.mean,
             100.0 * r.t1.best / r.bw1.best,
             speed(&r.t1, &f32_row.t1),
+            vs_i4,
             r.t2.mean,
             r.t2.sd,
             r.bw2.mean,
@@ -520,6 +685,34 @@ fn main() {
         );
     }
     println!();
+    if !batch_out.is_empty() {
+        println!("Batched (`run_batch`, 1 thread, DRAM-resident matrices): eff. GB/s = n x weight bytes per second; x n=1 = eff. GB/s / the single-row 1T GB/s above; tokens/s = matvecs of one matrix per second.\n");
+        println!(
+            "| shape | format | kernel | n | scratch | eff. GB/s | tokens/s per matrix | x n=1 |"
+        );
+        println!("|---|---|---|---:|---|---:|---:|---:|");
+        for b in &batch_out {
+            let bytes = b.format.packed_bytes(b.shape.0, b.shape.1) as f64;
+            println!(
+                "| {}x{} | {} | {} | {} | {} | {:.1} ± {:.1} | {:.0} | {:.2}x |",
+                b.shape.0,
+                b.shape.1,
+                b.format.name(),
+                b.kernel,
+                b.n,
+                if b.scratch_tokens == 0 {
+                    "scratch_bytes".to_string()
+                } else {
+                    format!("{} tokens", b.scratch_tokens)
+                },
+                b.eff.mean,
+                b.eff.sd,
+                b.eff.mean * 1e9 / bytes,
+                b.eff.mean / b.single
+            );
+        }
+        println!();
+    }
     println!(
         "{{\"kind\":\"read_bandwidth\",\"bytes\":{bw_bytes},\"streams\":{streams},\"gbps_1t\":{:.4},\"sd_1t\":{:.4},\"gbps_2t\":{:.4},\"sd_2t\":{:.4},\"cpu\":\"{}\",\"commit\":\"{}\"}}",
         bw1.mean,
@@ -553,6 +746,20 @@ fn main() {
             r.t2.n,
             r.bw2.mean,
             r.bw2.best
+        );
+    }
+    for b in &batch_out {
+        println!(
+            "{{\"kind\":\"qmatvec_batch\",\"rows\":{},\"cols\":{},\"format\":\"{}\",\"kernel\":\"{}\",\"n\":{},\"scratch_tokens\":{},\"eff_gbps_1t\":{:.4},\"sd_1t\":{:.4},\"single_gbps_1t\":{:.4}}}",
+            b.shape.0,
+            b.shape.1,
+            b.format.name(),
+            b.kernel,
+            b.n,
+            b.scratch_tokens,
+            b.eff.mean,
+            b.eff.sd,
+            b.single
         );
     }
 }

@@ -394,26 +394,37 @@ fn ranks_before(a: f32, b: f32) -> bool {
     !a.is_nan() && (b.is_nan() || a > b)
 }
 
-/// Top-k among experts whose bit is set in `mask` (bit `j` = expert `j`, up to 64), by logit
+/// Top-k among experts whose bit is set in `mask` (bit `j % 64` of word `j / 64` = expert `j`,
+/// up to 256), by logit
 /// descending, ties -> lower index first; writes the chosen indices to `idx[..k']` and the
 /// softmax of their logits to `gate[..k']`, and returns
-/// `k' = min(k, popcount(mask & ((1 << n) - 1)))`, `n = logits.len()`. NaN logits rank last.
+/// `k'` = min(k, experts of the mask below `n = logits.len()`). NaN logits rank last.
 ///
 /// `idx` and `gate` must hold at least `k'` entries; entries past `k'` are
 /// left untouched. The gates follow [`softmax`], so a chosen NaN logit makes
 /// every gate NaN.
 pub fn top_k_masked(
     logits: &[f32],
-    mask: u64,
+    mask: &[u64],
     k: usize,
     idx: &mut [u32],
     gate: &mut [f32],
 ) -> usize {
     let n = logits.len();
-    debug_assert!(n <= 64, "top_k_masked: at most 64 experts");
-    let valid = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
-    let mut remaining = mask & valid;
-    let kk = k.min(remaining.count_ones() as usize);
+    debug_assert!(n <= 256, "top_k_masked: at most 256 experts");
+    let mut remaining = [0u64; 4];
+    for (wi, (r, &m)) in remaining.iter_mut().zip(mask).enumerate() {
+        let lo = wi * 64;
+        *r = if n <= lo {
+            0
+        } else if n - lo >= 64 {
+            m
+        } else {
+            m & ((1u64 << (n - lo)) - 1)
+        };
+    }
+    let count: u32 = remaining.iter().map(|w| w.count_ones()).sum();
+    let kk = k.min(count as usize);
     debug_assert!(
         idx.len() >= kk && gate.len() >= kk,
         "top_k_masked: idx/gate too short"
@@ -421,16 +432,18 @@ pub fn top_k_masked(
     for slot in 0..kk {
         // Selection by repeated scans: k and n are tiny, and scanning set bits
         // in ascending order with a strict comparison gives lower-index-first ties.
-        let mut best = remaining.trailing_zeros() as usize;
-        let mut bits = remaining & (remaining - 1);
-        while bits != 0 {
-            let j = bits.trailing_zeros() as usize;
-            if ranks_before(logits[j], logits[best]) {
-                best = j;
+        let mut best = usize::MAX;
+        for (wi, &w) in remaining.iter().enumerate() {
+            let mut bits = w;
+            while bits != 0 {
+                let j = wi * 64 + bits.trailing_zeros() as usize;
+                if best == usize::MAX || ranks_before(logits[j], logits[best]) {
+                    best = j;
+                }
+                bits &= bits - 1;
             }
-            bits &= bits - 1;
         }
-        remaining &= !(1u64 << best);
+        remaining[best / 64] &= !(1u64 << (best % 64));
         idx[slot] = best as u32;
         gate[slot] = logits[best];
     }
@@ -450,7 +463,10 @@ pub fn conv3_at(w: &[f32], b: &[f32], u: &[f32], d: usize, t: usize, y: &mut [f3
     debug_assert_eq!(b.len(), n_out, "conv3_at: b must be [out]");
     debug_assert_eq!(w.len(), n_out * 3 * d, "conv3_at: w must be [out, 3d]");
     let l = u.len().checked_div(d).unwrap_or(0);
-    debug_assert!(d == 0 || u.len() % d == 0, "conv3_at: u must be [l, d]");
+    debug_assert!(
+        d == 0 || u.len().is_multiple_of(d),
+        "conv3_at: u must be [l, d]"
+    );
     debug_assert!(d == 0 || t < l, "conv3_at: t out of range");
     // Taps k0..k1 are present; tap k reads token t + k - 1.
     let k0 = if t == 0 { 1 } else { 0 };
@@ -475,6 +491,116 @@ pub fn add(x: &[f32], y: &mut [f32]) {
     debug_assert_eq!(x.len(), y.len(), "add: x and y must have the same length");
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += xi;
+    }
+}
+
+/// RMS norm of each row of `g.len()` values: `y = x / sqrt(mean(x^2) + eps) * g`
+/// (`x`, `y`: whole rows; the mean in f32 with the reduction order of [`dot`]).
+pub fn rmsnorm(x: &[f32], g: &[f32], eps: f32, y: &mut [f32]) {
+    let w = g.len().max(1);
+    debug_assert_eq!(
+        x.len(),
+        y.len(),
+        "rmsnorm: x and y must have the same length"
+    );
+    for (xr, yr) in x.chunks_exact(w).zip(y.chunks_exact_mut(w)) {
+        let inv = 1.0 / sqrtf(dot(xr, xr) / w as f32 + eps);
+        for ((o, &v), &gi) in yr.iter_mut().zip(xr).zip(g) {
+            *o = v * inv * gi;
+        }
+    }
+}
+
+/// [`rmsnorm`] in place.
+pub fn rmsnorm_inplace(x: &mut [f32], g: &[f32], eps: f32) {
+    let w = g.len().max(1);
+    for xr in x.chunks_exact_mut(w) {
+        let inv = 1.0 / sqrtf(dot(xr, xr) / w as f32 + eps);
+        for (v, &gi) in xr.iter_mut().zip(g) {
+            *v = *v * inv * gi;
+        }
+    }
+}
+
+/// `x = silu(x) * up = x / (1 + exp(-x)) * up`, elementwise.
+pub fn silu_mul(x: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(x.len(), up.len(), "silu_mul: lengths differ");
+    for (v, &u) in x.iter_mut().zip(up) {
+        let t = *v;
+        *v = t / (1.0 + expf(-t)) * u;
+    }
+}
+
+/// The logistic function `1 / (1 + exp(-x))`.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + expf(-x))
+}
+
+/// Rotary position embedding of every head of one token: in each
+/// `head_dim`-value head of `x`, the `rot` values from `offset` (`rot`
+/// even) turn pairwise at position `pos`: pair `(a, b)` of index
+/// `i < rot / 2` (`(i, i + rot/2)` half-split, `(2i, 2i + 1)` interleaved)
+/// by `pos * inv_freq_i`, `inv_freq_i = 1 / (theta^(2i / rot) * factor)`,
+/// computed in f64 and rounded (its cosine and sine) to f32 once per pair
+/// for all heads.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &mut [f32],
+    head_dim: usize,
+    offset: usize,
+    rot: usize,
+    pos: usize,
+    theta: f32,
+    factor: f32,
+    interleaved: bool,
+) {
+    let half = rot / 2;
+    for i in 0..half {
+        let inv =
+            1.0 / (libm::pow(f64::from(theta), (2 * i) as f64 / rot as f64) * f64::from(factor));
+        let ang = pos as f64 * inv;
+        let (s, c) = (libm::sin(ang) as f32, libm::cos(ang) as f32);
+        let (ia, ib) = if interleaved {
+            (offset + 2 * i, offset + 2 * i + 1)
+        } else {
+            (offset + i, offset + i + half)
+        };
+        for h in x.chunks_exact_mut(head_dim.max(1)) {
+            let (a, b) = (h[ia], h[ib]);
+            h[ia] = a * c - b * s;
+            h[ib] = b * c + a * s;
+        }
+    }
+}
+
+/// Causal attention of one query head over a cache: `scores[t] = scale *
+/// q . keys[t]` for `t < len` (each key `q.len()` values at stride
+/// `k_stride` from `keys`), softmax, then `out = sum_t scores[t] *
+/// values[t]` (each `out.len()` values at stride `v_stride`).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    k_stride: usize,
+    values: &[f32],
+    v_stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let (hd, vd) = (q.len(), out.len());
+    for (t, s) in scores[..len].iter_mut().enumerate() {
+        *s = dot(q, &keys[t * k_stride..t * k_stride + hd]) * scale;
+    }
+    softmax(&mut scores[..len]);
+    out.fill(0.0);
+    for (t, &w) in scores[..len].iter().enumerate() {
+        let vr = &values[t * v_stride..t * v_stride + vd];
+        for (o, &v) in out.iter_mut().zip(vr) {
+            *o += w * v;
+        }
     }
 }
 

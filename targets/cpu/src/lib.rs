@@ -11,7 +11,8 @@
 //!   LLVM auto-vectorises the hot loops, and they are the ground truth that
 //!   later SIMD / lookup-table kernels (separate modules) are tested against.
 //! - [`quant`]: packed weight formats (f32, f16, int8 per row, int4/int2
-//!   group-wise): ids, byte layouts, quantisation and the dequantisation oracle.
+//!   group-wise): ids, byte layouts, quantisation and the dequantisation
+//!   oracle, defined by the package format (`taskpath_format::weight`).
 //! - [`qmatvec`]: matrix-vector kernels over packed weights behind one trait,
 //!   a generic reference per format plus AVX2 (x86-64) and NEON (aarch64)
 //!   kernels, chosen at run time through the [`qmatvec::Kernels`] table.
@@ -29,4 +30,6 @@ extern crate std;
 
 pub mod f32;
 pub mod qmatvec;
-pub mod quant;
+/// The weight formats the kernels run: ids, byte layouts and quantisation
+/// are the package format's (`taskpath_format::weight`).
+pub use taskpath_format::weight as quant;

@@ -112,8 +112,13 @@ fn attend64(
 
 /// Reference top-k: sort allowed experts (NaN last, logit desc, index asc).
 fn top_k64(logits: &[f32], mask: u64, k: usize) -> Vec<u32> {
+    top_k_words(logits, &[mask, 0, 0, 0], k)
+}
+
+/// Reference top-k over a mask of up to 256 experts (bit `j % 64` of word `j / 64`).
+fn top_k_words(logits: &[f32], mask: &[u64; 4], k: usize) -> Vec<u32> {
     let mut allowed: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&j| mask >> j & 1 == 1)
+        .filter(|&j| mask[j as usize / 64] >> (j % 64) & 1 == 1)
         .collect();
     allowed.sort_by(|&a, &b| {
         let (x, y) = (logits[a as usize], logits[b as usize]);
@@ -297,6 +302,19 @@ proptest! {
     }
 
     #[test]
+    fn top_k_masked_matches_reference_on_wide_masks(
+        logits in prop::collection::vec(-5.0f32..5.0, 0..=256),
+        mask in any::<[u64; 4]>(),
+        kk in 0usize..12,
+    ) {
+        let mut idx = [u32::MAX; 64];
+        let mut gate = [0f32; 64];
+        let got = k::top_k_masked(&logits, &mask, kk, &mut idx, &mut gate);
+        let want = top_k_words(&logits, &mask, kk);
+        prop_assert_eq!(&idx[..got], &want[..]);
+    }
+
+    #[test]
     fn top_k_masked_matches_reference(
         logits in prop::collection::vec(
             prop_oneof![
@@ -311,7 +329,7 @@ proptest! {
     ) {
         let mut idx = [u32::MAX; 64];
         let mut gate = [-7.0f32; 64];
-        let got = k::top_k_masked(&logits, mask, kk, &mut idx, &mut gate);
+        let got = k::top_k_masked(&logits, &[mask], kk, &mut idx, &mut gate);
         let want = top_k64(&logits, mask, kk);
         prop_assert_eq!(got, want.len());
         prop_assert_eq!(&idx[..got], &want[..]);
@@ -475,13 +493,13 @@ fn top_k_ties_go_to_lower_index() {
     let logits = [1.0f32, 3.0, 3.0, 2.0, 3.0];
     let (mut idx, mut gate) = ([9u32; 4], [9.0f32; 4]);
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 2, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 2, &mut idx, &mut gate),
         2
     );
     assert_eq!(idx[..2], [1, 2]);
     assert_close(&gate[..2], &[0.5, 0.5], 1e-7);
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 4, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 4, &mut idx, &mut gate),
         4
     );
     assert_eq!(idx, [1, 2, 4, 3]);
@@ -491,7 +509,10 @@ fn top_k_ties_go_to_lower_index() {
 fn top_k_mask_excludes_best() {
     let logits = [5.0f32, 1.0, 4.0, 3.0];
     let (mut idx, mut gate) = ([9u32; 4], [9.0f32; 4]);
-    assert_eq!(k::top_k_masked(&logits, 0b1110, 2, &mut idx, &mut gate), 2);
+    assert_eq!(
+        k::top_k_masked(&logits, &[0b1110], 2, &mut idx, &mut gate),
+        2
+    );
     assert_eq!(idx[..2], [2, 3]);
     let e = (-1.0f64).exp();
     assert_close(&gate[..2], &[1.0 / (1.0 + e), e / (1.0 + e)], 1e-7);
@@ -501,15 +522,18 @@ fn top_k_mask_excludes_best() {
 fn top_k_more_than_allowed() {
     let logits = [5.0f32, 1.0, 4.0, 3.0];
     let (mut idx, mut gate) = ([9u32; 4], [9.0f32; 4]);
-    assert_eq!(k::top_k_masked(&logits, 0b0101, 5, &mut idx, &mut gate), 2);
+    assert_eq!(
+        k::top_k_masked(&logits, &[0b0101], 5, &mut idx, &mut gate),
+        2
+    );
     assert_eq!(idx, [0, 2, 9, 9]);
     assert_eq!(gate[2..], [9.0, 9.0]);
     // k = 0 and an empty mask choose nothing.
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 0, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 0, &mut idx, &mut gate),
         0
     );
-    assert_eq!(k::top_k_masked(&logits, 0, 3, &mut idx, &mut gate), 0);
+    assert_eq!(k::top_k_masked(&logits, &[0], 3, &mut idx, &mut gate), 0);
 }
 
 #[test]
@@ -517,24 +541,24 @@ fn top_k_ignores_mask_bits_beyond_n() {
     let logits = [0.5f32, 2.0, 1.0];
     let (mut idx, mut gate) = ([9u32; 8], [9.0f32; 8]);
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 10, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 10, &mut idx, &mut gate),
         3
     );
     assert_eq!(idx[..3], [1, 2, 0]);
     assert!((gate[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
     assert_eq!(
-        k::top_k_masked(&logits, 1 << 10 | 1 << 63, 2, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[1 << 10 | 1 << 63], 2, &mut idx, &mut gate),
         0
     );
     assert_eq!(
-        k::top_k_masked(&logits, 1 << 10 | 1, 2, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[1 << 10 | 1], 2, &mut idx, &mut gate),
         1
     );
     assert_eq!((idx[0], gate[0]), (0, 1.0));
     // n = 64 uses every bit of the mask.
     let logits: Vec<f32> = (0..64).map(|j| j as f32).collect();
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 2, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 2, &mut idx, &mut gate),
         2
     );
     assert_eq!(idx[..2], [63, 62]);
@@ -545,12 +569,12 @@ fn top_k_nan_ranks_last() {
     let logits = [f32::NAN, 1.0, f32::NEG_INFINITY, 2.0, f32::NAN];
     let (mut idx, mut gate) = ([9u32; 5], [9.0f32; 5]);
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 2, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 2, &mut idx, &mut gate),
         2
     );
     assert_eq!(idx[..2], [3, 1]);
     assert_eq!(
-        k::top_k_masked(&logits, u64::MAX, 5, &mut idx, &mut gate),
+        k::top_k_masked(&logits, &[u64::MAX], 5, &mut idx, &mut gate),
         5
     );
     assert_eq!(idx, [3, 1, 2, 0, 4]);

@@ -158,7 +158,7 @@ fn want_and_tol(f: WeightFormat, p: &Problem, d: &Data, r: usize) -> (f64, f64) 
         + b.abs();
     let tol = match f {
         WeightFormat::F32 | WeightFormat::F16 => rel(cols) * mag,
-        WeightFormat::I8Row => {
+        WeightFormat::I8Row | WeightFormat::Q4_0 | WeightFormat::Q8_0 => {
             let mut t = 0.0;
             for (wb, xb) in wr.chunks(32).zip(d.x.chunks(32)) {
                 let sx = xb.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs())) / 127.0;
@@ -267,8 +267,10 @@ fn check_vs_generic(k: &dyn QMatVec, p: &Problem) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// `run_batch` equals one `run` per row; reused scratch does not matter.
-fn check_batch(k: &dyn QMatVec, p: &Problem, n: usize) -> Result<(), TestCaseError> {
+/// `run_batch` equals one `run` per row; reused scratch does not matter, nor
+/// does extra scratch (q4_0 / q8_0 take more tokens per pass with it: `extra`
+/// adds room for `5 extra` more).
+fn check_batch(k: &dyn QMatVec, p: &Problem, n: usize, extra: usize) -> Result<(), TestCaseError> {
     let f = k.format();
     let d = data(f, p);
     let (rows, cols) = (p.rows, p.cols);
@@ -276,6 +278,7 @@ fn check_batch(k: &dyn QMatVec, p: &Problem, n: usize) -> Result<(), TestCaseErr
     let xs = values(&mut rng, n * cols, p.xdist.wrapping_add(1));
     let mut ys = vec![f32::NAN; n * rows];
     let mut s = scratch(f, cols);
+    s.resize(s.len() + 5 * extra * f.q_token_bytes(cols), 0x5A);
     k.run_batch(
         rows,
         cols,
@@ -403,6 +406,61 @@ fn accumulator_extremes(k: &dyn QMatVec) {
     }
 }
 
+/// q4_0 / q8_0 at the integer bound: GGUF blocks (repacked) whose quants are
+/// all the extreme `-8` / `-128` (and `+7` / `+127`) against activations at
+/// `+-127` reach `|acc| = 32 * 8 * 127 = 32512` (q4_0) and
+/// `32 * 128 * 127 = 520192` (q8_0) per block, the bounds the kernels prove.
+fn gguf_extremes(k: &dyn QMatVec) {
+    let f = k.format();
+    if !f.is_gguf_block() {
+        return;
+    }
+    let (rows, cols) = (37, 96);
+    let nb = cols / 32;
+    for (qv, sign) in [(-128i32, 1.0f32), (-128, -1.0), (127, 1.0), (127, -1.0)] {
+        let gb = quant::gguf_block_bytes(f);
+        let mut gguf = vec![0u8; rows * nb * gb];
+        for blk in gguf.chunks_exact_mut(gb) {
+            blk[..2].copy_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
+            if f == WeightFormat::Q4_0 {
+                let nib = if qv < 0 { 0u8 } else { 15 };
+                blk[2..].fill(nib | nib << 4);
+            } else {
+                blk[2..].fill(qv as i8 as u8);
+            }
+        }
+        let sq = if f == WeightFormat::Q4_0 {
+            if qv < 0 {
+                -8
+            } else {
+                7
+            }
+        } else {
+            qv
+        };
+        let mut packed = vec![0u8; f.packed_bytes(rows, cols)];
+        quant::repack_gguf(f, rows, cols, &gguf, &mut packed).unwrap();
+        let x = vec![sign; cols];
+        let mut ip = vec![0i32; rows * nb];
+        assert!(k.integer_parts(rows, cols, &packed, &x, &mut scratch(f, cols), &mut ip));
+        let want = 32 * sq * 127 * sign as i32;
+        assert!(
+            ip.iter().all(|&v| v == want),
+            "{}: {:?} want {want}",
+            k.name(),
+            &ip[..3]
+        );
+        let mut y = vec![0.0f32; rows];
+        k.run(rows, cols, &packed, &x, None, &mut y, &mut scratch(f, cols));
+        let exact = 0.5 * sq as f32 * sign * cols as f32;
+        assert!(
+            y.iter().all(|&v| v == exact),
+            "{}: {y:?} vs {exact}",
+            k.name()
+        );
+    }
+}
+
 /// Zero rows or columns: outputs are the bias (or 0); nothing is read.
 fn empty_shapes(k: &dyn QMatVec) {
     let f = k.format();
@@ -469,9 +527,9 @@ macro_rules! qmatvec_kernel_tests {
                 }
 
                 #[test]
-                fn batch_matches_single(p in problem(), n in 1usize..=8) {
+                fn batch_matches_single(p in problem(), n in 1usize..=20, extra in 0usize..3) {
                     if enabled() {
-                        check_batch(kernel(), &p, n)?;
+                        check_batch(kernel(), &p, n, extra)?;
                     }
                 }
 
@@ -487,6 +545,13 @@ macro_rules! qmatvec_kernel_tests {
             fn accumulator_extremes() {
                 if enabled() && kernel().format() != WeightFormat::F32 {
                     super::accumulator_extremes(kernel());
+                }
+            }
+
+            #[test]
+            fn gguf_extremes() {
+                if enabled() {
+                    super::gguf_extremes(kernel());
                 }
             }
 
@@ -523,6 +588,8 @@ qmatvec_kernel_tests!(generic_i2g64, true, &generic::KERNELS[6]);
 qmatvec_kernel_tests!(generic_i4g32z, true, &generic::KERNELS[7]);
 qmatvec_kernel_tests!(generic_i4g64z, true, &generic::KERNELS[8]);
 qmatvec_kernel_tests!(generic_i2g32z, true, &generic::KERNELS[9]);
+qmatvec_kernel_tests!(generic_q4_0, true, &generic::KERNELS[11]);
+qmatvec_kernel_tests!(generic_q8_0, true, &generic::KERNELS[12]);
 qmatvec_kernel_tests!(generic_i2g64z, true, &generic::KERNELS[10]);
 
 #[cfg(target_arch = "x86_64")]
@@ -548,10 +615,43 @@ mod x86 {
     qmatvec_kernel_tests!(avx2_i4g64z, avx2_f16c(), &k::I4G64Z);
     qmatvec_kernel_tests!(avx2_i2g32z, avx2_f16c(), &k::I2G32Z);
     qmatvec_kernel_tests!(avx2_i2g64z, avx2_f16c(), &k::I2G64Z);
+    qmatvec_kernel_tests!(avx2_q4_0, avx2_f16c(), &k::Q4_0);
+    qmatvec_kernel_tests!(avx2_q8_0, avx2_f16c(), &k::Q8_0);
+
+    fn avx512vnni() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    qmatvec_kernel_tests!(avx512vnni_q4_0, avx512vnni(), &k::AVX512_Q4_0);
+    qmatvec_kernel_tests!(avx512vnni_q8_0, avx512vnni(), &k::AVX512_Q8_0);
 
     #[test]
-    fn every_avx2_kernel_is_tested_above() {
-        assert_eq!(k::KERNELS.len(), 10);
+    fn every_x86_kernel_is_tested_above() {
+        assert_eq!(k::KERNELS.len(), 14);
+    }
+
+    /// Where the CPU has AVX-512 VNNI, the table serves q4_0 / q8_0 with it.
+    #[test]
+    fn best_picks_avx512_for_gguf_blocks() {
+        if !avx512vnni() || taskpath_cpu::qmatvec::force_generic_requested() {
+            return;
+        }
+        let best = Kernels::best();
+        for f in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+            let name = best.kernel(f).unwrap().name();
+            assert_eq!(name, format!("x86_64_avx512vnni_{}", f.name()), "{best}");
+        }
+        let no512 = CpuFeatures {
+            avx512vnni: false,
+            ..CpuFeatures::host()
+        };
+        let k = Kernels::for_features(no512);
+        assert_eq!(
+            k.kernel(WeightFormat::Q4_0).unwrap().name(),
+            "x86_64_avx2_q4_0"
+        );
     }
 }
 
@@ -574,10 +674,12 @@ mod arm {
     qmatvec_kernel_tests!(neon_i4g64z, neon(), &k::I4G64Z);
     qmatvec_kernel_tests!(neon_i2g32z, neon(), &k::I2G32Z);
     qmatvec_kernel_tests!(neon_i2g64z, neon(), &k::I2G64Z);
+    qmatvec_kernel_tests!(neon_q4_0, neon(), &k::Q4_0);
+    qmatvec_kernel_tests!(neon_q8_0, neon(), &k::Q8_0);
 
     #[test]
     fn every_neon_kernel_is_tested_above() {
-        assert_eq!(k::KERNELS.len(), 10);
+        assert_eq!(k::KERNELS.len(), 12);
     }
 
     /// The point of the qemu run: NEON kernels are what `best()` serves here.
@@ -693,12 +795,14 @@ fn format_ids_are_stable() {
         (9, "i4g64z", 4),
         (10, "i2g32z", 2),
         (11, "i2g64z", 2),
+        (12, "q4_0", 4),
+        (13, "q8_0", 8),
     ];
     for (f, (id, name, bits)) in ALL.into_iter().zip(expect) {
         assert_eq!((f.id(), f.name(), f.bits()), (id, name, bits));
         assert_eq!(WeightFormat::from_u16(id), Some(f));
     }
-    for id in [0u16, 12, 255, u16::MAX] {
+    for id in [0u16, 14, 255, u16::MAX] {
         assert_eq!(WeightFormat::from_u16(id), None);
     }
 }
@@ -722,6 +826,15 @@ fn packed_sizes_by_hand() {
     assert_eq!(F::I8Row.scratch_bytes(33), 64 + 8);
     assert_eq!(F::F16.scratch_bytes(100), 0);
     assert_eq!(F::I4G32.checked_packed_bytes(usize::MAX, 64), None);
+    // GGUF blocks: 16 rows x 32 columns per record; 18 (34) bytes per 32 weights, as GGUF.
+    assert_eq!(F::Q4_0.packed_bytes(16, 32), 256 + 32);
+    assert_eq!(F::Q4_0.packed_bytes(17, 33), 2 * 2 * 288);
+    assert_eq!(F::Q8_0.packed_bytes(16, 64), 2 * (512 + 32));
+    assert_eq!(F::Q4_0.packed_bytes(2816, 1024) * 32, 2816 * 1024 * 18);
+    assert_eq!(F::Q8_0.packed_bytes(1024, 2816) * 32, 1024 * 2816 * 34);
+    // 8 tokens of K int8 activations + an f32 scale and an i32 offset per block.
+    assert_eq!(F::Q4_0.scratch_bytes(33), 8 * (64 + 2 * 8));
+    assert_eq!(F::Q8_0.int_parts_per_row(65), 3);
     for f in ALL {
         assert_eq!(f.packed_bytes(0, 100), 0);
         assert_eq!(f.packed_bytes(2 * f.row_tile(), 7), 2 * f.tile_bytes(7));
@@ -877,6 +990,22 @@ proptest! {
                     WeightFormat::I8Row => {
                         let s = quant::i8_row_scale(p.rows, p.cols, &packed, r).unwrap();
                         f64::from(s) * 0.5 * (1.0 + 1e-4)
+                    }
+                    WeightFormat::Q4_0 | WeightFormat::Q8_0 => {
+                        // ggml rounds with the f32 scale d32 (q4_0: max / -8,
+                        // q8_0: amax / 127) and stores f16(d32): error <= d32 / 2
+                        // (q8_0) or d32 (q4_0, whose top level clamps at +7),
+                        // plus the largest |q| times |d32 - d16|.
+                        let row = &w[r * p.cols..(r + 1) * p.cols];
+                        let grp = &row[(c / 32) * 32..((c / 32 + 1) * 32).min(p.cols)];
+                        let amax = grp.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+                        let d16 = f64::from(quant::q_scale(f, p.rows, p.cols, &packed, r, c / 32).unwrap()).abs();
+                        let (d32, half, qmax) = if f == WeightFormat::Q4_0 {
+                            (amax / 8.0, 1.0, 8.0)
+                        } else {
+                            (amax / 127.0, 0.5, 128.0)
+                        };
+                        d32 * half * (1.0 + 1e-5) + qmax * (d32 - d16).abs() + 1e-12
                     }
                     _ => {
                         let g = f.group().unwrap();

@@ -7,16 +7,19 @@ use std::sync::Arc;
 use cudarc::driver::{
     result, sys, CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
-use taskpath_runtime::format::records::{blob_kind, gating};
+use taskpath_runtime::exec::{run_step, ExpertSource, Meter, Operand, Primitives, RunCtx};
+use taskpath_runtime::format::records::blob_kind;
+use taskpath_runtime::format::{ExpertMask, GateFn};
+use taskpath_runtime::plan::{self, Buf, Plan, PlanBuffers, PlanStep, Step};
 use taskpath_runtime::{
-    Backend, CacheStats, Kernels, Model, RunStats, Session, SessionOptions, TaskInfo, WeightFormat,
+    Backend, CacheStats, ExpertTensors, Model, NoTrace, RunStats, TaskInfo, Tracer, WeightFormat,
 };
 
 use crate::cache::{Lookup, SlotCache};
 use crate::error::{drv, CudaError, Result};
 use crate::geometry::{per_thread, per_warp, quant_scratch, BLOCK};
 use crate::kernels;
-use crate::plan::{self, Component, Op, Tensor};
+use crate::weights::{DevTensor, DevW};
 
 /// Where the weights live while a task runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -186,7 +189,9 @@ impl Backend for CudaBackend {
             .gpu
             .as_ref()
             .map_err(|why| CudaError::Unavailable(why.clone()))?;
-        CudaTask::new(gpu, &self.opts, model, task, arena)
+        // The device keeps its own arena: the host one is not needed.
+        let _ = arena;
+        CudaTask::new(gpu, &self.opts, model, task)
     }
 
     fn execute(
@@ -304,9 +309,12 @@ pub struct CudaTask<'m> {
     gpu: &'m Gpu,
     model: &'m Model<'m>,
     task: TaskInfo<'m>,
-    ops: Vec<Op>,
-    components: HashMap<(usize, usize), Component>,
-    path_union: u64,
+    steps: Vec<PlanStep>,
+    /// The plan's tensor table, addressed on the device.
+    tensors: Vec<DevW>,
+    output: Buf,
+    /// Every `(group, expert, component)` the task may route to.
+    components: HashMap<(u32, usize, usize), (u32, ExpertTensors<DevTensor>)>,
     stream: Arc<CudaStream>,
     copy: Arc<CudaStream>,
     residency: Residency,
@@ -316,14 +324,10 @@ pub struct CudaTask<'m> {
     cache: Option<(SlotCache, DevMem)>,
     arena: DevMem,
     inputs: Vec<(DevMem, usize)>,
-    hbuf: DevMem,
-    mid: DevMem,
-    obuf: DevMem,
-    cat: DevMem,
-    tmp: DevMem,
-    qb: DevMem,
-    qs: DevMem,
     host_route: Vec<f32>,
+    /// Device addresses (and upload events) of the current `Moe` step's
+    /// components, in the order it runs them.
+    pending: Vec<(u64, Option<CudaEvent>)>,
     _dense: Vec<DevMem>,
 }
 
@@ -337,69 +341,58 @@ impl std::fmt::Debug for CudaTask<'_> {
     }
 }
 
+fn invalid(why: &'static str) -> CudaError {
+    CudaError::Runtime(taskpath_runtime::Error::InvalidProgram { op: 0, why })
+}
+
 impl<'m> CudaTask<'m> {
-    fn new(
-        gpu: &'m Gpu,
-        opts: &CudaOptions,
-        model: &'m Model<'m>,
-        task: usize,
-        arena: &'m mut [u8],
-    ) -> Result<Self> {
-        // The CPU session proves the program consistent (slots, shapes,
-        // path, checksums); the device then runs the same program.
-        let so = SessionOptions {
-            verify_path: true,
-            kernels: Some(Kernels::generic()),
-        };
-        let _checked = Session::with_options(model, task, &mut *arena, so)?;
+    fn new(gpu: &'m Gpu, opts: &CudaOptions, model: &'m Model<'m>, task: usize) -> Result<Self> {
+        // The runtime's plan proves the program consistent (slots, shapes,
+        // experts); the device then runs its steps.
         let info = model.task(task)?;
-        let ops = plan::decode(model, &info)?;
-        let path_union = info
-            .modalities()
-            .filter_map(|m| model.path_mask(&info, m))
-            .fold(0u64, |a, b| a | b);
-        let hp = model.hparams();
-        let (d, h, n) = (
-            hp.d_model as usize,
-            hp.ffn_hidden as usize,
-            hp.experts as usize,
-        );
+        let mut storage = PlanBuffers::new(&info);
+        let plan = Plan::build(model, task, storage.storage())?;
+        for b in model.path_blobs(&info) {
+            model.verify_blob(b.index)?;
+        }
+        let dev_tensor = |v: &taskpath_runtime::TensorView<'_>| -> Result<DevTensor> {
+            let blob = model.blob(v.blob).ok_or_else(|| invalid("no such blob"))?;
+            DevTensor::new(v, blob.bytes)
+        };
         let mut components = HashMap::new();
-        for j in (0..n.min(64)).filter(|j| path_union & (1 << j) != 0) {
-            for c in 0..=info.stage {
-                let comp = plan::component(model, j, c)?;
-                if comp.tensors().iter().any(|t| t.blob != comp.blob) {
-                    return Err(CudaError::Runtime(
-                        taskpath_runtime::Error::InvalidProgram {
-                            op: 0,
-                            why: "an expert tensor outside its component's blob",
-                        },
-                    ));
+        let mut top_k = 1;
+        for ps in plan.steps() {
+            if let Step::Moe {
+                group,
+                mask,
+                components: comps,
+                top_k: k,
+                ..
+            } = ps.step
+            {
+                top_k = top_k.max(k);
+                for j in mask.iter() {
+                    for c in 0..comps {
+                        let x = plan::expert_views(model, group, j, c)
+                            .ok_or_else(|| invalid("missing expert component"))?;
+                        let blob = x.conv_w.blob;
+                        if x.all().iter().any(|t| t.blob != blob) {
+                            return Err(invalid("an expert tensor outside its component's blob"));
+                        }
+                        let d = ExpertTensors::try_from_fn(|k| dev_tensor(x.all()[k as usize]))?;
+                        components.insert((group, j, c), (blob, d));
+                    }
                 }
-                components.insert((j, c), comp);
             }
         }
-        // Scratch sizes over every matrix the task multiplies.
-        let mut mats: Vec<(Tensor, usize)> = Vec::new();
-        for op in &ops {
-            match op {
-                Op::Encode { w, l, .. } => mats.push((*w, *l)),
-                Op::Linear { w, rows, .. } => mats.push((*w, *rows)),
-                _ => {}
-            }
-        }
-        for c in components.values() {
-            mats.extend([(c.conv_w, 1), (c.fc1_w, 1), (c.fc2_w, 1)]);
-        }
-        let (mut tmp_len, mut qb_len, mut qs_len) = (1usize, 1usize, 1usize);
-        for (t, rows) in &mats {
-            tmp_len = tmp_len.max(rows * t.rank);
-            for cols in [t.cols, t.rank] {
-                let (b, s) = quant_scratch(t.format, cols);
-                qb_len = qb_len.max(b);
-                qs_len = qs_len.max(s);
-            }
-        }
+        let steps = plan.steps().to_vec();
+        let output = plan.output();
+        let slot_elems = plan.slot_elems();
+        let plan_tensors: Vec<DevTensor> = plan
+            .tensors()
+            .iter()
+            .map(dev_tensor)
+            .collect::<Result<_>>()?;
 
         gpu.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         let stream = gpu.ctx.new_stream().map_err(drv("cuStreamCreate"))?;
@@ -441,6 +434,24 @@ impl<'m> CudaTask<'m> {
                 dense.push(m);
             }
         }
+        let tensors = plan_tensors
+            .into_iter()
+            .map(|t| {
+                let base = blobs
+                    .get(&t.blob)
+                    .copied()
+                    .ok_or_else(|| unmapped(t.blob))?;
+                Ok(DevW { t, base })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let max_comps = steps
+            .iter()
+            .filter_map(|ps| match ps.step {
+                Step::Moe { components, .. } => Some(components),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
         let cache = if residency == Residency::DeviceCache {
             let slot = expert_blobs.iter().copied().max().unwrap_or(256);
             let rounded = slot.div_ceil(256) * 256;
@@ -466,7 +477,7 @@ impl<'m> CudaTask<'m> {
                 }
             }
             // Every component of one Moe op must be resident at once.
-            let per_op = hp.top_k as usize * (info.stage + 1);
+            let per_op = top_k * max_comps;
             if c.unpinned() < per_op {
                 return Err(CudaError::Budget(format!(
                     "{} unpinned slots of {} bytes, but one token's experts need {per_op}",
@@ -485,26 +496,20 @@ impl<'m> CudaTask<'m> {
                 Ok((DevMem::new(&gpu.ctx, 4 * l * f)?, l * f))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mem = |n: usize| DevMem::new(&gpu.ctx, n);
         Ok(Self {
             gpu,
             model,
-            ops,
+            steps,
+            tensors,
+            output,
             components,
-            path_union,
             residency,
             blobs,
             cache,
-            arena: mem(info.arena_bytes)?,
+            arena: DevMem::new(&gpu.ctx, 4 * slot_elems)?,
             inputs,
-            hbuf: mem(4 * d)?,
-            mid: mem(4 * h)?,
-            obuf: mem(4 * d)?,
-            cat: mem(4 * 3 * d)?,
-            tmp: mem(4 * tmp_len)?,
-            qb: mem(qb_len)?,
-            qs: mem(4 * qs_len)?,
-            host_route: vec![0.0; 1 + 2 * hp.top_k as usize],
+            host_route: vec![0.0; 1 + 2 * taskpath_runtime::exec::MAX_TOP_K],
+            pending: Vec::new(),
             _dense: dense,
             registered,
             stream,
@@ -526,183 +531,6 @@ impl<'m> CudaTask<'m> {
     /// Bytes of package memory registered with the driver.
     pub fn registered_bytes(&self) -> usize {
         self.registered.iter().map(|r| r.len).sum()
-    }
-
-    fn f(&self, name: &'static str) -> Result<&CudaFunction> {
-        self.gpu.funcs.get(name).ok_or_else(|| CudaError::Driver {
-            what: "kernel lookup",
-            error: name.into(),
-        })
-    }
-
-    fn launch(
-        &self,
-        name: &'static str,
-        (grid, block): (u32, u32),
-        shared: u32,
-        args: &[A],
-    ) -> Result<()> {
-        let f = self.f(name)?;
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                A::P(p) => b.arg(p),
-                A::I(v) => b.arg(v),
-                A::U(v) => b.arg(v),
-                A::F(v) => b.arg(v),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: shared,
-        };
-        // SAFETY: every kernel's parameters are (u64 device pointer | i32 |
-        // u32 | f32) in the order `args` gives them, checked against
-        // kernels.cu by the call sites; pointers address live allocations
-        // sized at `init` from the validated plan, and kernels bound-check
-        // their thread indices.
-        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel"))?;
-        Ok(())
-    }
-
-    fn slot(&self, off: usize) -> u64 {
-        self.arena.ptr + 4 * off as u64
-    }
-
-    fn blob_addr(&self, blob: u32) -> Result<u64> {
-        self.blobs.get(&blob).copied().ok_or_else(|| unmapped(blob))
-    }
-
-    /// `y[rows, n_out] = W x + b` for one stored matrix (not low-rank).
-    #[allow(clippy::too_many_arguments)]
-    fn matmul(
-        &self,
-        fmt: WeightFormat,
-        n_out: usize,
-        n_in: usize,
-        w: u64,
-        x: u64,
-        b: u64,
-        rows: usize,
-        y: u64,
-    ) -> Result<()> {
-        match fmt {
-            WeightFormat::F32 | WeightFormat::F16 => {
-                let name = if fmt == WeightFormat::F32 {
-                    "tp_linear_f32"
-                } else {
-                    "tp_linear_f16"
-                };
-                let args = [
-                    A::P(w),
-                    A::P(x),
-                    A::P(b),
-                    A::P(y),
-                    i(rows),
-                    i(n_out),
-                    i(n_in),
-                ];
-                self.launch(name, per_thread(rows * n_out), 0, &args)
-            }
-            WeightFormat::I8Row => {
-                let k = fmt.padded_cols(n_in);
-                for r in 0..rows {
-                    let (xr, yr) = (x + 4 * (r * n_in) as u64, y + 4 * (r * n_out) as u64);
-                    let nb = k / 32;
-                    self.launch(
-                        "tp_prep_i8",
-                        per_warp(nb),
-                        0,
-                        &[
-                            A::P(xr),
-                            i(n_in),
-                            i(nb),
-                            A::P(self.qb.ptr),
-                            A::P(self.qs.ptr),
-                        ],
-                    )?;
-                    self.launch(
-                        "tp_linear_i8",
-                        per_warp(n_out),
-                        0,
-                        &[
-                            A::P(w),
-                            A::P(self.qb.ptr),
-                            A::P(self.qs.ptr),
-                            A::P(b),
-                            A::P(yr),
-                            i(n_out),
-                            i(k),
-                        ],
-                    )?;
-                }
-                Ok(())
-            }
-            f => {
-                let g = f.group().ok_or_else(|| {
-                    CudaError::UnsupportedFormat(format!("weight format {f} has no CUDA kernel"))
-                })?;
-                let (bits, zp) = (f.bits() as usize, usize::from(f.has_zero_point()));
-                let ng = f.padded_cols(n_in) / g;
-                let (hts, xs) = (self.qs.ptr, self.qs.ptr + 4 * ng as u64);
-                for r in 0..rows {
-                    let (xr, yr) = (x + 4 * (r * n_in) as u64, y + 4 * (r * n_out) as u64);
-                    self.launch(
-                        "tp_prep_lut",
-                        per_thread(ng),
-                        0,
-                        &[
-                            A::P(xr),
-                            i(n_in),
-                            i(ng),
-                            i(g),
-                            i(zp),
-                            A::P(self.qb.ptr),
-                            A::P(hts),
-                            A::P(xs),
-                        ],
-                    )?;
-                    self.launch(
-                        "tp_linear_lut",
-                        per_thread(n_out),
-                        0,
-                        &[
-                            A::P(w),
-                            A::P(self.qb.ptr),
-                            A::P(hts),
-                            A::P(xs),
-                            A::P(b),
-                            A::P(yr),
-                            i(n_out),
-                            i(ng),
-                            i(g),
-                            i(bits),
-                            i(zp),
-                        ],
-                    )?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// `y = W x + b` with W at blob address `base`, through `tmp` when low-rank.
-    fn linear(&self, w: &Tensor, base: u64, x: u64, b: u64, rows: usize, y: u64) -> Result<()> {
-        let a = base + w.off_a as u64;
-        if w.rank > 0 {
-            let v = base + w.off_b as u64;
-            self.matmul(w.format, w.rank, w.cols, v, x, 0, rows, self.tmp.ptr)?;
-            self.matmul(w.format, w.rows, w.rank, a, self.tmp.ptr, b, rows, y)
-        } else {
-            self.matmul(w.format, w.rows, w.cols, a, x, b, rows, y)
-        }
-    }
-
-    /// Device address of a dense (non-expert) f32 tensor.
-    fn dense(&self, t: &Tensor, stats: &mut RunStats) -> Result<u64> {
-        stats.weight_bytes += t.bytes;
-        Ok(self.blob_addr(t.blob)? + t.off_a as u64)
     }
 
     /// Runs the task (see [`Backend::execute`]).
@@ -743,338 +571,557 @@ impl<'m> CudaTask<'m> {
             // from pageable memory the call returns once `x` has been read.
             unsafe { result::memcpy_htod_async(m.ptr, x, cs) }.map_err(drv("cuMemcpyHtoDAsync"))?;
         }
-        let hp = self.model.hparams();
-        let (d, kk) = (hp.d_model as usize, hp.top_k as usize);
         let mut stats = RunStats::default();
-        for n in 0..self.ops.len() {
-            self.op(self.ops[n], d, kk, &mut stats)?;
+        let mut prims = DevPrims {
+            gpu: self.gpu,
+            stream: &self.stream,
+            arena: self.arena.ptr,
+            inputs: &self.inputs,
+            host_route: &mut self.host_route,
+        };
+        let mut experts = DevExperts {
+            model: self.model,
+            components: &self.components,
+            cache: self.cache.as_mut(),
+            blobs: &self.blobs,
+            copy: &self.copy,
+            stream: &self.stream,
+            pending: &mut self.pending,
+            next: 0,
+        };
+        let mut tracer = NoTrace;
+        for (i, ps) in self.steps.iter().enumerate() {
+            let mut m = Meter {
+                tracer: &mut tracer,
+                stats: &mut stats,
+            };
+            run_step(
+                i as u32,
+                &ps.step,
+                &RunCtx::default(),
+                &self.tensors,
+                &mut prims,
+                &mut experts,
+                &mut m,
+            )?;
             stats.ops += 1;
         }
-        let out = self.task.rec.output_slot;
-        let part = self.model.part(self.task.part).ok_or(E::UnknownTask)?;
-        let off = part
-            .slots()
-            .get((self.task.rec.slot_start + out) as usize)
-            .ok_or(E::InvalidProgram {
-                op: 0,
-                why: "output slot",
-            })?
-            .offset as usize;
-        // SAFETY: `outputs.len()` floats lie inside the arena (the session
-        // check at init proved the output slot large enough).
-        unsafe { result::memcpy_dtoh_async(outputs, self.slot(off), cs) }
-            .map_err(drv("cuMemcpyDtoHAsync"))?;
+        let out = self.arena.ptr + 4 * self.output.start as u64;
+        // SAFETY: `outputs.len()` floats lie inside the arena (the plan
+        // proved the output slot large enough).
+        unsafe { result::memcpy_dtoh_async(outputs, out, cs) }.map_err(drv("cuMemcpyDtoHAsync"))?;
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize"))?;
         Ok(stats)
     }
+}
 
-    fn op(&mut self, op: Op, d: usize, kk: usize, stats: &mut RunStats) -> Result<()> {
-        let hp = self.model.hparams();
-        match op {
-            Op::Encode {
-                input,
-                y,
-                l,
-                w,
-                b,
-                pos,
-            } => {
-                let x = self.inputs.get(input).map(|m| m.0.ptr).ok_or(E_INPUT)?;
-                stats.weight_bytes += w.bytes;
-                let base = self.blob_addr(w.blob)?;
-                let bp = self.dense(&b, stats)?;
-                self.linear(&w, base, x, bp, l, self.slot(y))?;
-                let pp = self.dense(&pos, stats)?;
-                self.launch(
-                    "tp_add",
-                    per_thread(l * d),
-                    0,
-                    &[A::P(self.slot(y)), A::P(pp), i(l * d)],
-                )?;
-            }
-            Op::LayerNorm {
-                x,
-                y,
-                rows,
-                g,
-                b,
-                scale,
-            } => {
-                let (gp, bp) = (self.dense(&g, stats)?, self.dense(&b, stats)?);
-                let args = [
-                    A::P(self.slot(x)),
-                    A::P(self.slot(y)),
-                    A::P(gp),
-                    A::P(bp),
-                    i(rows),
-                    i(g.cols),
-                    A::F(hp.ln_eps),
-                    A::F(scale),
-                ];
-                self.launch("tp_layernorm", per_thread(rows), 0, &args)?;
-            }
-            Op::Linear { x, y, rows, w, b } => {
-                stats.weight_bytes += w.bytes;
-                let base = self.blob_addr(w.blob)?;
-                let bp = match &b {
-                    Some(b) => self.dense(b, stats)?,
-                    None => 0,
-                };
-                self.linear(&w, base, self.slot(x), bp, rows, self.slot(y))?;
-            }
-            Op::Attention {
-                q,
-                k,
-                v,
-                out,
-                l,
-                heads,
-            } => {
-                let args = [
-                    A::P(self.slot(q)),
-                    A::P(self.slot(k)),
-                    A::P(self.slot(v)),
-                    A::P(self.slot(out)),
-                    i(l),
-                    i(d),
-                    i(heads),
-                ];
-                self.launch("tp_attention", per_thread(l * heads), 0, &args)?;
-            }
-            Op::AttnPool { u, l, query, out } => {
-                let qp = self.dense(&query, stats)?;
-                let shared = u32::try_from(4 * l).map_err(|_| E_SHAPE)?;
-                let args = [
-                    A::P(self.slot(u)),
-                    A::P(qp),
-                    A::P(self.slot(out)),
-                    i(l),
-                    i(d),
-                ];
-                self.launch("tp_attn_pool", (1, BLOCK), shared, &args)?;
-            }
-            Op::Gate {
-                p,
-                gate,
-                logits,
-                acc,
-                scale,
-            } => {
-                let gp = self.dense(&gate, stats)?;
-                let args = [
-                    A::P(self.slot(p)),
-                    A::P(gp),
-                    A::P(self.slot(logits)),
-                    i(gate.rows),
-                    i(d),
-                    i(usize::from(hp.gating != gating::SOFTMAX)),
-                    i(usize::from(acc)),
-                    A::F(scale),
-                ];
-                self.launch("tp_gate", per_thread(gate.rows), 0, &args)?;
-            }
-            Op::Route {
-                logits,
-                mask,
-                route,
-            } => {
-                let args = [
-                    A::P(self.slot(logits)),
-                    i(hp.experts as usize),
-                    A::U(mask as u32),
-                    A::U((mask >> 32) as u32),
-                    i(kk),
-                    A::P(self.slot(route)),
-                ];
-                self.launch("tp_route", (1, 1), 0, &args)?;
-            }
-            Op::Moe {
-                u,
-                l,
-                route,
-                stage,
-                token,
-                out,
-            } => self.moe(u, l, route, stage, token, out, d, kk, stats)?,
-            Op::Copy { src, dst, len } => {
-                // SAFETY: both ranges lie in the arena (session check at init).
-                unsafe {
-                    result::memcpy_dtod_async(
-                        self.slot(dst),
-                        self.slot(src),
-                        4 * len,
-                        self.stream.cu_stream(),
-                    )
-                }
-                .map_err(drv("cuMemcpyDtoDAsync"))?;
-            }
+/// The CUDA primitives: kernel launches on the task's stream over its
+/// device arena (the plan's slots region, same offsets).
+struct DevPrims<'t> {
+    gpu: &'t Gpu,
+    stream: &'t Arc<CudaStream>,
+    arena: u64,
+    inputs: &'t [(DevMem, usize)],
+    host_route: &'t mut Vec<f32>,
+}
+
+impl DevPrims<'_> {
+    fn launch(
+        &self,
+        name: &'static str,
+        (grid, block): (u32, u32),
+        shared: u32,
+        args: &[A],
+    ) -> Result<()> {
+        let f = self.gpu.funcs.get(name).ok_or_else(|| CudaError::Driver {
+            what: "kernel lookup",
+            error: name.into(),
+        })?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                A::P(p) => b.arg(p),
+                A::I(v) => b.arg(v),
+                A::U(v) => b.arg(v),
+                A::F(v) => b.arg(v),
+            };
         }
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        // SAFETY: every kernel's parameters are (u64 device pointer | i32 |
+        // u32 | f32) in the order `args` gives them, checked against
+        // kernels.cu by the call sites; pointers address live allocations
+        // sized at `init` from the validated plan, and kernels bound-check
+        // their thread indices.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel"))?;
         Ok(())
     }
 
+    fn at(&self, b: &Buf) -> u64 {
+        self.arena + 4 * b.start as u64
+    }
+
+    /// `y[rows, n_out] = W x + b` for one stored matrix (not low-rank);
+    /// `kernel` is the plan's scratch for quantized activations.
     #[allow(clippy::too_many_arguments)]
-    fn moe(
-        &mut self,
-        u: usize,
-        l: usize,
-        route: usize,
-        stage: usize,
-        token: usize,
-        out: usize,
-        d: usize,
-        kk: usize,
-        stats: &mut RunStats,
+    fn matmul(
+        &self,
+        fmt: WeightFormat,
+        n_out: usize,
+        n_in: usize,
+        w: u64,
+        x: u64,
+        b: u64,
+        rows: usize,
+        y: u64,
+        kernel: &Buf,
     ) -> Result<()> {
+        let (qb_len, _) = quant_scratch(fmt, n_in);
+        let qb = self.at(kernel);
+        let qs = qb + 4 * qb_len.div_ceil(4) as u64;
+        match fmt {
+            WeightFormat::F32 | WeightFormat::F16 => {
+                let name = if fmt == WeightFormat::F32 {
+                    "tp_linear_f32"
+                } else {
+                    "tp_linear_f16"
+                };
+                let args = [
+                    A::P(w),
+                    A::P(x),
+                    A::P(b),
+                    A::P(y),
+                    i(rows),
+                    i(n_out),
+                    i(n_in),
+                ];
+                self.launch(name, per_thread(rows * n_out), 0, &args)
+            }
+            WeightFormat::I8Row => {
+                let k = fmt.padded_cols(n_in);
+                for r in 0..rows {
+                    let (xr, yr) = (x + 4 * (r * n_in) as u64, y + 4 * (r * n_out) as u64);
+                    let nb = k / 32;
+                    self.launch(
+                        "tp_prep_i8",
+                        per_warp(nb),
+                        0,
+                        &[A::P(xr), i(n_in), i(nb), A::P(qb), A::P(qs)],
+                    )?;
+                    self.launch(
+                        "tp_linear_i8",
+                        per_warp(n_out),
+                        0,
+                        &[
+                            A::P(w),
+                            A::P(qb),
+                            A::P(qs),
+                            A::P(b),
+                            A::P(yr),
+                            i(n_out),
+                            i(k),
+                        ],
+                    )?;
+                }
+                Ok(())
+            }
+            f => {
+                let g = f.group().ok_or_else(|| {
+                    CudaError::UnsupportedFormat(format!("weight format {f} has no CUDA kernel"))
+                })?;
+                let (bits, zp) = (f.bits() as usize, usize::from(f.has_zero_point()));
+                let ng = f.padded_cols(n_in) / g;
+                let (hts, xs) = (qs, qs + 4 * ng as u64);
+                for r in 0..rows {
+                    let (xr, yr) = (x + 4 * (r * n_in) as u64, y + 4 * (r * n_out) as u64);
+                    self.launch(
+                        "tp_prep_lut",
+                        per_thread(ng),
+                        0,
+                        &[
+                            A::P(xr),
+                            i(n_in),
+                            i(ng),
+                            i(g),
+                            i(zp),
+                            A::P(qb),
+                            A::P(hts),
+                            A::P(xs),
+                        ],
+                    )?;
+                    self.launch(
+                        "tp_linear_lut",
+                        per_thread(n_out),
+                        0,
+                        &[
+                            A::P(w),
+                            A::P(qb),
+                            A::P(hts),
+                            A::P(xs),
+                            A::P(b),
+                            A::P(yr),
+                            i(n_out),
+                            i(ng),
+                            i(g),
+                            i(bits),
+                            i(zp),
+                        ],
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Primitives for DevPrims<'_> {
+    type Error = CudaError;
+    type W<'w> = DevW;
+    const HOST_VISIBLE: bool = false;
+
+    fn linear(
+        &mut self,
+        w: &DevW,
+        b: Option<&DevW>,
+        x: &Operand,
+        rows: usize,
+        y: &Buf,
+        tmp: &Buf,
+        kernel: &Buf,
+    ) -> Result<()> {
+        let x = match x {
+            Operand::Input(k) => self.inputs.get(*k).map(|m| m.0.ptr).ok_or(E_INPUT)?,
+            Operand::Slot(b) => self.at(b),
+        };
+        let bp = b.map_or(0, |b| b.addr_a());
+        let (t, y) = (&w.t, self.at(y));
+        if t.rank > 0 {
+            let tp = self.at(tmp);
+            self.matmul(t.format, t.rank, t.cols, w.addr_b(), x, 0, rows, tp, kernel)?;
+            self.matmul(
+                t.format,
+                t.rows,
+                t.rank,
+                w.addr_a(),
+                tp,
+                bp,
+                rows,
+                y,
+                kernel,
+            )
+        } else {
+            self.matmul(t.format, t.rows, t.cols, w.addr_a(), x, bp, rows, y, kernel)
+        }
+    }
+
+    fn add_weight(&mut self, w: &DevW, y: &Buf) -> Result<()> {
+        let args = [A::P(self.at(y)), A::P(w.addr_a()), i(y.len())];
+        self.launch("tp_add", per_thread(y.len()), 0, &args)
+    }
+
+    fn layer_norm(
+        &mut self,
+        x: &Buf,
+        y: &Buf,
+        g: &DevW,
+        b: &DevW,
+        eps: f32,
+        scale: f32,
+    ) -> Result<()> {
+        let width = g.t.cols.max(1);
+        let rows = x.len() / width;
+        let args = [
+            A::P(self.at(x)),
+            A::P(self.at(y)),
+            A::P(g.addr_a()),
+            A::P(b.addr_a()),
+            i(rows),
+            i(width),
+            A::F(eps),
+            A::F(scale),
+        ];
+        self.launch("tp_layernorm", per_thread(rows), 0, &args)
+    }
+
+    fn attention(
+        &mut self,
+        q: &Buf,
+        k: &Buf,
+        v: &Buf,
+        out: &Buf,
+        tokens: usize,
+        heads: usize,
+        _scratch: &Buf,
+    ) -> Result<()> {
+        let d = q.len() / tokens.max(1);
+        let args = [
+            A::P(self.at(q)),
+            A::P(self.at(k)),
+            A::P(self.at(v)),
+            A::P(self.at(out)),
+            i(tokens),
+            i(d),
+            i(heads),
+        ];
+        self.launch("tp_attention", per_thread(tokens * heads), 0, &args)
+    }
+
+    fn attn_pool(&mut self, u: &Buf, query: &DevW, out: &Buf, _scratch: &Buf) -> Result<()> {
+        let d = query.t.cols.max(1);
+        let l = u.len() / d;
+        let shared = u32::try_from(4 * l).map_err(|_| E_SHAPE)?;
+        let args = [
+            A::P(self.at(u)),
+            A::P(query.addr_a()),
+            A::P(self.at(out)),
+            i(l),
+            i(d),
+        ];
+        self.launch("tp_attn_pool", (1, BLOCK), shared, &args)
+    }
+
+    fn gate_logits(&mut self, p: &Buf, gate: &DevW, function: GateFn, out: &Buf) -> Result<()> {
+        // tp_gate with acc = 0, scale = 1 writes 0 + raw: the raw logits, but a
+        // Laplace -0.0 comes out +0.0 (the bound in tests/conformance.rs).
+        let args = [
+            A::P(self.at(p)),
+            A::P(gate.addr_a()),
+            A::P(self.at(out)),
+            i(gate.t.rows),
+            i(gate.t.cols),
+            i(usize::from(function == GateFn::Laplace)),
+            i(0),
+            A::F(1.0),
+        ];
+        self.launch("tp_gate", per_thread(gate.t.rows), 0, &args)
+    }
+
+    fn axpy(&mut self, a: f32, x: &Buf, y: &Buf) -> Result<()> {
+        let args = [A::P(self.at(y)), A::P(self.at(x)), A::F(a), i(y.len())];
+        self.launch("tp_axpy", per_thread(y.len()), 0, &args)
+    }
+
+    fn fill(&mut self, y: &Buf, v: f32) -> Result<()> {
+        if v.to_bits() != 0 {
+            return Err(invalid("the CUDA backend fills with +0.0 only"));
+        }
+        // SAFETY: `y` lies inside the arena (the plan proved it).
+        unsafe { result::memset_d8_async(self.at(y), 0, 4 * y.len(), self.stream.cu_stream()) }
+            .map_err(drv("cuMemsetD8Async"))
+    }
+
+    fn copy(&mut self, src: &Buf, dst: &Buf) -> Result<()> {
+        // SAFETY: both ranges lie in the arena (the plan proved it).
+        unsafe {
+            result::memcpy_dtod_async(
+                self.at(dst),
+                self.at(src),
+                4 * dst.len().min(src.len()),
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(drv("cuMemcpyDtoDAsync"))
+    }
+
+    fn route(&mut self, logits: &Buf, mask: &ExpertMask, k: usize, route: &Buf) -> Result<()> {
+        let w = |n: usize| A::U((mask.0[n / 2] >> (32 * (n % 2))) as u32);
+        let args = [
+            A::P(self.at(logits)),
+            i(logits.len()),
+            w(0),
+            w(1),
+            w(2),
+            w(3),
+            w(4),
+            w(5),
+            w(6),
+            w(7),
+            i(k),
+            A::P(self.at(route)),
+        ];
+        self.launch("tp_route", (1, 1), 0, &args)
+    }
+
+    fn read_route(
+        &mut self,
+        route: &Buf,
+        k: usize,
+        experts: &mut [u32],
+        gates: &mut [f32],
+    ) -> Result<usize> {
+        let n = (1 + 2 * k).min(route.len()).min(self.host_route.len());
         let cs = self.stream.cu_stream();
-        // SAFETY: `out` holds d floats of the arena.
-        unsafe { result::memset_d8_async(self.slot(out), 0, 4 * d, cs) }
-            .map_err(drv("cuMemsetD8Async"))?;
-        // The host picks the expert blobs, so it needs the route now.
-        let mut host_route = std::mem::take(&mut self.host_route);
-        // SAFETY: the route slot holds 1 + 2k floats (session check at init).
-        let copied =
-            unsafe { result::memcpy_dtoh_async(&mut host_route[..], self.slot(route), cs) }
-                .map_err(drv("cuMemcpyDtoHAsync"))
-                .and_then(|()| {
-                    self.stream
-                        .synchronize()
-                        .map_err(drv("cuStreamSynchronize"))
-                });
-        self.host_route = host_route;
-        copied?;
-        let r = &self.host_route;
-        let got = r[0] as usize;
-        if got > kk {
+        let at = self.at(route);
+        // SAFETY: the route slot holds 1 + 2k floats (the plan proved it)
+        // and `host_route` holds `n` of them.
+        unsafe { result::memcpy_dtoh_async(&mut self.host_route[..n], at, cs) }
+            .map_err(drv("cuMemcpyDtoHAsync"))?;
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))?;
+        let r = &self.host_route[..n];
+        let got = r[0];
+        if !(got >= 0.0 && got <= k as f32) {
             return Err(E_ROUTE_COUNT);
         }
-        let mut work: Vec<(Component, f32)> = Vec::with_capacity(got * (stage + 1));
+        let got = got as usize;
         for j in 0..got {
-            let (e, g) = (r[1 + j], r[1 + kk + j]);
-            if !(e >= 0.0 && (e as u64) < 64 && self.path_union & (1 << e as u64) != 0) {
-                return Err(E_ROUTE_PATH);
-            }
-            for c in 0..=stage {
-                let comp = *self.components.get(&(e as usize, c)).ok_or(E_COMPONENT)?;
-                work.push((comp, g));
-            }
+            let e = r[1 + j];
+            experts[j] = if e >= 0.0 { e as u32 } else { u32::MAX };
+            gates[j] = r[1 + k + j];
         }
+        Ok(got)
+    }
+
+    fn conv3(
+        &mut self,
+        w: &DevW,
+        b: &DevW,
+        u: &Buf,
+        width: usize,
+        token: usize,
+        out: &Buf,
+    ) -> Result<()> {
+        let args = [
+            A::P(w.addr_a()),
+            A::P(b.addr_a()),
+            A::P(self.at(u)),
+            i(u.len() / width.max(1)),
+            i(width),
+            i(token),
+            A::P(self.at(out)),
+            i(w.t.rows),
+        ];
+        self.launch("tp_conv3_f32", per_thread(w.t.rows), 0, &args)
+    }
+
+    fn conv_window(&mut self, u: &Buf, width: usize, token: usize, window: &Buf) -> Result<()> {
+        let args = [
+            A::P(self.at(u)),
+            i(u.len() / width.max(1)),
+            i(width),
+            i(token),
+            A::P(self.at(window)),
+        ];
+        self.launch("tp_conv_cat", per_thread(3 * width), 0, &args)
+    }
+
+    fn gelu_add(&mut self, x: &Buf, residual: Option<&Buf>) -> Result<()> {
+        match residual {
+            Some(r) => self.launch(
+                "tp_gelu_add",
+                per_thread(x.len()),
+                0,
+                &[A::P(self.at(x)), A::P(self.at(r)), i(x.len())],
+            ),
+            None => self.launch(
+                "tp_gelu",
+                per_thread(x.len()),
+                0,
+                &[A::P(self.at(x)), i(x.len())],
+            ),
+        }
+    }
+}
+
+/// Expert weights on the device: mapped package pages, or the device cache
+/// filled on the copy stream ahead of the compute stream.
+struct DevExperts<'t, 'm> {
+    model: &'m Model<'m>,
+    components: &'t HashMap<(u32, usize, usize), (u32, ExpertTensors<DevTensor>)>,
+    cache: Option<&'t mut (SlotCache, DevMem)>,
+    blobs: &'t HashMap<u32, u64>,
+    copy: &'t Arc<CudaStream>,
+    stream: &'t Arc<CudaStream>,
+    pending: &'t mut Vec<(u64, Option<CudaEvent>)>,
+    next: usize,
+}
+
+impl<'t> ExpertSource<DevPrims<'t>> for DevExperts<'_, '_> {
+    fn prepare(&mut self, step: &Step, selected: &[u32]) -> Result<()> {
+        let Step::Moe {
+            group, components, ..
+        } = *step
+        else {
+            return Err(invalid("not an expert step"));
+        };
+        self.pending.clear();
+        self.next = 0;
         // Resolve every blob first: misses start uploading on the copy
         // stream right away, each followed by an event the compute stream
         // waits on just before that component, so uploads run ahead.
-        let mut addrs: Vec<(u64, Option<CudaEvent>)> = Vec::with_capacity(work.len());
         let mut copy_waited = false;
-        for (comp, _) in &work {
-            let Some((cache, mem)) = self.cache.as_mut() else {
-                addrs.push((self.blob_addr(comp.blob)?, None));
-                continue;
-            };
-            let src = self.model.blob(comp.blob).ok_or(E_COMPONENT)?.bytes;
-            let look = cache.lookup(comp.blob, src.len())?;
-            let addr = mem.ptr + (look.slot() * cache.slot_bytes()) as u64;
-            if let Lookup::Miss { .. } = look {
-                if !copy_waited {
-                    // An evicted slot may still be read by kernels already queued.
-                    let ev = self
-                        .stream
-                        .record_event(None)
-                        .map_err(drv("cuEventRecord"))?;
-                    self.copy.wait(&ev).map_err(drv("cuStreamWaitEvent"))?;
-                    copy_waited = true;
+        for &e in selected {
+            for c in 0..components {
+                let (blob, _) = self
+                    .components
+                    .get(&(group, e as usize, c))
+                    .ok_or(E_COMPONENT)?;
+                let Some((cache, mem)) = self.cache.as_deref_mut() else {
+                    let addr = self
+                        .blobs
+                        .get(blob)
+                        .copied()
+                        .ok_or_else(|| unmapped(*blob))?;
+                    self.pending.push((addr, None));
+                    continue;
+                };
+                let src = self.model.blob(*blob).ok_or(E_COMPONENT)?.bytes;
+                let look = cache.lookup(*blob, src.len())?;
+                let addr = mem.ptr + (look.slot() * cache.slot_bytes()) as u64;
+                if let Lookup::Miss { .. } = look {
+                    if !copy_waited {
+                        // An evicted slot may still be read by kernels already queued.
+                        let ev = self
+                            .stream
+                            .record_event(None)
+                            .map_err(drv("cuEventRecord"))?;
+                        self.copy.wait(&ev).map_err(drv("cuStreamWaitEvent"))?;
+                        copy_waited = true;
+                    }
+                    // SAFETY: the slot holds slot_bytes >= src.len() bytes; `src`
+                    // is the package's (registered, hence pinned, or pageable)
+                    // memory, alive for the task's lifetime.
+                    unsafe { result::memcpy_htod_async(addr, src, self.copy.cu_stream()) }
+                        .map_err(drv("cuMemcpyHtoDAsync"))?;
+                    let ev = self.copy.record_event(None).map_err(drv("cuEventRecord"))?;
+                    self.pending.push((addr, Some(ev)));
+                } else {
+                    self.pending.push((addr, None));
                 }
-                // SAFETY: the slot holds slot_bytes >= src.len() bytes; `src`
-                // is the package's (registered, hence pinned, or pageable)
-                // memory, alive for the task's lifetime.
-                unsafe { result::memcpy_htod_async(addr, src, self.copy.cu_stream()) }
-                    .map_err(drv("cuMemcpyHtoDAsync"))?;
-                let ev = self.copy.record_event(None).map_err(drv("cuEventRecord"))?;
-                addrs.push((addr, Some(ev)));
-            } else {
-                addrs.push((addr, None));
             }
-        }
-        let ut = self.slot(u) + 4 * (token * d) as u64;
-        for ((comp, g), (base, ev)) in work.iter().zip(&addrs) {
-            if let Some(ev) = ev {
-                self.stream.wait(ev).map_err(drv("cuStreamWaitEvent"))?;
-            }
-            self.component(comp, *base, u, l, token, ut, *g, out, d)?;
-            stats.weight_bytes += comp.tensors().iter().map(|t| t.bytes).sum::<usize>();
-            stats.expert_components += 1;
         }
         Ok(())
     }
 
-    /// `out += g * fc2(GELU(fc1(LN(u_t + GELU(conv(u)_t)))))` for one component.
-    #[allow(clippy::too_many_arguments)]
-    fn component(
-        &self,
-        c: &Component,
-        base: u64,
-        u: usize,
-        l: usize,
-        token: usize,
-        ut: u64,
-        g: f32,
-        out: usize,
-        d: usize,
-    ) -> Result<()> {
-        let h = self.model.hparams().ffn_hidden as usize;
-        let v = |t: &Tensor| base + t.off_a as u64;
-        if c.conv_w.format == WeightFormat::F32 && c.conv_w.rank == 0 {
-            // Dense f32: the CPU skips the zero-padded taps (conv3_at), so must we.
-            let args = [
-                A::P(v(&c.conv_w)),
-                A::P(v(&c.conv_b)),
-                A::P(self.slot(u)),
-                i(l),
-                i(d),
-                i(token),
-                A::P(self.hbuf.ptr),
-                i(c.conv_w.rows),
-            ];
-            self.launch("tp_conv3_f32", per_thread(c.conv_w.rows), 0, &args)?;
-        } else {
-            let cat = self.cat.ptr;
-            self.launch(
-                "tp_conv_cat",
-                per_thread(3 * d),
-                0,
-                &[A::P(self.slot(u)), i(l), i(d), i(token), A::P(cat)],
-            )?;
-            self.linear(&c.conv_w, base, cat, v(&c.conv_b), 1, self.hbuf.ptr)?;
+    fn component<T: Tracer + ?Sized>(
+        &mut self,
+        step: &Step,
+        j: usize,
+        c: usize,
+        _tracer: &mut T,
+    ) -> Result<ExpertTensors<DevW>> {
+        let Step::Moe { group, .. } = *step else {
+            return Err(invalid("not an expert step"));
+        };
+        let (_, t) = self.components.get(&(group, j, c)).ok_or(E_COMPONENT)?;
+        let (base, ev) = self.pending.get(self.next).ok_or(E_COMPONENT)?;
+        self.next += 1;
+        if let Some(ev) = ev {
+            self.stream.wait(ev).map_err(drv("cuStreamWaitEvent"))?;
         }
-        self.launch(
-            "tp_gelu_add",
-            per_thread(d),
-            0,
-            &[A::P(self.hbuf.ptr), A::P(ut), i(d)],
-        )?;
-        self.launch(
-            "tp_layernorm",
-            per_thread(1),
-            0,
-            &[
-                A::P(self.hbuf.ptr),
-                A::P(self.hbuf.ptr),
-                A::P(v(&c.ln_g)),
-                A::P(v(&c.ln_b)),
-                i(1),
-                i(d),
-                A::F(self.model.hparams().ln_eps),
-                A::F(1.0),
-            ],
-        )?;
-        self.linear(&c.fc1_w, base, self.hbuf.ptr, v(&c.fc1_b), 1, self.mid.ptr)?;
-        self.launch("tp_gelu", per_thread(h), 0, &[A::P(self.mid.ptr), i(h)])?;
-        self.linear(&c.fc2_w, base, self.mid.ptr, v(&c.fc2_b), 1, self.obuf.ptr)?;
-        self.launch(
-            "tp_axpy",
-            per_thread(d),
-            0,
-            &[A::P(self.slot(out)), A::P(self.obuf.ptr), A::F(g), i(d)],
-        )
+        let base = *base;
+        ExpertTensors::try_from_fn(|k| -> Result<DevW> {
+            Ok(DevW {
+                t: *t.all()[k as usize],
+                base,
+            })
+        })
     }
 }
 
@@ -1109,10 +1156,6 @@ const E_SHAPE: CudaError = CudaError::Runtime(taskpath_runtime::Error::InvalidPr
 const E_ROUTE_COUNT: CudaError = CudaError::Runtime(taskpath_runtime::Error::InvalidProgram {
     op: 0,
     why: "route slot holds more than top_k experts",
-});
-const E_ROUTE_PATH: CudaError = CudaError::Runtime(taskpath_runtime::Error::InvalidProgram {
-    op: 0,
-    why: "route names an expert outside the task's path",
 });
 const E_COMPONENT: CudaError = CudaError::Runtime(taskpath_runtime::Error::InvalidProgram {
     op: 0,

@@ -479,24 +479,37 @@ extern "C" __global__ void tp_gate(const float* p, const float* w, float* logits
 
 // Top-k over the experts in `mask` (NaN ranks last, ties to the lower index),
 // then softmax over the chosen logits: route = [count, idx[k], gate[k]].
-extern "C" __global__ void tp_route(const float* logits, int n, u32 mask_lo, u32 mask_hi,
-                                    int k, float* route) {
+// The mask is 256 bits (experts 0..256) as eight u32 words, low word first.
+extern "C" __global__ void tp_route(const float* logits, int n, u32 m0, u32 m1, u32 m2, u32 m3,
+                                    u32 m4, u32 m5, u32 m6, u32 m7, int k, float* route) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    u64 valid = n >= 64 ? ~0ull : ((1ull << n) - 1);
-    u64 remaining = (((u64)mask_hi << 32) | mask_lo) & valid;
-    int kk = min(k, __popcll(remaining));
+    u64 remaining[4] = {((u64)m1 << 32) | m0, ((u64)m3 << 32) | m2, ((u64)m5 << 32) | m4,
+                        ((u64)m7 << 32) | m6};
+    int count = 0;
+    for (int w = 0; w < 4; w++) {
+        int lo = 64 * w;
+        if (n <= lo) remaining[w] = 0;
+        else if (n - lo < 64) remaining[w] &= (1ull << (n - lo)) - 1;
+        count += __popcll(remaining[w]);
+    }
+    int kk = min(k, count);
     float gate[64];
     float mx = NEG_INF;
     for (int slot = 0; slot < kk; slot++) {
-        int best = __ffsll(remaining) - 1;
-        u64 bits = remaining & (remaining - 1);
-        while (bits) {
-            int j = __ffsll(bits) - 1;
-            float a = logits[j], bb = logits[best];
-            if (!isnan(a) && (isnan(bb) || a > bb)) best = j;
-            bits &= bits - 1;
+        int best = -1;
+        for (int w = 0; w < 4; w++) {
+            u64 bits = remaining[w];
+            while (bits) {
+                int j = 64 * w + __ffsll(bits) - 1;
+                if (best < 0) best = j;
+                else {
+                    float a = logits[j], bb = logits[best];
+                    if (!isnan(a) && (isnan(bb) || a > bb)) best = j;
+                }
+                bits &= bits - 1;
+            }
         }
-        remaining &= ~(1ull << best);
+        remaining[best / 64] &= ~(1ull << (best % 64));
         route[1 + slot] = (float)best;
         gate[slot] = logits[best];
         mx = fmaxf(mx, gate[slot]);

@@ -1,10 +1,11 @@
 //! CUDA backend (cudarc, NVRTC) for Jetson and desktop GPUs.
 //!
-//! [`CudaBackend`] implements the runtime's [`taskpath_runtime::Backend`]
-//! for every op of the reference model (Encode, LayerNorm, Linear,
-//! Attention, AttnPool, Gate, Route, Moe with low-rank factors and the k = 3
-//! convolution, Copy) and every weight format (f32, f16, i8row and the
-//! int4/int2 LUT formats). Kernels are CUDA C ([`kernels::SOURCE`]) compiled
+//! [`CudaBackend`] implements the runtime's [`taskpath_runtime::Backend`]:
+//! it builds the task's plan with the runtime, then runs the plan's steps
+//! through the runtime's one definition of every op
+//! ([`taskpath_runtime::exec::run_step`]) with device primitives — kernel
+//! launches over a device copy of the slots region — for every weight
+//! format (f32, f16, i8row and the int4/int2 LUT formats). Kernels are CUDA C ([`kernels::SOURCE`]) compiled
 //! by NVRTC at first use and cached per process; cudarc loads libcuda and
 //! libnvrtc dynamically, so this crate builds and its host tests run on
 //! machines without CUDA, where the backend reports itself unavailable.
@@ -21,12 +22,11 @@
 
 mod cache;
 mod device;
-#[cfg(test)]
-mod emu;
+pub mod emu;
 mod error;
 pub mod geometry;
 pub mod kernels;
-mod plan;
+pub mod weights;
 
 pub use cache::{Lookup, SlotCache};
 pub use device::{CudaBackend, CudaOptions, CudaTask, DeviceInfo, Residency};

@@ -6,15 +6,20 @@
 //! payload is the exported ONNX graph, for a vendor NPU it would be the
 //! vendor compiler's output), and runs a handle on static-shaped f32 inputs
 //! ([`Delegate::execute`]). A delegate may decline a segment; the
-//! [`Executor`] then runs it on the CPU, as it always runs the glue.
+//! [`Executor`] then runs it on the CPU, as it always runs the glue, through
+//! the runtime's own op definitions and CPU primitives
+//! ([`taskpath_runtime::exec::run_step`]), so with no delegate its outputs
+//! are the session's, bit for bit.
 
-use taskpath_cpu::f32 as k;
-use taskpath_cpu::qmatvec::Kernels;
-use taskpath_runtime::{Model, TaskInfo};
+use taskpath_runtime::cpu::CpuPrims;
+use taskpath_runtime::exec::{conv_ffn, run_step, ExpertSource, Meter};
+use taskpath_runtime::plan::{expert_views, Buf, Plan, PlanBuffers, Step as PlanStep};
+use taskpath_runtime::{
+    ExpertTensors, Kernels, Model, NoTrace, RunStats, TaskInfo, TensorView, Tracer,
+};
 
-use crate::cpu::{window, Cpu, Values};
 use crate::error::{Error, Result};
-use crate::plan::{Plan, Segment, SegmentKind, Source, Step};
+use crate::plan::{Segment, SegmentKind, SegmentPlan, Source, Step};
 
 /// A backend that runs whole segments (ExecuTorch-style: availability,
 /// compile once, execute many; state lives in the handles).
@@ -76,10 +81,13 @@ pub type Observer<'o> = dyn FnMut(&Segment, &[&[f32]], &[&[f32]]) + 'o;
 pub struct Executor<'m, 'a, D: Delegate> {
     model: &'m Model<'a>,
     task: TaskInfo<'a>,
-    plan: Plan,
+    plan: SegmentPlan,
+    /// The runtime plan's tensor table (the CPU steps index it).
+    tensors: Vec<TensorView<'a>>,
     delegate: D,
     handles: Vec<Option<D::Handle>>,
-    cpu: Cpu,
+    kernels: Kernels,
+    arena: Vec<f32>,
     unavailable: Option<String>,
 }
 
@@ -104,8 +112,12 @@ impl<'m, 'a, D: Delegate> Executor<'m, 'a, D> {
         mut delegate: D,
         mut payload: impl FnMut(&Segment) -> Result<Option<Vec<u8>>>,
     ) -> Result<Self> {
-        let plan = Plan::new(model, task)?;
+        let plan = SegmentPlan::new(model, task)?;
         let info = model.task(task)?;
+        let mut storage = PlanBuffers::new(&info);
+        let tensors = Plan::build(model, task, storage.storage())?
+            .tensors()
+            .to_vec();
         let unavailable = delegate.is_available().err();
         let mut handles = Vec::with_capacity(plan.segments.len());
         for seg in &plan.segments {
@@ -115,20 +127,22 @@ impl<'m, 'a, D: Delegate> Executor<'m, 'a, D> {
             };
             handles.push(h);
         }
-        let cpu = Cpu::new(&plan, Kernels::best());
+        let arena = vec![0.0; plan.arena_len];
         Ok(Self {
             model,
             task: info,
             plan,
+            tensors,
             delegate,
             handles,
-            cpu,
+            kernels: Kernels::best(),
+            arena,
             unavailable,
         })
     }
 
-    /// The plan being run.
-    pub fn plan(&self) -> &Plan {
+    /// The segment plan being run.
+    pub fn plan(&self) -> &SegmentPlan {
         &self.plan
     }
 
@@ -191,170 +205,328 @@ impl<'m, 'a, D: Delegate> Executor<'m, 'a, D> {
                 self.task.outputs
             )));
         }
-        let mut values = Values::new();
         let mut stats = ExecStats::default();
-        let steps = self.plan.steps.clone();
-        for step in steps {
-            match step {
-                Step::Segment(si) => {
-                    self.run_dense(si, inputs, &mut values, &mut stats, observer)?
+        let Self {
+            model,
+            plan,
+            tensors,
+            delegate,
+            handles,
+            kernels,
+            arena,
+            ..
+        } = self;
+        // Ops run in program order on one arena laid out by the task's
+        // memory plan, so a value's bytes may be reused once it is dead. A
+        // segment's inputs are therefore captured when they are written:
+        // `captured[seg][port]`, the value the segment's ops would read.
+        let mut captured: Vec<Vec<Option<Vec<f32>>>> = plan
+            .segments
+            .iter()
+            .map(|s| vec![None; s.inputs.len()])
+            .collect();
+        let glue: std::collections::BTreeMap<u32, Step> = plan
+            .steps
+            .iter()
+            .filter_map(|&st| match st {
+                Step::Route(i) | Step::Moe(i) => Some((i, st)),
+                Step::Segment(_) => None,
+            })
+            .collect();
+        for i in 0..plan.ops.len() as u32 {
+            match (glue.get(&i), plan.segment_of(i)) {
+                (Some(Step::Moe(_)), _) => {
+                    let mut experts = NpuExperts {
+                        model,
+                        plan,
+                        delegate: &mut *delegate,
+                        handles: &mut handles[..],
+                        observer: &mut *observer,
+                        stats: &mut stats,
+                    };
+                    cpu_step(
+                        model,
+                        plan,
+                        tensors,
+                        kernels,
+                        arena,
+                        inputs,
+                        i,
+                        Some(&mut experts),
+                    )?;
                 }
-                Step::Route(i) => Cpu::route(self.model, &self.task, &self.plan, i, &mut values)?,
-                Step::Moe(i) => self.moe(i, &mut values, &mut stats, observer)?,
+                (Some(_), _) => {
+                    cpu_step::<D>(model, plan, tensors, kernels, arena, inputs, i, None)?
+                }
+                (None, Some(si)) => {
+                    let seg = &plan.segments[si];
+                    let last = seg.ops.last() == Some(&i);
+                    if let Some(h) = handles[si].as_mut() {
+                        if last {
+                            let ins = port_values(seg, inputs, &captured[si])?;
+                            let mut outs: Vec<Vec<f32>> =
+                                seg.outputs.iter().map(|p| vec![0.0; p.numel()]).collect();
+                            {
+                                let mut refs: Vec<&mut [f32]> =
+                                    outs.iter_mut().map(|v| &mut v[..]).collect();
+                                delegate.execute(h, &ins, &mut refs)?;
+                            }
+                            let outs_ref: Vec<&[f32]> = outs.iter().map(|v| &v[..]).collect();
+                            observer(seg, &ins, &outs_ref);
+                            for (p, v) in seg.outputs.iter().zip(&outs) {
+                                if let Source::Slot(s) = p.source {
+                                    let r = plan.slots[s as usize];
+                                    arena[r.start..r.start + v.len()].copy_from_slice(v);
+                                }
+                            }
+                            stats.delegated += 1;
+                        }
+                    } else {
+                        cpu_step::<D>(model, plan, tensors, kernels, arena, inputs, i, None)?;
+                        if last {
+                            let ins = port_values(seg, inputs, &captured[si])?;
+                            let outs = port_values_out(plan, seg, arena);
+                            observer(seg, &ins, &outs);
+                            stats.cpu += 1;
+                        }
+                    }
+                }
+                (None, None) => {
+                    return Err(Error::Program {
+                        op: i,
+                        why: "an op in no segment and not glue".into(),
+                    })
+                }
             }
+            capture(plan, i, arena, &mut captured);
         }
-        let (slot, n) = self.plan.output;
-        let out = values
-            .get(&slot)
-            .ok_or_else(|| shape("no segment wrote the task's output".into()))?;
-        outputs.copy_from_slice(&out[..n]);
+        let (slot, n) = plan.output;
+        let r = plan.slots[slot as usize];
+        outputs.copy_from_slice(&arena[r.start..r.start + n]);
         Ok(stats)
     }
+}
 
-    fn port_values<'v>(
-        seg: &Segment,
-        inputs: &[&'v [f32]],
-        values: &'v Values,
-    ) -> Result<Vec<&'v [f32]>> {
-        seg.inputs
-            .iter()
-            .map(|p| {
-                let v: &[f32] = match p.source {
-                    Source::TaskInput(i) => inputs.get(i).copied().unwrap_or(&[]),
-                    Source::Slot(s) => values.get(&s).map_or(&[][..], |v| &v[..]),
-                    Source::Window => &[],
-                };
-                if v.len() != p.numel() {
-                    return Err(Error::Shape {
-                        what: format!("{} input {}", seg.name, p.name),
-                        why: format!("{} values, the port takes {}", v.len(), p.numel()),
-                    });
-                }
-                Ok(v)
-            })
-            .collect()
-    }
-
-    fn run_dense(
-        &mut self,
-        si: usize,
-        inputs: &[&[f32]],
-        values: &mut Values,
-        stats: &mut ExecStats,
-        observer: &mut Observer<'_>,
-    ) -> Result<()> {
-        let seg = &self.plan.segments[si];
-        if let Some(h) = self.handles[si].as_mut() {
-            let ins = Self::port_values(seg, inputs, values)?;
-            let mut outs: Vec<Vec<f32>> =
-                seg.outputs.iter().map(|p| vec![0.0; p.numel()]).collect();
-            {
-                let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| &mut v[..]).collect();
-                self.delegate.execute(h, &ins, &mut refs)?;
-            }
-            let outs_ref: Vec<&[f32]> = outs.iter().map(|v| &v[..]).collect();
-            observer(seg, &ins, &outs_ref);
-            for (p, v) in seg.outputs.iter().zip(outs) {
-                if let Source::Slot(s) = p.source {
-                    values.insert(s, v);
-                }
-            }
-            stats.delegated += 1;
-        } else {
-            self.cpu
-                .run_segment(self.model, &self.plan, si, inputs, values)?;
-            let ins = Self::port_values(seg, inputs, values)?;
-            let outs: Vec<&[f32]> = seg
-                .outputs
-                .iter()
-                .map(|p| match p.source {
-                    Source::Slot(s) => values.get(&s).map_or(&[][..], |v| &v[..]),
-                    _ => &[],
-                })
-                .collect();
-            observer(seg, &ins, &outs);
-            stats.cpu += 1;
-        }
-        Ok(())
-    }
-
-    /// The `Moe` glue: for each routed expert and each component `0..=stage`,
-    /// gather the conv window at the op's token, run the component (delegate
-    /// or CPU) and add it weighted by its gate, in the session's order.
-    fn moe(
-        &mut self,
-        i: u32,
-        values: &mut Values,
-        stats: &mut ExecStats,
-        observer: &mut Observer<'_>,
-    ) -> Result<()> {
-        let r = self.plan.ops[i as usize].rec;
-        let hp = self.model.hparams();
-        let (d, kk) = (hp.d_model as usize, hp.top_k as usize);
-        let (l, stage, token) = (r.a1 as usize, r.a3 as usize, r.a4 as usize);
-        let bad = |why: &str| Error::Program {
+/// Runs op `i` of the plan on the CPU (the runtime's definition of it);
+/// `Moe` ops take their experts from `experts`.
+#[allow(clippy::too_many_arguments)]
+fn cpu_step<D: Delegate>(
+    model: &Model<'_>,
+    plan: &SegmentPlan,
+    tensors: &[TensorView<'_>],
+    kernels: &Kernels,
+    arena: &mut [f32],
+    inputs: &[&[f32]],
+    i: u32,
+    experts: Option<&mut NpuExperts<'_, '_, '_, D>>,
+) -> Result<()> {
+    let step = plan
+        .ops
+        .get(i as usize)
+        .map(|o| o.step)
+        .ok_or_else(|| Error::Program {
             op: i,
-            why: why.into(),
-        };
-        if stage > self.task.stage || token >= l {
-            return Err(bad(
-                "experts beyond the task's stage or token beyond the sequence",
-            ));
-        }
-        let u = values
-            .get(&r.a0)
-            .ok_or_else(|| bad("Moe before its input"))?;
-        let route = values
-            .get(&r.a2)
-            .ok_or_else(|| bad("Moe before its route"))?;
-        if u.len() != l * d || route.len() != 1 + 2 * kk {
-            return Err(bad("Moe inputs of the wrong length"));
-        }
-        let got = route[0] as usize;
-        if got > kk {
-            return Err(bad("route holds more than top_k experts"));
-        }
-        let (u, route) = (u.clone(), route.clone());
-        let mut out = vec![0.0; d];
-        for j in 0..got {
-            let (e, g) = (route[1 + j], route[1 + kk + j]);
-            if !(e >= 0.0 && (e as usize) < hp.experts as usize) {
-                return Err(bad("route names no expert"));
-            }
-            let e = e as usize;
-            for c in 0..=stage {
-                let si = self
-                    .plan
-                    .expert_segment(e, c)
-                    .ok_or_else(|| bad("route names an expert outside the task's path"))?;
-                let seg = &self.plan.segments[si];
-                let x = window(&u, d, token);
-                let y = match self.handles[si].as_mut() {
-                    Some(h) => {
-                        let mut y = vec![0.0; d];
-                        self.delegate.execute(h, &[&x], &mut [&mut y])?;
-                        stats.delegated += 1;
-                        y
-                    }
-                    None => {
-                        let rec = self
-                            .model
-                            .expert(e, c)
-                            .ok_or_else(|| bad("missing expert component"))?;
-                        stats.cpu += 1;
-                        self.cpu.expert(self.model, &rec, &u, token, i)?
-                    }
-                };
-                observer(seg, &[&x], &[&y]);
-                k::axpy(g, &y, &mut out);
-            }
-        }
-        values.insert(r.a5, out);
-        Ok(())
+            why: "no such op".into(),
+        })?;
+    let mut prims = CpuPrims::new(arena, inputs, kernels);
+    let mut stats = RunStats::default();
+    let mut m = Meter {
+        tracer: &mut NoTrace,
+        stats: &mut stats,
+    };
+    let ctx = taskpath_runtime::exec::RunCtx::default();
+    match experts {
+        Some(x) => run_step(i, &step, &ctx, tensors, &mut prims, x, &mut m)?,
+        None => run_step(
+            i,
+            &step,
+            &ctx,
+            tensors,
+            &mut prims,
+            &mut NoExperts { model },
+            &mut m,
+        )?,
     }
+    Ok(())
+}
+
+/// Ops without experts need no source; one that asks gets an error.
+struct NoExperts<'s, 'a> {
+    model: &'s Model<'a>,
+}
+
+impl<'p, 'i> ExpertSource<CpuPrims<'p, 'i>> for NoExperts<'_, '_> {
+    fn component<T: Tracer + ?Sized>(
+        &mut self,
+        _step: &PlanStep,
+        _j: usize,
+        _c: usize,
+        _tracer: &mut T,
+    ) -> taskpath_runtime::Result<ExpertTensors<TensorView<'_>>> {
+        let _ = self.model;
+        Err(taskpath_runtime::Error::InvalidProgram {
+            op: 0,
+            why: "experts outside a Moe step",
+        })
+    }
+}
+
+/// The `Moe` glue's experts: each component runs on the delegate when it
+/// compiled the component's segment, else on the CPU with the runtime's
+/// expert definition; either way the observer sees window in, output out.
+struct NpuExperts<'e, 'o, 'a, D: Delegate> {
+    model: &'e Model<'a>,
+    plan: &'e SegmentPlan,
+    delegate: &'e mut D,
+    handles: &'e mut [Option<D::Handle>],
+    observer: &'e mut Observer<'o>,
+    stats: &'e mut ExecStats,
+}
+
+impl<'p, 'i, D: Delegate> ExpertSource<CpuPrims<'p, 'i>> for NpuExperts<'_, '_, '_, D> {
+    fn delegates(&self, _step: &PlanStep, _j: usize, _c: usize) -> bool {
+        true
+    }
+
+    fn run_component(
+        &mut self,
+        p: &mut CpuPrims<'p, 'i>,
+        step: &PlanStep,
+        j: usize,
+        c: usize,
+    ) -> taskpath_runtime::Result<Buf> {
+        let PlanStep::Moe {
+            group,
+            u,
+            token,
+            width: d,
+            scratch,
+            eps,
+            ..
+        } = *step
+        else {
+            return Err(bad_expert());
+        };
+        let si = self.plan.expert_segment(j, c).ok_or(bad_expert())?;
+        let seg = &self.plan.segments[si];
+        let x: Vec<f32> = p.slots()[scratch.window.range()].to_vec();
+        let y = scratch.out.prefix(d);
+        match self.handles[si].as_mut() {
+            Some(h) => {
+                let mut out = vec![0.0; d];
+                self.delegate
+                    .execute(h, &[&x], &mut [&mut out])
+                    .map_err(|_| taskpath_runtime::Error::InvalidProgram {
+                        op: 0,
+                        why: "the delegate failed on an expert",
+                    })?;
+                p.slots_mut()[y.range()].copy_from_slice(&out);
+                self.stats.delegated += 1;
+            }
+            None => {
+                let w = expert_views(self.model, group, j, c).ok_or(bad_expert())?;
+                let got = conv_ffn(p, &w, &u, d, token, &scratch, eps)?;
+                debug_assert_eq!(got, y);
+                self.stats.cpu += 1;
+            }
+        }
+        let out = p.slots()[y.range()].to_vec();
+        (self.observer)(seg, &[&x], &[&out]);
+        Ok(y)
+    }
+
+    fn component<T: Tracer + ?Sized>(
+        &mut self,
+        _step: &PlanStep,
+        _j: usize,
+        _c: usize,
+        _tracer: &mut T,
+    ) -> taskpath_runtime::Result<ExpertTensors<TensorView<'_>>> {
+        Err(bad_expert())
+    }
+}
+
+fn bad_expert() -> taskpath_runtime::Error {
+    taskpath_runtime::Error::InvalidProgram {
+        op: 0,
+        why: "missing expert component",
+    }
+}
+
+/// After op `i` ran: copies every slot it wrote that is a segment's input
+/// port (the value that segment reads, whatever later reuses the bytes).
+fn capture(plan: &SegmentPlan, i: u32, arena: &[f32], captured: &mut [Vec<Option<Vec<f32>>>]) {
+    let Some(op) = plan.ops.get(i as usize) else {
+        return;
+    };
+    for &(s, _) in &op.writes {
+        for (si, seg) in plan.segments.iter().enumerate() {
+            if seg.ops.contains(&i) {
+                continue;
+            }
+            for (k, p) in seg.inputs.iter().enumerate() {
+                if p.source == Source::Slot(s) {
+                    let r = plan.slots[s as usize];
+                    captured[si][k] = arena.get(r.start..r.start + p.numel()).map(<[f32]>::to_vec);
+                }
+            }
+        }
+    }
+}
+
+/// The values of a segment's input ports: task inputs, or the values captured.
+fn port_values<'v>(
+    seg: &Segment,
+    inputs: &[&'v [f32]],
+    captured: &'v [Option<Vec<f32>>],
+) -> Result<Vec<&'v [f32]>> {
+    seg.inputs
+        .iter()
+        .zip(captured)
+        .map(|(p, c)| {
+            let v: &[f32] = match p.source {
+                Source::TaskInput(i) => inputs.get(i).copied().unwrap_or(&[]),
+                Source::Slot(_) => c.as_deref().unwrap_or(&[]),
+                Source::Window => &[],
+            };
+            if v.len() != p.numel() {
+                return Err(Error::Shape {
+                    what: format!("{} input {}", seg.name, p.name),
+                    why: format!("{} values, the port takes {}", v.len(), p.numel()),
+                });
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+fn port_values_out<'v>(plan: &SegmentPlan, seg: &Segment, arena: &'v [f32]) -> Vec<&'v [f32]> {
+    seg.outputs
+        .iter()
+        .map(|p| match p.source {
+            Source::Slot(s) => {
+                let r = plan.slots[s as usize];
+                arena.get(r.start..r.start + p.numel()).unwrap_or(&[])
+            }
+            _ => &[],
+        })
+        .collect()
 }
 
 /// Whether `kind` is an expert segment.
 pub fn is_expert(kind: SegmentKind) -> bool {
     matches!(kind, SegmentKind::Expert { .. })
+}
+
+/// The conv window `[u_{t-1}; u_t; u_{t+1}]` (zero padded) of `u` (`[l, d]`)
+/// at token `token`: an expert segment's input.
+pub fn window(u: &[f32], d: usize, token: usize) -> Vec<f32> {
+    let l = u.len() / d.max(1);
+    let mut cat = vec![0.0; 3 * d];
+    for (tap, dst) in cat.chunks_exact_mut(d.max(1)).enumerate() {
+        if let Some(s) = (token + tap).checked_sub(1).filter(|&s| s < l) {
+            dst.copy_from_slice(&u[s * d..(s + 1) * d]);
+        }
+    }
+    cat
 }

@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
-use taskpath_cpu::quant::{dequantize, WeightFormat};
-use taskpath_format::records::{blob_kind, gating, ExpertRec};
-use taskpath_format::{Opcode, NONE};
+use taskpath_format::records::blob_kind;
+use taskpath_format::weight::{dequantize, i8_row};
+use taskpath_format::{GateFn, Op, TensorId, WeightFormat};
+use taskpath_runtime::plan::{expert_views, Step as PlanStep};
 use taskpath_runtime::{Model, TensorView};
 
 use crate::error::{Error, Result};
-use crate::plan::{Plan, Segment, SegmentKind, Source, Step};
+use crate::plan::{Segment, SegmentKind, SegmentPlan, Source, Step};
 use crate::proto::{self, dtype, Attr, Msg};
 
 /// The ONNX opset the graphs use: the first with `LayerNormalization`, and
@@ -273,7 +274,7 @@ impl<'m, 'a> Builder<'m, 'a> {
     ) -> Result<String> {
         let name = self.tensor_name(id);
         let b = match bias {
-            Some(b) if b != NONE => Some(self.vector(b, &[w.rows])?),
+            Some(b) if b != taskpath_format::NONE => Some(self.vector(b, &[w.rows])?),
             _ => None,
         };
         let (a, v) = dense_factors(w).map_err(|e| self.err(format!("{name}: {e}")))?;
@@ -389,23 +390,15 @@ impl<'m, 'a> Builder<'m, 'a> {
     }
 }
 
-/// Symmetric per-row int8: `scale_r = max|w_r| / 127` (1 for an all-zero row),
-/// `q = round(w / scale)` clamped to `[-127, 127]`.
+/// Symmetric per-row int8 of a row-major `[rows, cols]` matrix: the
+/// package's own i8row quantisation (`taskpath_format::weight::i8_row`), so
+/// a QDQ graph holds the integers and scales an i8row package does.
 pub fn quantize_rows(rows: usize, cols: usize, w: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; rows * cols];
-    let mut scales = vec![1.0f32; rows];
+    let mut scales = vec![0.0f32; rows];
     for r in 0..rows {
-        let row = &w[r * cols..(r + 1) * cols];
-        let m = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
-        let s = if m > 0.0 && m.is_finite() {
-            m / 127.0
-        } else {
-            1.0
-        };
-        scales[r] = s;
-        for (qi, &v) in q[r * cols..(r + 1) * cols].iter_mut().zip(row) {
-            *qi = (v / s).round().clamp(-127.0, 127.0) as i8;
-        }
+        let out = &mut q[r * cols..(r + 1) * cols];
+        scales[r] = i8_row(&w[r * cols..(r + 1) * cols], |c, v| out[c] = v);
     }
     (q, scales)
 }
@@ -445,16 +438,15 @@ struct Slots {
     pieces: HashMap<u32, Vec<(usize, String, usize)>>,
 }
 
-fn dense_graph(model: &Model<'_>, plan: &Plan, si: usize, precision: Precision) -> Result<Graph> {
+fn dense_graph(
+    model: &Model<'_>,
+    plan: &SegmentPlan,
+    si: usize,
+    precision: Precision,
+) -> Result<Graph> {
     let seg = &plan.segments[si];
-    let hp = model.hparams();
-    let d = hp.d_model as usize;
     let mut b = Builder::new(model, &seg.name, precision);
     let mut st = Slots::default();
-    for p in &seg.inputs {
-        // Inputs are bound on first read (below); nothing to do up front.
-        let _ = p;
-    }
     let read = |b: &mut Builder<'_, '_>,
                 st: &mut Slots,
                 src: Source,
@@ -495,48 +487,66 @@ fn dense_graph(model: &Model<'_>, plan: &Plan, si: usize, precision: Precision) 
         Ok(p.name.clone())
     };
     for &i in &seg.ops {
-        let op = &plan.ops[i as usize];
-        let r = op.rec;
-        let tensor = |b: &Builder<'_, '_>, id: u32| {
+        let info = &plan.ops[i as usize];
+        let tensor = |b: &Builder<'_, '_>, id: TensorId| {
             model
-                .tensor(id)
-                .ok_or_else(|| b.err(format!("op {i}: tensor {id} does not exist")))
+                .tensor(id.0)
+                .ok_or_else(|| b.err(format!("op {i}: tensor {} does not exist", id.0)))
         };
-        match op.opcode {
-            Opcode::Encode => {
-                let (src, shape) = op.reads[0];
+        match info.op {
+            Op::Encode {
+                out,
+                w,
+                b: bias,
+                pos,
+                ..
+            } => {
+                let (src, shape) = info.reads[0];
                 let x = read(&mut b, &mut st, src, shape)?;
-                let w = tensor(&b, r.a2)?;
-                let pos = tensor(&b, r.a4)?;
-                let y = b.linear(&x, r.a2, &w, Some(r.a3))?;
-                let pn = b.vector_view(r.a4, &pos, &[pos.rows, pos.cols])?;
+                let wv = tensor(&b, w)?;
+                let pv = tensor(&b, pos)?;
+                let y = b.linear(&x, w.0, &wv, Some(bias.0))?;
+                let pn = b.vector_view(pos.0, &pv, &[pv.rows, pv.cols])?;
                 let y = b.node("Add", &[&y, &pn], &[]);
-                st.cur.insert(r.a1, (y, op.writes[0].1));
+                st.cur.insert(out.0, (y, info.writes[0].1));
             }
-            Opcode::LayerNorm => {
-                let (src, shape) = op.reads[0];
+            Op::LayerNorm {
+                y,
+                g,
+                b: bias,
+                scale,
+                eps,
+                ..
+            } => {
+                let (src, shape) = info.reads[0];
                 let x = read(&mut b, &mut st, src, shape)?;
                 let c = shape[1];
-                let g = b.vector(r.a2, &[c])?;
-                let bb = b.vector(r.a3, &[c])?;
-                let y = b.layernorm(&x, &g, &bb, hp.ln_eps, f32::from_bits(r.a4));
-                st.cur.insert(r.a1, (y, shape));
+                let gn = b.vector(g.0, &[c])?;
+                let bn = b.vector(bias.0, &[c])?;
+                let out = b.layernorm(&x, &gn, &bn, eps, scale);
+                st.cur.insert(y.0, (out, shape));
             }
-            Opcode::Linear => {
-                let (src, shape) = op.reads[0];
+            Op::Linear { y, w, b: bias, .. } => {
+                let (src, shape) = info.reads[0];
                 let x = read(&mut b, &mut st, src, shape)?;
-                let w = tensor(&b, r.a2)?;
-                let y = b.linear(&x, r.a2, &w, Some(r.a3))?;
-                st.cur.insert(r.a1, (y, op.writes[0].1));
+                let wv = tensor(&b, w)?;
+                let out = b.linear(&x, w.0, &wv, bias.map(|t| t.0))?;
+                st.cur.insert(y.0, (out, info.writes[0].1));
             }
-            Opcode::Attention => {
-                let (l, heads) = (r.a4 as usize, r.a5 as usize);
+            Op::Attention {
+                out,
+                tokens,
+                width,
+                heads,
+                ..
+            } => {
+                let (l, d, heads) = (tokens as usize, width as usize, heads as usize);
                 if heads == 0 || d % heads != 0 {
-                    return Err(b.err("heads must divide d_model"));
+                    return Err(b.err("heads must divide the width"));
                 }
                 let dh = d / heads;
                 let mut qkv = Vec::new();
-                for &(src, shape) in &op.reads {
+                for &(src, shape) in &info.reads {
                     qkv.push(read(&mut b, &mut st, src, shape)?);
                 }
                 let s3 = b.const_i64("shape", &[l as i64, heads as i64, dh as i64]);
@@ -554,27 +564,36 @@ fn dense_graph(model: &Model<'_>, plan: &Plan, si: usize, precision: Precision) 
                 let o = b.node("MatMul", &[&s, &v], &[]);
                 let o = b.node("Transpose", &[&o], &[Attr::Ints("perm", vec![1, 0, 2])]);
                 let o = b.reshape(&o, [l, d]);
-                st.cur.insert(r.a3, (o, [l, d]));
+                st.cur.insert(out.0, (o, [l, d]));
             }
-            Opcode::AttnPool => {
-                let (src, shape) = op.reads[0];
+            Op::AttnPool { query, out, .. } => {
+                let (src, shape) = info.reads[0];
+                let d = shape[1];
                 let u = read(&mut b, &mut st, src, shape)?;
-                let q = b.vector(r.a2, &[1, d])?;
+                let q = b.vector(query.0, &[1, d])?;
                 let s = b.node("Gemm", &[&u, &q], &[Attr::Int("transB", 1)]); // [L, 1]
                 let c = b.const_f32("inv_sqrt_d", &[], &[1.0 / (d as f32).sqrt()]);
                 let s = b.node("Mul", &[&s, &c], &[]);
                 let s = b.node("Softmax", &[&s], &[Attr::Int("axis", 0)]);
                 let p = b.node("Gemm", &[&s, &u], &[Attr::Int("transA", 1)]); // [1, D]
-                st.cur.insert(r.a3, (p, [1, d]));
+                st.cur.insert(out.0, (p, [1, d]));
             }
-            Opcode::Gate => {
-                let n = hp.experts as usize;
-                let (src, shape) = op.reads[0];
+            Op::Gate {
+                gate,
+                logits,
+                accumulate,
+                scale,
+                function,
+                ..
+            } => {
+                let gv = tensor(&b, gate)?;
+                let (n, d) = (gv.rows, gv.cols);
+                let (src, shape) = info.reads[0];
                 let p = read(&mut b, &mut st, src, shape)?;
                 // Gate vectors stay f32 in both precisions: top-k routing is
                 // the part of the model least tolerant of weight error.
-                let g = b.vector(r.a1, &[n, d])?;
-                let t = if hp.gating == gating::SOFTMAX {
+                let g = b.vector(gate.0, &[n, d])?;
+                let t = if function == GateFn::Dot {
                     b.node("Gemm", &[&p, &g], &[Attr::Int("transB", 1)])
                 } else {
                     let diff = b.node("Sub", &[&p, &g], &[]); // [N, D]
@@ -587,37 +606,48 @@ fn dense_graph(model: &Model<'_>, plan: &Plan, si: usize, precision: Precision) 
                     let neg = b.node("Neg", &[&dist], &[]);
                     b.reshape(&neg, [1, n])
                 };
-                let scale = f32::from_bits(r.a4);
                 let t = if scale == 1.0 {
                     t
                 } else {
                     let c = b.const_f32("router_scale", &[], &[scale]);
                     b.node("Mul", &[&t, &c], &[])
                 };
-                let y = if r.a3 != 0 {
-                    let prev = read(&mut b, &mut st, Source::Slot(r.a2), [1, n])?;
+                let y = if accumulate {
+                    let prev = read(&mut b, &mut st, Source::Slot(logits.0), [1, n])?;
                     b.node("Add", &[&prev, &t], &[])
                 } else {
                     t
                 };
-                st.cur.insert(r.a2, (y, [1, n]));
+                st.cur.insert(logits.0, (y, [1, n]));
             }
-            Opcode::Copy => {
-                let (src, shape) = op.reads[0];
-                if r.a1 != 0 {
+            Op::Copy {
+                src_offset,
+                dst,
+                dst_offset,
+                len,
+                ..
+            } => {
+                let (src, shape) = info.reads[0];
+                if src_offset != 0 {
                     return Err(b.err(format!(
                         "op {i}: a copy from inside a value is not exported"
                     )));
                 }
                 let x = read(&mut b, &mut st, src, shape)?;
-                st.cur.remove(&r.a2);
+                st.cur.remove(&dst.0);
                 st.pieces
-                    .entry(r.a2)
+                    .entry(dst.0)
                     .or_default()
-                    .push((r.a3 as usize, x, r.a4 as usize));
+                    .push((dst_offset as usize, x, len as usize));
             }
-            Opcode::Route | Opcode::Moe => {
+            Op::Route { .. } | Op::Moe { .. } => {
                 return Err(b.err(format!("op {i}: glue op inside a dense segment")))
+            }
+            other => {
+                return Err(b.err(format!(
+                    "op {i}: {} has no ONNX export yet (language-model tasks are not segmented)",
+                    other.name()
+                )))
             }
         }
     }
@@ -629,72 +659,83 @@ fn dense_graph(model: &Model<'_>, plan: &Plan, si: usize, precision: Precision) 
     Ok(b.finish(seg, si, &outs, &plan.task_name))
 }
 
+/// The graph of one expert component over its conv window: `x [1, 3D] ->
+/// y [1, D]`, the component's output before its gate.
 fn expert_graph(
     model: &Model<'_>,
-    plan: &Plan,
+    plan: &SegmentPlan,
     si: usize,
-    e: &ExpertRec,
+    e: &taskpath_runtime::ExpertTensors<TensorView<'_>>,
+    ids: &[u32; 8],
+    eps: f32,
     precision: Precision,
 ) -> Result<Graph> {
     let seg = &plan.segments[si];
-    let hp = model.hparams();
-    let d = hp.d_model as usize;
-    let h = hp.ffn_hidden as usize;
+    let d = e.conv_w.rows;
+    let h = e.fc1_w.rows;
     let mut b = Builder::new(model, &seg.name, precision);
-    let t = |b: &Builder<'_, '_>, id: u32| {
-        model
-            .tensor(id)
-            .ok_or_else(|| b.err(format!("tensor {id} does not exist")))
-    };
     let x = "x";
-    let cw = t(&b, e.conv_w)?;
-    if cw.rows != d || cw.cols != 3 * d {
+    if e.conv_w.cols != 3 * d {
         return Err(b.err("conv weight is not [D, 3D]"));
     }
-    let hb = b.linear(x, e.conv_w, &cw, Some(e.conv_b))?;
+    let hb = b.linear(x, ids[0], &e.conv_w, Some(ids[1]))?;
     let hb = b.gelu(&hb);
     let starts = b.const_i64("starts", &[d as i64]);
     let ends = b.const_i64("ends", &[2 * d as i64]);
     let axes = b.const_i64("axes", &[1]);
     let ut = b.node("Slice", &[x, &starts, &ends, &axes], &[]);
     let hb = b.node("Add", &[&hb, &ut], &[]);
-    let g = b.vector(e.ln_g, &[d])?;
-    let bb = b.vector(e.ln_b, &[d])?;
-    let hb = b.layernorm(&hb, &g, &bb, hp.ln_eps, 1.0);
-    let w1 = t(&b, e.fc1_w)?;
-    let w2 = t(&b, e.fc2_w)?;
-    if w1.rows != h || w1.cols != d || w2.rows != d || w2.cols != h {
+    let g = b.vector(ids[2], &[d])?;
+    let bb = b.vector(ids[3], &[d])?;
+    let hb = b.layernorm(&hb, &g, &bb, eps, 1.0);
+    if e.fc1_w.cols != d || e.fc2_w.rows != d || e.fc2_w.cols != h {
         return Err(b.err("fc1/fc2 shapes do not match the model's widths"));
     }
-    let m = b.linear(&hb, e.fc1_w, &w1, Some(e.fc1_b))?;
+    let m = b.linear(&hb, ids[4], &e.fc1_w, Some(ids[5]))?;
     let m = b.gelu(&m);
-    let y = b.linear(&m, e.fc2_w, &w2, Some(e.fc2_b))?;
+    let y = b.linear(&m, ids[6], &e.fc2_w, Some(ids[7]))?;
     Ok(b.finish(seg, si, &[(y, [1, d])], &plan.task_name))
 }
 
 /// The graph of segment `si` of `plan`.
 pub fn segment_graph(
     model: &Model<'_>,
-    plan: &Plan,
+    plan: &SegmentPlan,
     si: usize,
     precision: Precision,
 ) -> Result<Graph> {
     match plan.segments[si].kind {
         SegmentKind::Expert { expert, component } => {
-            let e = model
-                .expert(expert, component)
-                .ok_or_else(|| Error::Export {
-                    graph: plan.segments[si].name.clone(),
-                    why: "expert component missing".into(),
-                })?;
-            expert_graph(model, plan, si, &e, precision)
+            let missing = || Error::Export {
+                graph: plan.segments[si].name.clone(),
+                why: "expert component missing".into(),
+            };
+            // The Moe step that runs it: its group and its experts' epsilon.
+            let (group, eps) = plan
+                .ops
+                .iter()
+                .find_map(|o| match o.step {
+                    PlanStep::Moe {
+                        group, mask, eps, ..
+                    } if mask.contains(expert) => Some((group, eps)),
+                    _ => None,
+                })
+                .ok_or_else(missing)?;
+            let rec = model.expert(group, expert, component).ok_or_else(missing)?;
+            let e = expert_views(model, group, expert, component).ok_or_else(missing)?;
+            let ids: [u32; 8] = core::array::from_fn(|k| rec.tensor_start + k as u32);
+            expert_graph(model, plan, si, &e, &ids, eps, precision)
         }
         _ => dense_graph(model, plan, si, precision),
     }
 }
 
 /// Every graph of a task, in plan order, for each requested precision.
-pub fn export_task(model: &Model<'_>, plan: &Plan, precisions: &[Precision]) -> Result<Vec<Graph>> {
+pub fn export_task(
+    model: &Model<'_>,
+    plan: &SegmentPlan,
+    precisions: &[Precision],
+) -> Result<Vec<Graph>> {
     let mut out = Vec::new();
     for si in 0..plan.segments.len() {
         for &p in precisions {
@@ -706,7 +747,7 @@ pub fn export_task(model: &Model<'_>, plan: &Plan, precisions: &[Precision]) -> 
 
 fn kind_name(kind: u8) -> &'static str {
     match kind {
-        blob_kind::TRUNK => "trunk",
+        blob_kind::SHARED => "trunk",
         blob_kind::ROUTER => "router",
         blob_kind::EXPERT => "expert",
         blob_kind::HEAD => "head",
@@ -724,9 +765,13 @@ fn port_json(p: &crate::plan::Port) -> Value {
 }
 
 /// The manifest (docs/NPU.md, "Manifest") of an export.
-pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value) -> Result<Value> {
+pub fn manifest(
+    model: &Model<'_>,
+    plan: &SegmentPlan,
+    graphs: &[Graph],
+    package: Value,
+) -> Result<Value> {
     let info = model.task(plan.task)?;
-    let hp = model.hparams();
     let mname = |m: usize| model.modality(m).map_or("?", |(n, _, _)| n);
     let mut out_graphs = Vec::new();
     for (si, seg) in plan.segments.iter().enumerate() {
@@ -746,7 +791,7 @@ pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value
                 let off = model
                     .part(b.part)
                     .and_then(|p| {
-                        let local = b.index - p.hparams().blob_base;
+                        let local = b.index - p.model().blob_base;
                         p.blob_file_offset(local as usize)
                     })
                     .unwrap_or(0);
@@ -795,19 +840,38 @@ pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value
         .iter()
         .map(|s| match *s {
             Step::Segment(si) => json!({"run": plan.segments[si].name}),
-            Step::Route(i) => {
-                let r = plan.ops[i as usize].rec;
-                let mask = model.path_mask(&info, r.a1 as usize).unwrap_or(0);
-                json!({"glue": "route", "op": i, "modality": mname(r.a1 as usize),
-                       "logits": format!("slot:{}", r.a0), "route": format!("slot:{}", r.a2),
-                       "path_mask": format!("{mask:#x}"), "top_k": hp.top_k})
-            }
-            Step::Moe(i) => {
-                let r = plan.ops[i as usize].rec;
-                json!({"glue": "moe", "op": i, "u": format!("slot:{}", r.a0),
-                       "tokens": r.a1, "token": r.a4, "components": r.a3 + 1,
-                       "route": format!("slot:{}", r.a2), "out": format!("slot:{}", r.a5)})
-            }
+            Step::Route(i) => match (plan.ops[i as usize].op, plan.ops[i as usize].step) {
+                (
+                    Op::Route {
+                        logits,
+                        router,
+                        route,
+                        ..
+                    },
+                    PlanStep::Route { mask, top_k, .. },
+                ) => {
+                    json!({"glue": "route", "op": i, "modality": mname(router as usize),
+                           "logits": format!("slot:{}", logits.0), "route": format!("slot:{}", route.0),
+                           "path_mask": format!("{:#x}", mask.0[0]), "top_k": top_k})
+                }
+                _ => json!({"glue": "route", "op": i}),
+            },
+            Step::Moe(i) => match plan.ops[i as usize].op {
+                Op::Moe {
+                    u,
+                    tokens,
+                    token,
+                    components,
+                    route,
+                    out,
+                    ..
+                } => {
+                    json!({"glue": "moe", "op": i, "u": format!("slot:{}", u.0),
+                           "tokens": tokens, "token": token, "components": components,
+                           "route": format!("slot:{}", route.0), "out": format!("slot:{}", out.0)})
+                }
+                _ => json!({"glue": "moe", "op": i}),
+            },
         })
         .collect();
     Ok(json!({
@@ -826,11 +890,12 @@ pub fn manifest(model: &Model<'_>, plan: &Plan, graphs: &[Graph], package: Value
             }).collect::<Vec<_>>(),
             "output": format!("slot:{}", plan.output.0),
         },
-        "hparams": {
-            "d_model": hp.d_model, "heads": hp.heads, "experts": hp.experts,
-            "top_k": hp.top_k, "ffn_hidden": hp.ffn_hidden, "ln_eps": hp.ln_eps,
-            "gating": if hp.gating == gating::SOFTMAX { "softmax" } else { "laplace" },
-        },
+        "arch": model.arch(),
+        "metadata": model
+            .base()
+            .meta_entries()
+            .map(|(k, v)| (k.to_string(), json!(v.to_string())))
+            .collect::<serde_json::Map<String, Value>>(),
         "tolerance": {"metric": "max|onnx - cpu| <= tol * max|cpu| per output",
                        "where": "graphs[].tolerance, by precision"},
         "graphs": out_graphs,

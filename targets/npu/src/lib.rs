@@ -1,12 +1,15 @@
 //! NPU delegation for Taskpath (docs/NPU.md).
 //!
-//! - [`Plan`] splits a task's op program into delegable segments — per
+//! - [`SegmentPlan`] splits a task's plan into delegable segments — per
 //!   modality trunk and router, one graph per expert component on the task's
 //!   path, the head — and CPU glue (top-k routing, gate-weighted expert sums).
-//! - [`Delegate`] is the ExecuTorch-style backend interface (availability,
-//!   compile a segment's payload, execute), and [`Executor`] runs a whole task
-//!   through one, falling back to the CPU for what it declines; with
-//!   [`CpuOnly`] its outputs are bit-identical to `taskpath_runtime::Session`.
+//! - [`NpuBackend`] is the NPU as a runtime `Backend` (the one interface
+//!   callers use): its `execute` is segment delegation. Underneath,
+//!   [`Delegate`] is the plug-in interface a vendor NPU implements
+//!   (availability, compile a segment's payload, execute), and [`Executor`]
+//!   runs a whole task through one, falling back to the runtime's CPU
+//!   primitives for what it declines; with [`CpuOnly`] its outputs are
+//!   bit-identical to `taskpath_runtime::Session`.
 //! - [`export`] writes each segment as a standalone static-shape ONNX graph
 //!   (opset [`OPSET`], f32 or int8 weight QDQ) with a hand-written protobuf
 //!   encoder, plus a manifest mapping graphs to the package's blobs.
@@ -14,7 +17,7 @@
 //!   with tract-onnx: the reference delegate that proves the path end to end.
 #![warn(missing_docs)]
 
-mod cpu;
+mod backend;
 mod delegate;
 mod error;
 pub mod export;
@@ -23,14 +26,14 @@ pub mod proto;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-pub use cpu::window;
-pub use delegate::{is_expert, CpuOnly, Delegate, ExecStats, Executor, Observer};
+pub use backend::NpuBackend;
+pub use delegate::{is_expert, window, CpuOnly, Delegate, ExecStats, Executor, Observer};
 pub use error::{Error, Result};
 pub use export::{
     export_task, manifest, segment_graph, Graph, Precision, F32_REL_BOUND, INT8_BODY_REL_BOUND,
     INT8_REL_BOUND, OPSET,
 };
-pub use plan::{OpInfo, Plan, Port, Segment, SegmentKind, Source, Step};
+pub use plan::{OpInfo, Port, Segment, SegmentKind, SegmentPlan, Source, Step};
 
 /// `max|a - b| / max|b|` (0 when both are all zero): the relative error the
 /// export bounds are stated in.

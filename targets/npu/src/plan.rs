@@ -4,8 +4,9 @@
 //! "Op program"): per modality a trunk (`Encode`, `LayerNorm`, `Linear`,
 //! `Attention`), router heads (`AttnPool`, `Gate`), `Route`, `Moe`, the final
 //! norm and a `Copy` into the fusion buffer; then the head (`LayerNorm`,
-//! `Linear`). [`Plan::new`] reads that program, not the model's tensor
-//! names, and splits it into:
+//! `Linear`). [`SegmentPlan::new`] reads that program through the runtime's
+//! [`taskpath_runtime::Plan`] (typed ops, their resolved slot views and the
+//! slots each reads and writes), not the model's tensor names, and splits it into:
 //!
 //! - dense segments: `trunk.<modality>` (encoder, norms, attention),
 //!   `router.<modality>` (pooling and gate logits of router heads
@@ -20,9 +21,10 @@
 
 use std::collections::BTreeMap;
 
-use taskpath_format::records::OpRec;
-use taskpath_format::{Opcode, NONE};
-use taskpath_runtime::{Model, TaskInfo};
+use taskpath_format::ExpertMask;
+use taskpath_format::{Access, Op};
+use taskpath_runtime::plan::{Buf, Plan, PlanBuffers, Step as PlanStep};
+use taskpath_runtime::Model;
 
 use crate::error::{Error, Result};
 
@@ -100,8 +102,8 @@ pub struct Segment {
 /// One step of a task, in execution order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Run segment `i` of [`Plan::segments`] (dense segments only; experts run
-    /// from inside [`Step::Moe`]).
+    /// Run segment `i` of [`SegmentPlan::segments`] (dense segments only;
+    /// experts run from inside [`Step::Moe`]).
     Segment(usize),
     /// CPU glue: the `Route` op at this task-local index.
     Route(u32),
@@ -109,13 +111,13 @@ pub enum Step {
     Moe(u32),
 }
 
-/// A decoded op with its dataflow.
+/// An op with its dataflow: the views it reads and writes.
 #[derive(Clone, Debug)]
 pub struct OpInfo {
-    /// Decoded opcode.
-    pub opcode: Opcode,
-    /// The raw record.
-    pub rec: OpRec,
+    /// The op.
+    pub op: Op,
+    /// Its resolution in the runtime's plan (slot ranges, tensor table indices).
+    pub step: PlanStep,
     /// Values read: source and the `[rows, cols]` view the op takes of it.
     pub reads: Vec<(Source, [usize; 2])>,
     /// Slots written and the view written (`Copy` writes part of its slot).
@@ -124,7 +126,7 @@ pub struct OpInfo {
 
 /// The segments and glue steps of one task.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub struct SegmentPlan {
     /// Global task index.
     pub task: usize,
     /// Task name.
@@ -133,13 +135,13 @@ pub struct Plan {
     pub segments: Vec<Segment>,
     /// Execution order.
     pub steps: Vec<Step>,
-    /// Decoded ops (task-local index).
+    /// Ops with their dataflow (task-local index).
     pub ops: Vec<OpInfo>,
     /// Slot receiving the task's outputs, and their count.
     pub output: (u32, usize),
-    /// `(slot offset, slot length)` per task-local slot, in f32 elements.
-    pub slots: Vec<(usize, usize)>,
-    /// f32 elements of the task's CPU arena.
+    /// The range of each task-local slot in the slots region, in f32 elements.
+    pub slots: Vec<Buf>,
+    /// f32 elements of the task's slots region.
     pub arena_len: usize,
 }
 
@@ -150,91 +152,84 @@ fn bad(op: u32, why: impl Into<String>) -> Error {
     }
 }
 
-/// Decodes op `i` of `task` into its dataflow.
-fn decode(model: &Model<'_>, task: &TaskInfo<'_>, i: u32) -> Result<OpInfo> {
-    let part = model
-        .part(task.part)
-        .ok_or_else(|| bad(i, "task's package missing"))?;
-    let rec = part
-        .program()
-        .get((task.rec.program_start + i) as usize)
-        .ok_or_else(|| bad(i, "op outside the program table"))?;
-    let opcode = Opcode::from_u16(rec.opcode).ok_or_else(|| bad(i, "unknown opcode"))?;
-    let hp = model.hparams();
-    let (d, n, k) = (hp.d_model as usize, hp.experts as usize, hp.top_k as usize);
-    let tensor = |id: u32| {
-        model
-            .tensor(id)
-            .ok_or_else(|| bad(i, format!("tensor {id} does not exist")))
+/// The `[rows, cols]` view an op takes of slot `s` (range `r` in the plan):
+/// the rows are the op's tokens for sequence values, 1 for vectors.
+fn view(op: &Op, s: taskpath_format::SlotId, len: usize) -> [usize; 2] {
+    let rows = match *op {
+        Op::Encode { out, .. } if out == s => None,
+        Op::LayerNorm { rows, .. } | Op::Linear { rows, .. } => Some(rows as usize),
+        Op::Attention {
+            tokens, scratch, ..
+        } if scratch != s => Some(tokens as usize),
+        Op::AttnPool { u, tokens, .. } if u == s => Some(tokens as usize),
+        Op::Moe { u, tokens, .. } if u == s => Some(tokens as usize),
+        _ => Some(1),
     };
-    let s = Source::Slot;
-    let (reads, writes) = match opcode {
-        Opcode::Encode => {
-            let m = task
-                .modalities()
-                .nth(rec.a0 as usize)
-                .ok_or_else(|| bad(i, "input index beyond the task's modalities"))?;
-            let (_, l, f) = model
-                .modality(m)
-                .ok_or_else(|| bad(i, "no such modality"))?;
-            (
-                vec![(Source::TaskInput(rec.a0 as usize), [l, f])],
-                vec![(rec.a1, [l, d])],
-            )
+    let rows = rows.unwrap_or(1).max(1);
+    [rows, len / rows]
+}
+
+/// The dataflow of op `i` of `plan`: what `Plan::accesses` says it reads
+/// and writes, each with the view the op's step resolved.
+fn dataflow(model: &Model<'_>, plan: &Plan<'_, '_>, i: usize) -> Result<OpInfo> {
+    let ps = plan.steps()[i];
+    let op = ps.op.ok_or_else(|| bad(i as u32, "empty plan step"))?;
+    let step = ps.step;
+    // The op's view of each slot: the length its step resolved.
+    let len_of = |s: taskpath_format::SlotId| -> usize {
+        let full = plan.slot(s).map_or(0, |b| b.len());
+        match (op, step) {
+            (Op::Encode { out, .. }, PlanStep::Encode { out: b, .. }) if out == s => b.len(),
+            (Op::LayerNorm { x, .. }, PlanStep::LayerNorm { x: b, .. }) if x == s => b.len(),
+            (Op::Linear { x, .. }, PlanStep::Linear { x: b, .. }) if x == s => b.len(),
+            (Op::Linear { y, .. }, PlanStep::Linear { y: b, .. }) if y == s => b.len(),
+            (Op::Attention { q, .. }, PlanStep::Attention { q: b, .. }) if q == s => b.len(),
+            (Op::Attention { k, .. }, PlanStep::Attention { k: b, .. }) if k == s => b.len(),
+            (Op::Attention { v, .. }, PlanStep::Attention { v: b, .. }) if v == s => b.len(),
+            (Op::Attention { out, .. }, PlanStep::Attention { out: b, .. }) if out == s => b.len(),
+            (Op::AttnPool { u, .. }, PlanStep::AttnPool { u: b, .. }) if u == s => b.len(),
+            (Op::AttnPool { out, .. }, PlanStep::AttnPool { out: b, .. }) if out == s => b.len(),
+            (Op::Gate { p, .. }, PlanStep::Gate { p: b, .. }) if p == s => b.len(),
+            (Op::Gate { logits, .. }, PlanStep::Gate { logits: b, .. }) if logits == s => b.len(),
+            (Op::Route { logits, .. }, PlanStep::Route { logits: b, .. }) if logits == s => b.len(),
+            (Op::Route { route, .. }, PlanStep::Route { route: b, .. }) if route == s => b.len(),
+            (Op::Moe { u, .. }, PlanStep::Moe { u: b, .. }) if u == s => b.len(),
+            (Op::Moe { route, .. }, PlanStep::Moe { route: b, .. }) if route == s => b.len(),
+            (Op::Moe { out, .. }, PlanStep::Moe { out: b, .. }) if out == s => b.len(),
+            (Op::Copy { src, .. }, PlanStep::Copy { src: b, .. }) if src == s => b.len(),
+            (Op::Copy { dst, .. }, PlanStep::Copy { dst: b, .. }) if dst == s => b.len(),
+            _ => full,
         }
-        Opcode::LayerNorm => {
-            let c = tensor(rec.a2)?.cols;
-            let r = rec.a5 as usize;
-            (vec![(s(rec.a0), [r, c])], vec![(rec.a1, [r, c])])
-        }
-        Opcode::Linear => {
-            let w = tensor(rec.a2)?;
-            let r = rec.a4 as usize;
-            (vec![(s(rec.a0), [r, w.cols])], vec![(rec.a1, [r, w.rows])])
-        }
-        Opcode::Attention => {
-            let l = rec.a4 as usize;
-            (
-                vec![
-                    (s(rec.a0), [l, d]),
-                    (s(rec.a1), [l, d]),
-                    (s(rec.a2), [l, d]),
-                ],
-                vec![(rec.a3, [l, d])],
-            )
-        }
-        Opcode::AttnPool => (
-            vec![(s(rec.a0), [rec.a1 as usize, d])],
-            vec![(rec.a3, [1, d])],
-        ),
-        Opcode::Gate => {
-            let mut r = vec![(s(rec.a0), [1, d])];
-            if rec.a3 != 0 {
-                r.push((s(rec.a2), [1, n]));
-            }
-            (r, vec![(rec.a2, [1, n])])
-        }
-        Opcode::Route => (vec![(s(rec.a0), [1, n])], vec![(rec.a2, [1, 1 + 2 * k])]),
-        Opcode::Moe => (
-            vec![
-                (s(rec.a0), [rec.a1 as usize, d]),
-                (s(rec.a2), [1, 1 + 2 * k]),
-            ],
-            vec![(rec.a5, [1, d])],
-        ),
-        Opcode::Copy => (
-            vec![(s(rec.a0), [1, rec.a4 as usize])],
-            vec![(rec.a2, [1, rec.a4 as usize])],
-        ),
     };
-    for &(src, _) in &reads {
-        if src == Source::Slot(NONE) {
-            return Err(bad(i, "reads no slot"));
-        }
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    if let (Op::Encode { input, .. }, PlanStep::Encode { tokens, .. }) = (op, step) {
+        let m = plan
+            .task()
+            .modalities()
+            .nth(input as usize)
+            .ok_or_else(|| bad(i as u32, "input index beyond the task's modalities"))?;
+        let (_, l, f) = model
+            .modality(m)
+            .ok_or_else(|| bad(i as u32, "no such modality"))?;
+        debug_assert_eq!(l, tokens);
+        reads.push((Source::TaskInput(input as usize), [l, f]));
     }
+    plan.accesses(i, |s, _, a| {
+        let shape = view(&op, s, len_of(s));
+        if a == Access::Scratch {
+            return;
+        }
+        if a.reads() {
+            reads.push((Source::Slot(s.0), shape));
+        }
+        if a.writes() {
+            writes.push((s.0, shape));
+        }
+    });
     Ok(OpInfo {
-        opcode,
-        rec,
+        op,
+        step,
         reads,
         writes,
     })
@@ -271,24 +266,18 @@ enum State {
     PostMoe,
 }
 
-impl Plan {
+impl SegmentPlan {
     /// Splits task `task` (global index) of `model` into segments and glue.
     pub fn new(model: &Model<'_>, task: usize) -> Result<Self> {
         let info = model.task(task)?;
-        let part = model
-            .part(info.part)
-            .ok_or(Error::Runtime(taskpath_runtime::Error::UnknownTask))?;
-        let ops = (0..info.rec.program_len)
-            .map(|i| decode(model, &info, i))
+        let mut storage = PlanBuffers::new(&info);
+        let plan = Plan::build(model, task, storage.storage())?;
+        let ops = (0..plan.steps().len())
+            .map(|i| dataflow(model, &plan, i))
             .collect::<Result<Vec<_>>>()?;
         let slots = (0..info.rec.slot_count)
-            .map(|s| {
-                part.slots()
-                    .get((info.rec.slot_start + s) as usize)
-                    .map(|r| (r.offset as usize, r.len as usize))
-                    .ok_or_else(|| bad(0, "slot table"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|s| plan.slot(taskpath_format::SlotId(s)).unwrap_or_default())
+            .collect();
         let modality_name = |m: usize| -> String {
             model
                 .modality(m)
@@ -307,23 +296,24 @@ impl Plan {
         let mut class = Vec::with_capacity(ops.len());
         let mut state = State::Start;
         let mut route_modality: BTreeMap<u32, usize> = BTreeMap::new();
-        for (i, op) in ops.iter().enumerate() {
+        for (i, info_op) in ops.iter().enumerate() {
             let i32_ = i as u32;
+            let op = &info_op.op;
             let unexpected = || {
                 bad(
                     i32_,
                     format!(
-                        "{:?} where the segmenter expects another op (state {state:?}); \
+                        "{} where the segmenter expects another op (state {state:?}); \
                          the program does not have the packer's shape",
-                        op.opcode
+                        op.name()
                     ),
                 )
             };
-            let c = match (op.opcode, state) {
-                (Opcode::Encode, State::Start | State::PostMoe) => {
+            let c = match (op, state) {
+                (Op::Encode { input, .. }, State::Start | State::PostMoe) => {
                     let m = info
                         .modalities()
-                        .nth(op.rec.a0 as usize)
+                        .nth(*input as usize)
                         .ok_or_else(unexpected)?;
                     state = State::Trunk(m);
                     Class::Seg(new_seg(
@@ -334,10 +324,11 @@ impl Plan {
                         format!("trunk.{}", modality_name(m)),
                     ))
                 }
-                (Opcode::LayerNorm | Opcode::Linear | Opcode::Attention, State::Trunk(m)) => {
-                    Class::Seg(seg_of[&(0, m)])
-                }
-                (Opcode::AttnPool | Opcode::Gate, State::Trunk(m) | State::Router(m)) => {
+                (
+                    Op::LayerNorm { .. } | Op::Linear { .. } | Op::Attention { .. },
+                    State::Trunk(m),
+                ) => Class::Seg(seg_of[&(0, m)]),
+                (Op::AttnPool { .. } | Op::Gate { .. }, State::Trunk(m) | State::Router(m)) => {
                     state = State::Router(m);
                     Class::Seg(new_seg(
                         &mut segments,
@@ -347,19 +338,19 @@ impl Plan {
                         format!("router.{}", modality_name(m)),
                     ))
                 }
-                (Opcode::Route, State::Router(m)) => {
-                    if op.rec.a1 as usize != m {
+                (Op::Route { router, route, .. }, State::Router(m)) => {
+                    if *router as usize != m {
                         return Err(bad(i32_, "route for another modality than its router"));
                     }
-                    route_modality.insert(op.rec.a2, m);
+                    route_modality.insert(route.0, m);
                     state = State::Routed(m);
                     Class::Route
                 }
-                (Opcode::Moe, State::Routed(_)) => {
+                (Op::Moe { .. }, State::Routed(_)) => {
                     state = State::PostMoe;
                     Class::Moe
                 }
-                (Opcode::LayerNorm | Opcode::Linear | Opcode::Copy, State::PostMoe) => {
+                (Op::LayerNorm { .. } | Op::Linear { .. } | Op::Copy { .. }, State::PostMoe) => {
                     Class::Seg(new_seg(
                         &mut segments,
                         &mut seg_of,
@@ -382,17 +373,17 @@ impl Plan {
             ));
         }
 
-        // Dataflow: a segment's inputs are the values it reads before writing
-        // them; its outputs the values it writes that a later op outside it
-        // reads (or the task's output slot).
+        // Ports from the plan's dataflow: a segment's inputs are the values
+        // it reads before writing them; its outputs the values it writes
+        // that a later op outside it reads (or the task's output slot).
         let out_slot = info.rec.output_slot;
         let mut moe_out: BTreeMap<u32, usize> = BTreeMap::new();
-        for op in &ops {
-            if op.opcode == Opcode::Moe {
+        for o in &ops {
+            if let Op::Moe { route, out, .. } = o.op {
                 let m = *route_modality
-                    .get(&op.rec.a2)
+                    .get(&route.0)
                     .ok_or_else(|| bad(0, "Moe reads a route no Route op wrote"))?;
-                moe_out.insert(op.rec.a5, m);
+                moe_out.insert(out.0, m);
             }
         }
         let port_name = |seg: &Segment, src: Source, output: bool| -> String {
@@ -441,6 +432,10 @@ impl Plan {
                     if read_later {
                         let shape = if s == out_slot {
                             [1, info.outputs]
+                        } else if let Op::Copy { .. } = op.op {
+                            // A copy fills part of its slot: the port is the whole value.
+                            let full = slots_len(&plan, s);
+                            [1, full]
                         } else {
                             shape
                         };
@@ -466,62 +461,64 @@ impl Plan {
             seg.outputs = outputs;
             let mut blobs: Vec<u32> = Vec::new();
             for &i in &members {
-                let r = ops[i as usize].rec;
-                let ids: &[u32] = match ops[i as usize].opcode {
-                    Opcode::Encode => &[r.a2, r.a3, r.a4],
-                    Opcode::LayerNorm | Opcode::Linear => &[r.a2, r.a3],
-                    Opcode::AttnPool => &[r.a2],
-                    Opcode::Gate => &[r.a1],
-                    _ => &[],
-                };
-                for &t in ids.iter().filter(|&&t| t != NONE) {
-                    if let Some(t) = model.tensor(t) {
+                ops[i as usize].op.for_each_tensor(|t| {
+                    if let Some(t) = model.tensor(t.0) {
                         if !blobs.contains(&t.blob) {
                             blobs.push(t.blob);
                         }
                     }
-                }
+                });
             }
             blobs.sort_unstable();
             seg.blobs = blobs;
         }
 
-        // Experts of the path: the union of the task's modality masks,
-        // components 0..=stage.
-        let hp = model.hparams();
-        let d = hp.d_model as usize;
-        let union = info
-            .modalities()
-            .filter_map(|m| model.path_mask(&info, m))
-            .fold(0u64, |a, b| a | b);
-        for j in (0..hp.experts as usize).filter(|j| union & (1 << j) != 0) {
-            for c in 0..=info.stage {
-                let e = model.expert(j, c).ok_or_else(|| {
-                    bad(
-                        0,
-                        format!("expert {j} component {c} is on the path but missing"),
-                    )
-                })?;
-                segments.push(Segment {
-                    kind: SegmentKind::Expert {
-                        expert: j,
-                        component: c,
-                    },
-                    name: format!("expert.{j}.{c}"),
-                    ops: Vec::new(),
-                    inputs: vec![Port {
-                        name: "x".into(),
-                        shape: [1, 3 * d],
-                        source: Source::Window,
-                    }],
-                    outputs: vec![Port {
-                        name: "y".into(),
-                        shape: [1, d],
-                        source: Source::Window,
-                    }],
-                    blobs: vec![e.blob],
-                });
+        // Experts the task's Moe ops may run: each router's path mask,
+        // components below the op's.
+        let mut experts: BTreeMap<(usize, usize), (u32, usize)> = BTreeMap::new();
+        for o in &ops {
+            if let PlanStep::Moe {
+                group,
+                mask,
+                components,
+                width,
+                ..
+            } = o.step
+            {
+                let mask: ExpertMask = mask;
+                for j in mask.iter() {
+                    for c in 0..components {
+                        let e = model.expert(group, j, c).ok_or_else(|| {
+                            bad(
+                                0,
+                                format!("expert {j} component {c} is on the path but missing"),
+                            )
+                        })?;
+                        experts.insert((j, c), (e.blob, width));
+                    }
+                }
             }
+        }
+        for ((j, c), (blob, d)) in experts {
+            segments.push(Segment {
+                kind: SegmentKind::Expert {
+                    expert: j,
+                    component: c,
+                },
+                name: format!("expert.{j}.{c}"),
+                ops: Vec::new(),
+                inputs: vec![Port {
+                    name: "x".into(),
+                    shape: [1, 3 * d],
+                    source: Source::Window,
+                }],
+                outputs: vec![Port {
+                    name: "y".into(),
+                    shape: [1, d],
+                    source: Source::Window,
+                }],
+                blobs: vec![blob],
+            });
         }
 
         // Steps: glue at its op, a dense segment at its last op (its inputs
@@ -543,10 +540,10 @@ impl Plan {
             task_name: info.name.to_string(),
             segments,
             steps,
-            ops,
             output: (out_slot, info.outputs),
             slots,
-            arena_len: info.arena_bytes / 4,
+            arena_len: plan.slot_elems(),
+            ops,
         })
     }
 
@@ -560,4 +557,13 @@ impl Plan {
                 }
         })
     }
+
+    /// The segment an op belongs to, if any (glue ops belong to none).
+    pub fn segment_of(&self, op: u32) -> Option<usize> {
+        self.segments.iter().position(|s| s.ops.contains(&op))
+    }
+}
+
+fn slots_len(plan: &Plan<'_, '_>, s: u32) -> usize {
+    plan.slot(taskpath_format::SlotId(s)).map_or(0, |b| b.len())
 }

@@ -6,8 +6,8 @@ use common::*;
 use taskpath_cpu::quant::WeightFormat;
 use taskpath_npu::export::quantize_rows;
 use taskpath_npu::{
-    export_task, manifest, rel_error, CpuOnly, Delegate, Executor, Plan, Precision, Segment,
-    SegmentKind, Source, Step,
+    export_task, manifest, rel_error, CpuOnly, Delegate, Executor, Precision, Segment, SegmentKind,
+    SegmentPlan, Source, Step,
 };
 use taskpath_pack::{pack, pack_delta, PackOptions};
 use taskpath_runtime::{AlignedArena, Model};
@@ -76,16 +76,19 @@ fn every_task_splits_into_trunks_routers_path_experts_and_one_head() {
     let ck = checkpoint();
     let pkg = package(&ck, None, true);
     let model = Model::from_bytes(pkg.as_slice()).unwrap();
-    let hp = model.hparams();
-    let d = hp.d_model as usize;
+    let d = match model.meta("flame.d_model") {
+        Some(taskpath_runtime::format::MetaValue::U32(d)) => d as usize,
+        other => panic!("flame.d_model: {other:?}"),
+    };
     for t in 0..model.task_count() {
         let info = model.task(t).unwrap();
-        let plan = Plan::new(&model, t).unwrap();
+        let plan = SegmentPlan::new(&model, t).unwrap();
         let mods: Vec<usize> = info.modalities().collect();
-        let union = mods
-            .iter()
-            .map(|&m| model.path_mask(&info, m).unwrap())
-            .fold(0u64, |a, b| a | b);
+        let union = model
+            .paths(&info)
+            .fold(taskpath_runtime::format::ExpertMask::default(), |a, e| {
+                a.union(&e.mask)
+            });
         let count =
             |f: &dyn Fn(&SegmentKind) -> bool| plan.segments.iter().filter(|s| f(&s.kind)).count();
         assert_eq!(
@@ -99,7 +102,7 @@ fn every_task_splits_into_trunks_routers_path_experts_and_one_head() {
         assert_eq!(count(&|k| matches!(k, SegmentKind::Head)), 1);
         assert_eq!(
             count(&|k| matches!(k, SegmentKind::Expert { .. })),
-            union.count_ones() as usize * (info.stage + 1),
+            union.count() as usize * (info.stage + 1),
             "task {}: one expert segment per component on the path",
             info.name
         );
@@ -131,7 +134,7 @@ fn every_task_splits_into_trunks_routers_path_experts_and_one_head() {
                 SegmentKind::Router { modality } => {
                     let (_, l, _) = model.modality(modality).unwrap();
                     assert_eq!(s.inputs[0].shape, [l, d]);
-                    assert_eq!(s.outputs[0].shape, [1, hp.experts as usize]);
+                    assert_eq!(s.outputs[0].shape, [1, ck.config.experts]);
                 }
                 SegmentKind::Head => {
                     assert_eq!(s.inputs.len(), mods.len());
@@ -143,7 +146,7 @@ fn every_task_splits_into_trunks_routers_path_experts_and_one_head() {
                     assert_eq!(s.name, format!("head.{}", info.name));
                 }
                 SegmentKind::Expert { expert, .. } => {
-                    assert!(union & (1 << expert) != 0);
+                    assert!(union.contains(expert));
                     assert_eq!(s.inputs[0].shape, [1, 3 * d]);
                     assert_eq!(s.outputs[0].shape, [1, d]);
                 }
@@ -159,7 +162,7 @@ fn export_writes_a_graph_per_segment_and_precision_and_a_manifest_naming_the_blo
         let pkg = package(&ck, quant, true);
         let model = Model::from_bytes(pkg.as_slice()).unwrap();
         for t in 0..model.task_count() {
-            let plan = Plan::new(&model, t).unwrap();
+            let plan = SegmentPlan::new(&model, t).unwrap();
             let graphs = export_task(&model, &plan, &[Precision::F32, Precision::Int8]).unwrap();
             assert_eq!(graphs.len(), 2 * plan.segments.len());
             for g in &graphs {
@@ -221,6 +224,7 @@ fn executor_refuses_bad_inputs_with_a_message() {
 }
 
 /// A delegate whose hardware is missing.
+#[derive(Clone)]
 struct NoDriver;
 
 impl Delegate for NoDriver {
@@ -268,12 +272,65 @@ fn an_unavailable_delegate_gets_nothing_and_its_reason_is_kept() {
 
 #[test]
 fn int8_weights_are_symmetric_per_row() {
-    // Row 0: max 1.0 -> scale 1/127; 0.5 * 127 = 63.5 rounds away from zero.
-    // Row 1: all zero -> scale 1, zeros. Row 2: max 254 -> scale 2.
+    // Row 0: max 1.0 -> scale 1/127; 0.5 * 127 = 63.5 rounds half to even.
+    // Row 1: all zero -> scale 0, zeros. Row 2: max 254 -> scale 2.
     let w = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 254.0, -3.0, 1.0];
     let (q, s) = quantize_rows(3, 3, &w);
-    assert_eq!(q, [64, -127, 32, 0, 0, 0, 127, -2, 1]);
-    assert_eq!(s, [1.0 / 127.0, 1.0, 2.0]);
+    assert_eq!(q, [64, -127, 32, 0, 0, 0, 127, -2, 0]);
+    assert_eq!(s, [1.0 / 127.0, 0.0, 2.0]);
+}
+
+/// The exporter's int8 integers and scales are the i8row package format's,
+/// bit for bit: one quantizer (`taskpath_format::weight::i8_row`).
+#[test]
+fn int8_export_quantizer_is_the_packages() {
+    use taskpath_runtime::format::weight::{dequantize, quantize, I8_BLOCK, ROW_TILE_8};
+    use taskpath_runtime::WeightFormat;
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+    };
+    for (rows, cols) in [(1, 1), (3, 5), (8, 32), (13, 77), (16, 128)] {
+        let mut w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        // Ties at exactly .5 after scaling, and an all-zero row.
+        w[0] = 1.0;
+        if cols > 1 {
+            w[1] = 0.5;
+        }
+        if rows > 2 {
+            w[2 * cols..3 * cols].fill(0.0);
+        }
+        let f = WeightFormat::I8Row;
+        let mut packed = vec![0u8; f.packed_bytes(rows, cols)];
+        quantize(f, rows, cols, &w, &mut packed).unwrap();
+        let (q, s) = quantize_rows(rows, cols, &w);
+        let (tb, k) = (f.tile_bytes(cols), f.padded_cols(cols));
+        assert_eq!(k % I8_BLOCK, 0);
+        for r in 0..rows {
+            let tile = &packed[(r / ROW_TILE_8) * tb..][..tb];
+            let i = r % ROW_TILE_8;
+            let scale = f32::from_le_bytes(tile[4 * i..4 * i + 4].try_into().unwrap());
+            assert_eq!(
+                scale.to_bits(),
+                s[r].to_bits(),
+                "{rows}x{cols} row {r} scale"
+            );
+            for c in 0..cols {
+                let pq = tile[4 * ROW_TILE_8 + i * k + c] as i8;
+                assert_eq!(pq, q[r * cols + c], "{rows}x{cols} [{r},{c}]");
+            }
+        }
+        // And dequantizing either gives the same values.
+        let mut deq = vec![0f32; rows * cols];
+        dequantize(f, rows, cols, &packed, &mut deq).unwrap();
+        for (i, v) in deq.iter().enumerate() {
+            let want = s[i / cols] * f32::from(q[i]);
+            assert_eq!(v.to_bits(), want.to_bits());
+        }
+    }
 }
 
 #[test]
@@ -284,4 +341,68 @@ fn rel_error_is_relative_to_the_reference_scale() {
     assert_eq!(rel_error(&[1e-9], &[0.0]), f32::INFINITY);
     assert_eq!(rel_error(&[f32::NAN], &[1.0]), f32::INFINITY);
     assert_eq!(rel_error(&[1.0], &[1.0, 2.0]), f32::INFINITY);
+}
+
+/// An available delegate that takes every graph it is offered and "runs"
+/// it by refusing nothing but computing nothing either: it declines at
+/// compile time, so the backend runs everything on the CPU primitives.
+#[derive(Clone)]
+struct Declines(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl Delegate for Declines {
+    type Handle = ();
+    fn name(&self) -> &str {
+        "declines"
+    }
+    fn is_available(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn compile(&mut self, seg: &Segment, payload: &[u8]) -> taskpath_npu::Result<Option<()>> {
+        // The payload is the segment's exported ONNX graph.
+        assert!(!payload.is_empty(), "{}: empty payload", seg.name);
+        self.0.set(self.0.get() + 1);
+        Ok(None)
+    }
+    fn execute(
+        &mut self,
+        _: &mut (),
+        _: &[&[f32]],
+        _: &mut [&mut [f32]],
+    ) -> taskpath_npu::Result<()> {
+        panic!("nothing was compiled")
+    }
+}
+
+/// The NPU is a runtime `Backend`: callers use the four verbs; an
+/// unavailable delegate is refused with its reason, an available one is
+/// offered every segment's exported graph, and what it declines runs on the
+/// CPU with the session's exact outputs.
+#[test]
+fn the_npu_backend_runs_through_the_runtime_backend_trait() {
+    use taskpath_npu::NpuBackend;
+    use taskpath_runtime::Backend;
+    let ck = checkpoint();
+    let pkg = package(&ck, None, false);
+    let model = Model::from_bytes(pkg.as_slice()).unwrap();
+    let t = model.task_index("WDBC").unwrap();
+    let info = model.task(t).unwrap();
+    let e = NpuBackend::new(NoDriver, Precision::F32)
+        .is_available()
+        .unwrap_err();
+    assert!(e.to_string().contains("no NPU driver"), "{e}");
+    let offered = std::rc::Rc::new(std::cell::Cell::new(0));
+    let npu = NpuBackend::new(Declines(offered.clone()), Precision::Int8);
+    npu.is_available().unwrap();
+    let mut arena = vec![0u8; info.arena_bytes];
+    let mut h = npu.init(&model, t, &mut arena).unwrap();
+    let plan = SegmentPlan::new(&model, t).unwrap();
+    assert_eq!(offered.get(), plan.segments.len());
+    let ds = test_set("WDBC");
+    let want = session_outputs(&model, t, &ds);
+    for (x, w) in ds.samples.iter().zip(&want).take(8) {
+        let refs: Vec<&[f32]> = x.inputs.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0f32; info.outputs];
+        npu.execute(&mut h, &refs, &mut out).unwrap();
+        assert_eq!(&out, w);
+    }
 }

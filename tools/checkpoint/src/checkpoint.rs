@@ -302,6 +302,106 @@ impl Matrix<'_> {
     }
 }
 
+/// Largest safetensors JSON header read (the safetensors library's limit).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Reads a `model.safetensors` for `config`, checking its header first: the
+/// header length is bounded and inside the file, every tensor is F32, is one
+/// `config` expects (with its shape when full-rank) and has an offset range
+/// of exactly its size inside the data region, which those ranges fill. Only
+/// then is the data read, so a wrong or hostile header costs a header read,
+/// not the whole file.
+fn read_safetensors(path: &Path, config: &ModelConfig) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    let file_len = f.metadata()?.len();
+    ensure!(
+        file_len >= 8,
+        "{file_len} bytes: too short for the 8-byte header length"
+    );
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)?;
+    let n = u64::from_le_bytes(n);
+    let most = MAX_HEADER_BYTES.min(file_len - 8);
+    ensure!(
+        n <= most,
+        "the header length is {n} bytes; it must be at most {most} (the file's size less 8, and at most {MAX_HEADER_BYTES})"
+    );
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).context("the JSON header is not an object")?;
+    let expected: BTreeMap<String, (Vec<usize>, bool)> = config
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape, lr)| (name, (shape, lr)))
+        .collect();
+    let data_len = file_len - 8 - n;
+    let mut ranges = Vec::new();
+    for (name, v) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = v.get("dtype").and_then(serde_json::Value::as_str);
+        ensure!(
+            dtype == Some("F32"),
+            "tensor {name:?} has dtype {dtype:?}, expected F32"
+        );
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .with_context(|| format!("tensor {name:?}: no valid shape"))?;
+        let known = match expected.get(name) {
+            Some((s, _)) => {
+                ensure!(
+                    *s == shape,
+                    "tensor {name:?} has shape {shape:?}, model.json implies {s:?}"
+                );
+                true
+            }
+            // A low-rank factor of an expected low-rank matrix.
+            None => name
+                .strip_suffix(".u")
+                .or_else(|| name.strip_suffix(".v"))
+                .and_then(|base| expected.get(base))
+                .is_some_and(|(_, lr)| *lr),
+        };
+        ensure!(known, "tensor {name:?} is not one model.json describes");
+        let offsets: [u64; 2] = v
+            .get("data_offsets")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .with_context(|| format!("tensor {name:?}: no valid data_offsets"))?;
+        let bytes = shape
+            .iter()
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64));
+        ensure!(
+            offsets[0] <= offsets[1]
+                && offsets[1] <= data_len
+                && Some(offsets[1] - offsets[0]) == bytes,
+            "tensor {name:?}: data_offsets {offsets:?} must span its {} bytes within the {data_len}-byte data region",
+            bytes.map_or_else(|| "overflowing".into(), |b| b.to_string())
+        );
+        ranges.push(offsets);
+    }
+    ranges.sort_unstable();
+    let mut end = 0;
+    for [a, b] in ranges {
+        ensure!(
+            a == end,
+            "the tensors' data ranges overlap or leave a gap at byte {end}"
+        );
+        end = b;
+    }
+    ensure!(
+        end == data_len,
+        "the tensors cover {end} bytes of the {data_len}-byte data region"
+    );
+    f.rewind()?;
+    let mut bytes = Vec::with_capacity(file_len as usize);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// A loaded, validated checkpoint.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
@@ -319,9 +419,10 @@ impl Checkpoint {
             .with_context(|| format!("reading {}", json_path.display()))?;
         let config: ModelConfig = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", json_path.display()))?;
+        config.validate()?;
         let st_path = dir.join("model.safetensors");
-        let bytes =
-            std::fs::read(&st_path).with_context(|| format!("reading {}", st_path.display()))?;
+        let bytes = read_safetensors(&st_path, &config)
+            .with_context(|| format!("reading {}", st_path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("parsing {}", st_path.display()))?;
         let mut tensors = BTreeMap::new();

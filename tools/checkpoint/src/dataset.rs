@@ -57,12 +57,33 @@ struct DatasetFile {
     samples: Vec<Sample>,
 }
 
+/// The largest dataset file [`Dataset::load`] reads (the bundled ones are
+/// under 2 MiB).
+pub const MAX_DATASET_BYTES: u64 = 256 << 20;
+
 impl Dataset {
     /// Reads and parses a dataset file (its shapes are checked against a model
     /// by [`Dataset::validate_against`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        Self::load_limited(path, MAX_DATASET_BYTES)
+    }
+
+    /// [`Dataset::load`] of a file of at most `limit` bytes.
+    pub fn load_limited(path: &Path, limit: u64) -> Result<Self> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path)
             .with_context(|| format!("reading dataset {}", path.display()))?;
+        let mut text = String::new();
+        // At most one byte past the limit: `/dev/zero` or a runaway file is
+        // refused there, not read to the end.
+        file.take(limit.saturating_add(1))
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading dataset {}", path.display()))?;
+        ensure!(
+            text.len() as u64 <= limit,
+            "dataset {} is larger than the limit of {limit} bytes",
+            path.display()
+        );
         Self::from_json(&text).with_context(|| format!("parsing dataset {}", path.display()))
     }
 
@@ -196,6 +217,30 @@ mod tests {
 
     fn config() -> ModelConfig {
         RandomSpec::small(8, 2, 3, 2, 2).config()
+    }
+
+    /// A dataset file is read up to its limit and no further: `/dev/zero`
+    /// is refused after `limit` bytes (issue 17: it used to read 2 GB), a
+    /// file at the limit loads.
+    #[test]
+    fn dataset_files_are_read_under_a_limit() {
+        if std::path::Path::new("/dev/zero").exists() {
+            let e = Dataset::load_limited(Path::new("/dev/zero"), 4096).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("larger than the limit of 4096 bytes"),
+                "{e:#}"
+            );
+        }
+        let d = dataset(3);
+        let dir = std::env::temp_dir().join(format!("tp-dataset-limit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t.json");
+        d.save(&p).unwrap();
+        let n = std::fs::metadata(&p).unwrap().len();
+        assert_eq!(Dataset::load_limited(&p, n).unwrap().samples.len(), 3);
+        let e = Dataset::load_limited(&p, n - 1).unwrap_err();
+        assert!(format!("{e:#}").contains("larger than the limit"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A valid dataset of task0 (modalities a [5x3], b [3x7], 2 outputs).

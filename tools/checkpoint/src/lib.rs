@@ -11,14 +11,73 @@ pub use checkpoint::{
 pub use dataset::{Dataset, Sample, DATASET_FORMAT};
 pub use random::{random_checkpoint, random_inputs, RandomSpec, SplitMix64};
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a
-/// rename, so a crash never leaves a partial file under the final name.
+/// rename, so a crash never leaves a partial file under the final name. See
+/// [`write_atomic_with`] for how the temporary file is made.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, &mut |f| f.write_all(bytes))
+}
+
+/// Writes `path` atomically with `fill` writing the contents (for output
+/// produced by an encoder rather than held as one buffer).
+///
+/// The temporary file lies next to `path` (a rename cannot cross file
+/// systems) under an unpredictable name, and is created exclusively
+/// (`O_CREAT | O_EXCL`), which also refuses a symbolic link planted under
+/// that name: another user of a shared directory can neither guess the name
+/// nor redirect the write. It is removed on every error path (and if `fill`
+/// panics). The rename replaces a symbolic link at `path` itself rather than
+/// writing through it.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    write_via(path, &mut std::iter::repeat_with(unpredictable), fill)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Temporary names to try before giving up: a clash means another writer
+/// (or an attacker) holds the name, and a fresh random name avoids it.
+const TEMP_ATTEMPTS: usize = 16;
+
+/// 64 unpredictable bits: SipHash under `RandomState`'s per-process random
+/// keys, over the time, the process id and a counter.
+fn unpredictable() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
+/// The temporary file; removed when dropped unless it was renamed.
+struct Temp(Option<PathBuf>);
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// [`write_atomic_with`] with the temporary names drawn from `salts`.
+fn write_via(
+    path: &Path,
+    salts: &mut dyn Iterator<Item = u64>,
+    fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -26,19 +85,139 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+    let mut last = None;
+    for salt in salts.take(TEMP_ATTEMPTS) {
+        let tmp = dir.join(format!(".{}.{salt:016x}.tmp", name.to_string_lossy()));
+        let mut f = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", tmp.display())),
+        };
+        let mut guard = Temp(Some(tmp.clone()));
+        fill(&mut f)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        guard.0 = None;
+        // The rename is durable once the directory is; failing to sync it
+        // (some file systems refuse) does not undo the write.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        return Ok(());
     }
-    result.with_context(|| format!("writing {}", path.display()))
+    Err(last.unwrap_or_else(|| std::io::Error::other("no temporary name to try")))
+        .context("every temporary name tried was taken")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let d =
+                std::env::temp_dir().join(format!("taskpath-atomic-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+        fn names(&self) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn temporary_names_differ_and_are_not_left_behind() {
+        let d = Dir::new("names");
+        let a = unpredictable();
+        assert_ne!(a, unpredictable());
+        write_atomic(&d.0.join("out.bin"), b"one").unwrap();
+        write_atomic(&d.0.join("out.bin"), b"two").unwrap();
+        assert_eq!(std::fs::read(d.0.join("out.bin")).unwrap(), b"two");
+        assert_eq!(d.names(), ["out.bin"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+        let d = Dir::new("planted");
+        let victim = d.0.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = d.0.join("out.bin");
+        // The attacker guessed the first name; the writer must skip it.
+        let planted = d.0.join(format!(".out.bin.{:016x}.tmp", 7u64));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let mut salts = [7u64, 8].into_iter();
+        write_via(&out, &mut salts, &mut |f| f.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert!(std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Only that name available: an error, and still nothing followed.
+        let planted2 = d.0.join(format!(".other.{:016x}.tmp", 7u64));
+        std::os::unix::fs::symlink(&victim, &planted2).unwrap();
+        let mut salts = std::iter::repeat(7u64);
+        let e = write_via(&d.0.join("other"), &mut salts, &mut |f| f.write_all(b"x"));
+        assert!(format!("{:#}", e.unwrap_err()).contains("every temporary name tried was taken"));
+        assert!(!d.0.join("other").exists());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_the_output_path_is_replaced_not_followed() {
+        let d = Dir::new("outlink");
+        let victim = d.0.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = d.0.join("out.bin");
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        write_atomic(&out, b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&out).unwrap().is_file());
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_and_no_partial_output() {
+        let d = Dir::new("failed");
+        let out = d.0.join("out.bin");
+        std::fs::write(&out, b"old").unwrap();
+        // The writer fails half-way.
+        let e = write_atomic_with(&out, &mut |f| {
+            f.write_all(b"half")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("disk full"), "{e:#}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"old");
+        assert_eq!(d.names(), ["out.bin"]);
+        // The rename fails: the target is a non-empty directory.
+        let blocked = d.0.join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        assert!(write_atomic(&blocked, b"data").is_err());
+        assert_eq!(d.names(), ["blocked", "out.bin"]);
+        // The writer panics: the temporary still goes.
+        let r = std::panic::catch_unwind(|| {
+            let _ = write_atomic_with(&d.0.join("p.bin"), &mut |_| panic!("boom"));
+        });
+        assert!(r.is_err());
+        assert_eq!(d.names(), ["blocked", "out.bin"]);
+    }
 }

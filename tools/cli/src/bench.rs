@@ -12,19 +12,24 @@
 //! before the clock starts). Not timed: opening, validation, session creation.
 
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use taskpath_checkpoint::Sample;
-use taskpath_format::Opcode;
+use taskpath_format::Op;
 use taskpath_profile::chrome::Recorder;
 use taskpath_profile::stats::{mean, median, stddev};
 use taskpath_runtime::{AlignedArena, MappedModel, Model, NoTrace, Session, TaskInfo, Tracer};
 
 use crate::profile::load_task_inputs;
 use crate::util::{open_model, outln, write_output};
+
+/// Most concurrent sessions: each is an OS thread with its own arena.
+pub const MAX_THREADS: usize = 1024;
+/// Most inferences (or tokens) per session and repetition.
+pub const MAX_RUNS: usize = 1 << 20;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -38,17 +43,25 @@ pub struct Args {
     /// Tasks (comma-separated); default: every task with inputs.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tasks: Vec<String>,
-    /// Concurrent sessions (comma-separated), one OS thread each.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// Concurrent sessions (comma-separated), one OS thread each (1..=1024;
+    /// language models: threads per session, 1..=16).
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = crate::util::within(1..=MAX_THREADS))]
     pub threads: Vec<usize>,
-    /// Repetitions per configuration (mean ± stddev across them).
-    #[arg(short = 'r', long, default_value_t = 5)]
+    /// Repetitions per configuration (mean ± stddev across them; 1..=10000).
+    #[arg(short = 'r', long, default_value_t = 5, value_parser = crate::util::within(1..=10_000usize))]
     pub repetitions: usize,
-    /// Inferences per session per repetition (cycling over the inputs).
-    #[arg(short = 'n', long, default_value_t = 100)]
-    pub runs: usize,
-    /// Untimed inferences per session before each timed repetition.
-    #[arg(long, default_value_t = 10)]
+    /// Inferences per session per repetition (cycling over the inputs);
+    /// default 100. Language-model packages: tokens of the `tg` row
+    /// (default 128; 0 skips it). At most 1048576.
+    #[arg(short = 'n', long, value_parser = crate::util::within(0..=MAX_RUNS))]
+    pub runs: Option<usize>,
+    /// Language-model packages: prompt tokens of the `pp` row (default
+    /// 512; 0 skips it; at most 1048576).
+    #[arg(short = 'p', long = "n-prompt", value_parser = crate::util::within(0..=MAX_RUNS))]
+    pub n_prompt: Option<usize>,
+    /// Untimed inferences per session before each timed repetition
+    /// (0..=1048576).
+    #[arg(long, default_value_t = 10, value_parser = crate::util::within(0..=MAX_RUNS))]
     pub warmup: usize,
     /// Output formats printed to stdout (comma-separated): md, csv, json.
     #[arg(short = 'o', long, value_delimiter = ',', default_value = "md")]
@@ -62,6 +75,11 @@ pub struct Args {
     /// interleaved per inference; latency = median per repetition.
     #[arg(long)]
     pub tracing: bool,
+    /// Language models: hold routed experts in an anonymous-memory cache of
+    /// this many bytes (or N% of each package's expert bytes), filled from
+    /// the package on a miss; the table gains the decode's hit rate.
+    #[arg(long, value_name = "BYTES|N%")]
+    pub expert_budget: Option<String>,
 }
 
 /// One configuration's measurements.
@@ -105,13 +123,13 @@ struct Toggle {
 
 impl Tracer for Toggle {
     #[inline]
-    fn op_begin(&mut self, index: u32, op: Opcode) {
+    fn op_begin(&mut self, index: u32, op: &Op) {
         if self.on {
             self.rec.op_begin(index, op);
         }
     }
     #[inline]
-    fn op_end(&mut self, index: u32, op: Opcode) {
+    fn op_end(&mut self, index: u32, op: &Op) {
         if self.on {
             self.rec.op_end(index, op);
         }
@@ -155,6 +173,69 @@ fn refs(samples: &[Sample]) -> Vec<Vec<&[f32]>> {
         .collect()
 }
 
+/// A start line for `parties` threads that, unlike `std::sync::Barrier`, can
+/// be called off: a thread that fails (or panics, or is never spawned)
+/// before reaching it releases everyone instead of leaving them waiting.
+struct Gate {
+    /// (arrived, called off)
+    state: Mutex<(usize, bool)>,
+    cv: Condvar,
+    parties: usize,
+}
+
+impl Gate {
+    fn new(parties: usize) -> Self {
+        Self {
+            state: Mutex::new((0, false)),
+            cv: Condvar::new(),
+            parties,
+        }
+    }
+
+    /// Waits until every party arrived (true) or the start is called off
+    /// (false).
+    fn wait(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.0 += 1;
+        if s.0 >= self.parties {
+            self.cv.notify_all();
+        }
+        let s = self
+            .cv
+            .wait_while(s, |s| s.0 < self.parties && !s.1)
+            .unwrap_or_else(PoisonError::into_inner);
+        !s.1
+    }
+
+    fn call_off(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.cv.notify_all();
+    }
+
+    /// A ticket that calls the start off when dropped before [`Ticket::wait`]
+    /// (an early return or a panic of its thread).
+    fn ticket(&self) -> Ticket<'_> {
+        Ticket(self, false)
+    }
+}
+
+struct Ticket<'a>(&'a Gate, bool);
+
+impl Ticket<'_> {
+    fn wait(&mut self) -> bool {
+        self.1 = true;
+        self.0.wait()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.call_off();
+        }
+    }
+}
+
 /// One repetition of `threads` concurrent sessions: (mean latency µs, inferences/s).
 fn rep_threads(
     model: &Model<'_>,
@@ -165,42 +246,62 @@ fn rep_threads(
     warmup: usize,
 ) -> Result<(f64, f64)> {
     let inputs = refs(samples);
-    let barrier = Barrier::new(threads + 1);
+    let gate = Gate::new(threads + 1);
     let (busy, wall) = std::thread::scope(|s| -> Result<(Duration, Duration)> {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (inputs, barrier) = (&inputs, &barrier);
-                s.spawn(move || -> Result<Duration> {
+        let mut main_ticket = gate.ticket();
+        let mut handles = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let (inputs, gate) = (&inputs, &gate);
+            let spawned = std::thread::Builder::new()
+                .name(format!("bench-{t}"))
+                .spawn_scoped(s, move || -> Result<Option<Duration>> {
+                    let mut ticket = gate.ticket();
                     let mut arena = AlignedArena::new(task.arena_bytes);
-                    let session = Session::new(model, task.index, arena.as_mut_slice());
+                    let mut session = Session::new(model, task.index, arena.as_mut_slice())?;
                     let mut out = vec![0f32; task.outputs];
-                    let mut session = match session {
-                        Ok(s) => s,
-                        Err(e) => {
-                            barrier.wait();
-                            return Err(e.into());
-                        }
-                    };
                     for r in 0..warmup {
                         session.run(&inputs[(r + t) % inputs.len()], &mut out)?;
                     }
-                    barrier.wait();
+                    if !ticket.wait() {
+                        return Ok(None);
+                    }
                     let t0 = Instant::now();
                     for r in 0..runs {
                         session.run(&inputs[(r + t) % inputs.len()], &mut out)?;
                     }
-                    Ok(t0.elapsed())
-                })
-            })
-            .collect();
-        barrier.wait();
+                    Ok(Some(t0.elapsed()))
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // Dropping the ticket unblocks the threads already started;
+                    // the scope then joins them.
+                    drop(main_ticket);
+                    return Err(e)
+                        .with_context(|| format!("starting bench thread {} of {threads}", t + 1));
+                }
+            }
+        }
+        let started = main_ticket.wait();
         let t0 = Instant::now();
         let mut busy = Duration::ZERO;
+        let mut first_error = None;
         for h in handles {
-            busy += h
-                .join()
-                .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
+            match h.join() {
+                Ok(Ok(Some(d))) => busy += d,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(anyhow::anyhow!("a bench thread panicked"));
+                }
+            }
         }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        ensure!(started, "a bench thread stopped before the timed runs");
         Ok((busy, t0.elapsed()))
     })?;
     let n = (threads * runs) as f64;
@@ -380,7 +481,6 @@ fn machine() -> serde_json::Value {
 /// Runs `bench`.
 pub fn main(a: &Args) -> Result<()> {
     ensure!(a.repetitions >= 1, "-r/--repetitions must be at least 1");
-    ensure!(a.runs >= 1, "-n/--runs must be at least 1");
     ensure!(
         a.threads.iter().all(|&t| t >= 1),
         "--threads: every count must be at least 1"
@@ -395,6 +495,46 @@ pub fn main(a: &Args) -> Result<()> {
         .iter()
         .map(|f| open_model(f, &[]))
         .collect::<Result<_>>()?;
+    let llm: Vec<bool> = mapped
+        .iter()
+        .map(|m| m.model().map(|m| m.arch() == taskpath_pack::llm::LLM_ARCH))
+        .collect::<Result<_, _>>()?;
+    if llm.iter().any(|&l| l) {
+        ensure!(
+            llm.iter().all(|&l| l),
+            "bench compares packages of one kind: do not mix language models with other packages"
+        );
+        let (pp, tg) = (a.n_prompt.unwrap_or(512), a.runs.unwrap_or(128));
+        ensure!(pp + tg > 0, "-p and -n are both 0: nothing to measure");
+        let labels: Vec<String> = a.files.iter().map(|f| label(f)).collect();
+        let report = crate::bench_llm::run(
+            &mapped,
+            &labels,
+            &a.threads,
+            (pp, tg),
+            a.repetitions,
+            a.expert_budget.as_deref(),
+        )?;
+        crate::bench_llm::print(&report, &a.output)?;
+        if let Some(dir) = &a.out {
+            write_output(
+                &dir.join("bench.md"),
+                crate::bench_llm::markdown(&report).as_bytes(),
+            )?;
+            write_output(
+                &dir.join("bench.csv"),
+                crate::bench_llm::csv(&report).as_bytes(),
+            )?;
+            write_output(
+                &dir.join("bench.json"),
+                serde_json::to_string_pretty(&report)?.as_bytes(),
+            )?;
+        }
+        return Ok(());
+    }
+    ensure!(a.n_prompt.is_none(), "-p is for language-model packages");
+    let runs = a.runs.unwrap_or(100);
+    ensure!(runs >= 1, "-n/--runs must be at least 1");
     let work: Vec<Work<'_>> = mapped
         .iter()
         .zip(&a.files)
@@ -443,7 +583,7 @@ pub fn main(a: &Args) -> Result<()> {
             {
                 let (p, t, _) = cfg[0];
                 let (task, samples) = &work[p].tasks[t];
-                let res = rep_modes(&work[p].model, task, samples, a.runs, a.warmup)?;
+                let res = rep_modes(&work[p].model, task, samples, runs, a.warmup)?;
                 for (row, (lat, tput)) in group.iter_mut().zip(res) {
                     row.latency_us.push(lat);
                     row.throughput.push(tput);
@@ -454,7 +594,7 @@ pub fn main(a: &Args) -> Result<()> {
         }
         for (row, &(p, t, v)) in rows.iter_mut().zip(&configs) {
             let (task, samples) = &work[p].tasks[t];
-            let (lat, tput) = rep_threads(&work[p].model, task, samples, v, a.runs, a.warmup)?;
+            let (lat, tput) = rep_threads(&work[p].model, task, samples, v, runs, a.warmup)?;
             row.latency_us.push(lat);
             row.throughput.push(tput);
             bar.inc(1);
@@ -467,7 +607,7 @@ pub fn main(a: &Args) -> Result<()> {
         "machine": machine(),
         "params": {
             "files": a.files, "tasks": a.tasks, "threads": a.threads,
-            "repetitions": a.repetitions, "runs": a.runs, "warmup": a.warmup,
+            "repetitions": a.repetitions, "runs": runs, "warmup": a.warmup,
             "tracing": a.tracing, "inputs": a.inputs,
         },
         "rows": rows,

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use taskpath_checkpoint::{random_checkpoint, Checkpoint, RandomSpec};
 
-use crate::pack::{pack_dir, CalibArgs};
+use crate::lm::CorpusArgs;
+use crate::pack::{pack_dir, pack_llm_file, CalibArgs, LlmArgs};
 use crate::util::{human_bytes, open_model, outln};
 use crate::{eval, gen, verify};
 
@@ -22,6 +23,13 @@ pub struct DemoArgs {
     /// Output directory (model.tpk).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// The language model of step 6 (a Hugging Face directory or GGUF file);
+    /// step 6 is skipped when it does not exist.
+    #[arg(long, default_value = "models/lm-domains/model")]
+    pub lm: PathBuf,
+    /// Its corpus: `<domain>/{calib,test}.txt` per text domain.
+    #[arg(long, default_value = "models/lm-domains/corpus")]
+    pub lm_corpus: PathBuf,
 }
 
 fn is_checkpoint(dir: &Path) -> bool {
@@ -30,7 +38,7 @@ fn is_checkpoint(dir: &Path) -> bool {
 
 /// Runs `demo`.
 pub fn main(a: &DemoArgs) -> Result<()> {
-    outln!("== 1/5 model");
+    outln!("== 1/6 model");
     let (model_dir, data_dir) = if is_checkpoint(&a.model) {
         (a.model.clone(), a.data.clone())
     } else {
@@ -78,7 +86,7 @@ pub fn main(a: &DemoArgs) -> Result<()> {
             .join(", ")
     );
 
-    outln!("\n== 2/5 pack");
+    outln!("\n== 2/6 pack");
     let has_train = c
         .tasks
         .iter()
@@ -116,11 +124,11 @@ pub fn main(a: &DemoArgs) -> Result<()> {
     let s = pack_dir(&model_dir, &out, &calib)?;
     drop(ck);
 
-    outln!("\n== 3/5 verify");
+    outln!("\n== 3/6 verify");
     let v = verify::verify(&out, &[])?;
     outln!("ok: {} blobs, {} tasks verified", v.blobs, v.tasks);
 
-    outln!("\n== 4/5 eval");
+    outln!("\n== 4/6 eval");
     let mapped = open_model(&out, &[])?;
     let model = mapped.model()?;
     if has_test {
@@ -133,7 +141,7 @@ pub fn main(a: &DemoArgs) -> Result<()> {
         outln!("skipped: no {{TASK}}.test.json in {}", data_dir.display());
     }
 
-    outln!("\n== 5/5 profile");
+    outln!("\n== 5/6 profile");
     if has_test {
         // Half the expert bytes as the residency budget, so the summary shows
         // a real hit rate next to latency; the plots are the README's.
@@ -169,5 +177,82 @@ pub fn main(a: &DemoArgs) -> Result<()> {
         human_bytes(s.bytes),
         s.bytes
     );
+    drop(mapped);
+
+    outln!("\n== 6/6 language model: one expert path per text domain");
+    if a.lm.exists() && a.lm_corpus.is_dir() {
+        language_model(a)?;
+    } else {
+        outln!(
+            "skipped: {} or {} is missing",
+            a.lm.display(),
+            a.lm_corpus.display()
+        );
+    }
+    Ok(())
+}
+
+/// Step 6: the domain language model packed with a path per domain
+/// (routing measured on each domain's calibration text), perplexity of the
+/// full model and of each path on the test text, and greedy text from two
+/// domains on their own paths.
+fn language_model(a: &DemoArgs) -> Result<()> {
+    let out = a.out.join("lm-domains.tpk");
+    let coverage = 0.9;
+    outln!(
+        "packing {} with --calibration {} --path-coverage {coverage}",
+        a.lm.display(),
+        a.lm_corpus.display()
+    );
+    let calib = CalibArgs {
+        align_log2: 12,
+        calibration: Some(a.lm_corpus.clone()),
+        path_coverage: Some(coverage),
+        quant: None,
+        budget: None,
+    };
+    let llm = LlmArgs {
+        context: 256,
+        chunk: 64,
+        dense_quant: None,
+    };
+    pack_llm_file(&a.lm, &out, &calib, &llm)?;
+    let mapped = open_model(&out, &[])?;
+    let model = mapped.model()?;
+    let corpus = CorpusArgs {
+        corpus: Some(a.lm_corpus.clone()),
+        window: None,
+        max_tokens: Some(2048),
+        jobs: 2,
+    };
+    let texts = crate::lm::load_texts(&model, &a.lm_corpus, "test", &corpus)?;
+    outln!(
+        "\nperplexity on the first {} test tokens of each domain (windows of {}), full model vs the domain's path:",
+        corpus.max_tokens.unwrap_or(0),
+        texts.window
+    );
+    let e = crate::eval_llm::evaluate(&model, &texts, false, corpus.jobs)?;
+    outln!("{}", crate::eval_llm::markdown(&e));
+    drop(mapped);
+    for (task, prompt) in [
+        ("rust", "fn main() {\n    let"),
+        ("en-bible", "And God said unto"),
+    ] {
+        outln!("\ngreedy, task {task}:");
+        crate::generate::main(&crate::generate::Args {
+            file: out.clone(),
+            deltas: crate::DeltaArgs { deltas: Vec::new() },
+            prompt: prompt.to_string(),
+            n: 32,
+            task: Some(task.to_string()),
+            temp: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            ignore_eos: true,
+            threads: 1,
+            expert_budget: None,
+        })?;
+    }
     Ok(())
 }

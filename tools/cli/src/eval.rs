@@ -17,9 +17,18 @@ pub struct EvalArgs {
     /// The package (.tpk).
     #[arg(value_name = "FILE.tpk")]
     pub file: PathBuf,
-    /// Directory of `{TASK}.test.json` datasets.
+    /// Directory of `{TASK}.test.json` datasets (FLAME packages).
     #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Language-model packages: the text corpus to score.
+    #[command(flatten)]
+    pub corpus: crate::lm::CorpusArgs,
+    /// Language models: which split of the corpus to score.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Language models: also run every domain's text on every domain's path.
+    #[arg(long)]
+    pub cross: bool,
     /// Delta packs applied on top of the base.
     #[command(flatten)]
     pub deltas: DeltaArgs,
@@ -162,13 +171,21 @@ pub fn evaluate_on(
             max_rel: 0.0,
             predictions: 0.0,
         };
-        for ((s, out), &p) in ds.samples.iter().zip(&o.outputs).zip(&preds) {
+        for (i, ((s, out), &p)) in ds.samples.iter().zip(&o.outputs).zip(&preds).enumerate() {
             let Some(want) = &s.logits else { continue };
+            // JSON has no NaN, but 1e39 is +inf as f32: no agreement to measure.
+            if let Some(j) = want.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}, sample {i}: stored logit {j} is {} (not finite as a 32-bit float)",
+                    path.display(),
+                    want[j]
+                );
+            }
             agree.samples += 1;
             for (a, b) in out.iter().zip(want) {
                 let d = (f64::from(*a) - f64::from(*b)).abs();
-                agree.max_abs = agree.max_abs.max(d);
-                agree.max_rel = agree.max_rel.max(d / f64::from(b.abs()).max(1.0));
+                agree.max_abs = nan_max(agree.max_abs, d);
+                agree.max_rel = nan_max(agree.max_rel, d / f64::from(b.abs()).max(1.0));
             }
             agree.predictions += f64::from(u8::from(argmax(want) == p));
         }
@@ -198,6 +215,16 @@ pub fn evaluate_on(
         );
     }
     Ok(rows)
+}
+
+/// The larger of two differences, NaN if either is: `f64::max` returns
+/// the other operand for a NaN, which would report a NaN output as agreeing.
+pub fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -247,7 +274,14 @@ pub fn table(rows: &[EvalRow]) -> Table {
 pub fn main(a: &EvalArgs) -> Result<()> {
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
-    let rows = evaluate_on(&model, &a.data, &a.tasks, a.target)?;
+    if let Some(texts) =
+        crate::lm::corpus_texts(&model, &a.corpus, a.data.as_deref(), "--data", &a.split)?
+    {
+        let e = crate::eval_llm::evaluate(&model, &texts, a.cross, a.corpus.jobs)?;
+        return crate::lm::print_report(&e, a.json, crate::eval_llm::markdown);
+    }
+    let dir = a.data.as_deref().context("--data is required")?;
+    let rows = evaluate_on(&model, dir, &a.tasks, a.target)?;
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -277,5 +311,14 @@ mod tests {
             "balanced only for 2 classes"
         );
         assert_eq!(scores(&[1], &[None], 2), (None, None));
+    }
+
+    #[test]
+    fn a_nan_difference_is_never_reported_as_agreement() {
+        assert!(nan_max(0.0, f64::NAN).is_nan());
+        assert!(nan_max(f64::NAN, 0.5).is_nan());
+        assert_eq!(nan_max(0.25, 0.5), 0.5);
+        let d = [0.1, f64::NAN, 0.2];
+        assert!(d.iter().fold(0.0, |m, &x| nan_max(m, x)).is_nan());
     }
 }

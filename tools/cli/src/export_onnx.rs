@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use taskpath_checkpoint::{write_atomic, Dataset};
-use taskpath_npu::{export_task, manifest, CpuOnly, Executor, Plan, Precision};
+use taskpath_npu::{export_task, manifest, CpuOnly, Executor, Precision, SegmentPlan};
 
 use crate::util::{config_of, hex, open_model, outln, task_by_name};
 use crate::DeltaArgs;
@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, value_name = "DATA_DIR", hide = true)]
     pub dump_reference: Option<PathBuf>,
     /// Samples of the test set to dump (with --dump-reference).
-    #[arg(long, default_value_t = 8, hide = true)]
+    #[arg(long, default_value_t = 8, hide = true, value_parser = crate::util::within(0..=10_000usize))]
     pub dump_samples: usize,
 }
 
@@ -44,7 +44,7 @@ pub fn main(a: &Args) -> Result<()> {
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
     let task = task_by_name(&model, &a.task)?;
-    let plan = Plan::new(&model, task.index)
+    let plan = SegmentPlan::new(&model, task.index)
         .with_context(|| format!("splitting task {} into segments", task.name))?;
     let precisions: &[Precision] = if a.int8 {
         &[Precision::F32, Precision::Int8]
@@ -105,7 +105,7 @@ pub fn main(a: &Args) -> Result<()> {
 /// `reference/<graph>/<k>/{in,out}.<port>.npy`.
 fn dump_reference(
     model: &taskpath_runtime::Model<'_>,
-    plan: &Plan,
+    plan: &SegmentPlan,
     data: &Path,
     samples: usize,
     out: &Path,

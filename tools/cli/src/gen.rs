@@ -39,35 +39,35 @@ pub struct GenArgs {
     /// Starting shape; the options below override its fields.
     #[arg(long, value_enum, default_value_t = Shape::Reference)]
     pub shape: Shape,
-    /// Model width D.
-    #[arg(long = "d", value_name = "D")]
+    /// Model width D (1..=4096).
+    #[arg(long = "d", value_name = "D", value_parser = crate::util::within(1..=4096usize))]
     pub d_model: Option<usize>,
-    /// Attention heads (must divide D).
-    #[arg(long)]
+    /// Attention heads (must divide D; 1..=256).
+    #[arg(long, value_parser = crate::util::within(1..=256usize))]
     pub heads: Option<usize>,
-    /// Expert pool size N (<= 64).
-    #[arg(long)]
+    /// Expert pool size N (1..=64).
+    #[arg(long, value_parser = crate::util::within(1..=64usize))]
     pub experts: Option<usize>,
-    /// Experts kept per (sample, modality).
-    #[arg(long)]
+    /// Experts kept per (sample, modality) (1..=64, at most N).
+    #[arg(long, value_parser = crate::util::within(1..=64usize))]
     pub top_k: Option<usize>,
-    /// Continual stages (the small shape has one task per stage).
-    #[arg(long)]
+    /// Continual stages (the small shape has one task per stage; 1..=255).
+    #[arg(long, value_parser = crate::util::within(1..=255usize))]
     pub stages: Option<usize>,
-    /// Hidden width of the expert FFN.
-    #[arg(long)]
+    /// Hidden width of the expert FFN (1..=65536).
+    #[arg(long, value_parser = crate::util::within(1..=65_536usize))]
     pub ffn_hidden: Option<usize>,
-    /// Rank of low-rank factors (0: every matrix full-rank).
-    #[arg(long)]
+    /// Rank of low-rank factors (0: every matrix full-rank; at most 4096).
+    #[arg(long, value_parser = crate::util::within(0..=4096usize))]
     pub rank: Option<usize>,
     /// Router gate function.
     #[arg(long, value_enum)]
     pub gating: Option<GatingArg>,
-    /// Samples per task in `data/{TASK}.train.json` (calibration).
-    #[arg(long, default_value_t = 256)]
+    /// Samples per task in `data/{TASK}.train.json` (calibration; 0..=100000).
+    #[arg(long, default_value_t = 256, value_parser = crate::util::within(0..=MAX_SAMPLES))]
     pub train_samples: usize,
-    /// Samples per task in `data/{TASK}.test.json`.
-    #[arg(long, default_value_t = 64)]
+    /// Samples per task in `data/{TASK}.test.json` (0..=100000).
+    #[arg(long, default_value_t = 64, value_parser = crate::util::within(0..=MAX_SAMPLES))]
     pub test_samples: usize,
     /// Also write `OUT_DIR/stage{S}/`: the checkpoint as exported after each
     /// stage S (stages 0..=S, tasks of those stages), for `pack` + `add-task`.
@@ -156,12 +156,32 @@ pub fn write_datasets(
     Ok(())
 }
 
+/// Most samples per task and split: each is written as JSON.
+pub const MAX_SAMPLES: usize = 100_000;
+
+/// Most parameters a generated checkpoint may have (1 GiB of f32): each
+/// option is bounded, but their product is what is allocated.
+pub const MAX_PARAMETERS: usize = 1 << 28;
+
 /// Runs `gen-random`.
 pub fn main(a: &GenArgs) -> Result<()> {
     let spec = a.spec();
-    spec.config()
+    let config = spec.config();
+    config
         .validate()
         .context("the requested shape is not a valid model")?;
+    let params = config
+        .expected_tensors()
+        .into_iter()
+        .try_fold(0usize, |sum, (_, shape, _)| {
+            shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .and_then(|n| sum.checked_add(n))
+        })
+        .unwrap_or(usize::MAX);
+    crate::util::check_range("the shape's parameter count", params, 0..=MAX_PARAMETERS)
+        .context("choose a smaller --d, --ffn-hidden, --experts or --stages")?;
     let ck = random_checkpoint(&spec, a.seed);
     ck.save(&a.out_dir)?;
     let params: usize = ck.tensors.values().map(|t| t.data.len()).sum();

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
-use taskpath_format::records::{blob_kind, format, gating, section, SectionRec, NONE16};
-use taskpath_format::{Package, Record};
+use taskpath_format::records::{blob_kind, section, SectionRec, NONE16};
+use taskpath_format::{ExpertKind, MetaValue, Package, Record, WeightFormat};
 use taskpath_runtime::Model;
 
-use crate::util::{hex, human_bytes, modality_name, open_model, outln, Table};
+use crate::util::{hex, human_bytes, modality_name, open_model, outln, printable, Table};
 use crate::DeltaArgs;
 
 /// Arguments of `inspect`.
@@ -81,27 +81,30 @@ pub struct SectionReport {
     pub length: u64,
 }
 
-/// Architecture hyper-parameters.
+/// The architecture: its tag and metadata (key/value, as the package states it).
 #[derive(Debug, Serialize)]
-pub struct HParamsReport {
-    /// Model width D.
-    pub d_model: u32,
-    /// Attention heads.
-    pub heads: u32,
-    /// Expert pool size N.
+pub struct ArchReport {
+    /// Architecture tag (`flame`, ...).
+    pub arch: String,
+    /// Every metadata entry of the last package of the chain.
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// One expert group.
+#[derive(Debug, Serialize)]
+pub struct GroupReport {
+    /// Global group index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// Experts in the group.
     pub experts: u32,
-    /// Experts kept per (sample, modality).
+    /// Experts a routing op keeps.
     pub top_k: u32,
-    /// Expert FFN hidden width.
-    pub ffn_hidden: u32,
-    /// Low-rank rank (informational).
-    pub rank: u32,
-    /// Stages along the chain.
-    pub stages: u32,
-    /// `laplace` or `softmax`.
-    pub gating: String,
-    /// LayerNorm epsilon.
-    pub ln_eps: f32,
+    /// What an expert computes.
+    pub kind: String,
+    /// Components per expert along the chain (stages).
+    pub components: usize,
 }
 
 /// One modality.
@@ -145,18 +148,56 @@ pub struct TaskReport {
     pub stage: usize,
     /// Outputs (logits).
     pub outputs: usize,
-    /// Arena bytes its plan needs.
+    /// Arena bytes a session needs on this machine (plan + slots).
     pub arena_bytes: usize,
+    /// Bytes of its slots (the package's memory plan).
+    pub slot_bytes: usize,
     /// Ops in its program.
     pub ops: u32,
-    /// Per modality, the experts on its path.
+    /// Per router (FLAME: per modality), the experts on its path.
     pub experts: BTreeMap<String, Vec<usize>>,
     /// Blobs on its path.
     pub path_blobs: usize,
     /// Bytes of weights on its path.
     pub path_bytes: usize,
-    /// Per modality, calibration routing statistics (absent when not stored).
+    /// Per router, calibration routing statistics (absent when not stored).
     pub routing: Option<BTreeMap<String, Vec<ExpertStat>>>,
+    /// A language-model task's token shape and memory (absent otherwise).
+    pub tokens: Option<TokenReport>,
+}
+
+/// What a token-stream (language-model) task holds, fixed when a session
+/// is created: nothing is allocated per token.
+#[derive(Debug, Serialize)]
+pub struct TokenReport {
+    /// Most tokens one step takes (the prefill chunk).
+    pub chunk: usize,
+    /// Positions the KV cache holds.
+    pub context: usize,
+    /// Vocabulary (logits per step).
+    pub vocab: usize,
+    /// Bytes of the KV caches (the task's state slots).
+    pub kv_cache_bytes: usize,
+    /// Bytes of everything else a step uses (scratch slots, plan).
+    pub scratch_bytes: usize,
+}
+
+fn token_report(
+    model: &Model<'_>,
+    t: &taskpath_runtime::TaskInfo<'_>,
+) -> Result<Option<TokenReport>> {
+    let mut b = taskpath_runtime::plan::PlanBuffers::new(t);
+    let plan = taskpath_runtime::plan::Plan::build(model, t.index, b.storage())?;
+    Ok(plan.tokens().map(|s| {
+        let kv = 4 * plan.state().len();
+        TokenReport {
+            chunk: s.capacity,
+            context: s.context,
+            vocab: s.vocab,
+            kv_cache_bytes: kv,
+            scratch_bytes: t.arena_bytes.saturating_sub(kv),
+        }
+    }))
 }
 
 /// One blob.
@@ -166,11 +207,13 @@ pub struct BlobReport {
     pub id: u32,
     /// Package of the chain holding it.
     pub package: usize,
-    /// `trunk`, `router`, `expert` or `head`.
+    /// `shared`, `router`, `expert`, `head` or `data`.
     pub kind: String,
-    /// Modality name (trunks, routers).
+    /// Modality name (shared trunks, routers).
     pub modality: Option<String>,
-    /// Expert slot (experts).
+    /// Expert group (experts).
+    pub group: Option<u16>,
+    /// Expert (experts).
     pub expert: Option<u16>,
     /// Component / router head (experts, routers).
     pub component: Option<u16>,
@@ -192,7 +235,9 @@ pub struct Report {
     /// Packages of the chain, base first.
     pub packages: Vec<PackageReport>,
     /// Architecture.
-    pub hparams: HParamsReport,
+    pub arch: ArchReport,
+    /// Expert groups.
+    pub groups: Vec<GroupReport>,
     /// Modalities.
     pub modalities: Vec<ModalityReport>,
     /// Tasks.
@@ -206,12 +251,14 @@ pub struct Report {
 fn section_name(kind: u32) -> String {
     let name = match kind {
         section::STRINGS => "strings",
-        section::HPARAMS => "hparams",
+        section::MODEL => "model",
+        section::METADATA => "metadata",
         section::MODALITIES => "modalities",
         section::TENSORS => "tensors",
+        section::GROUPS => "groups",
         section::EXPERTS => "experts",
+        section::COMPONENTS => "components",
         section::TASKS => "tasks",
-        section::ROUTERS => "routers",
         section::PATHS => "paths",
         section::PROGRAM => "program",
         section::SLOTS => "slots",
@@ -225,10 +272,11 @@ fn section_name(kind: u32) -> String {
 /// Name of a blob kind.
 pub fn kind_name(kind: u8) -> String {
     match kind {
-        blob_kind::TRUNK => "trunk".into(),
+        blob_kind::SHARED => "shared".into(),
         blob_kind::ROUTER => "router".into(),
         blob_kind::EXPERT => "expert".into(),
         blob_kind::HEAD => "head".into(),
+        blob_kind::DATA => "data".into(),
         k => format!("unknown({k})"),
     }
 }
@@ -253,11 +301,13 @@ fn sections(p: &Package<'_>) -> Vec<SectionReport> {
 fn package_report(index: usize, file: String, p: &Package<'_>) -> PackageReport {
     let h = p.header();
     let counts = BTreeMap::from([
+        ("metadata", p.metadata().len()),
         ("modalities", p.modalities().len()),
         ("tensors", p.tensors().len()),
+        ("groups", p.groups().len()),
         ("experts", p.experts().len()),
+        ("components", p.components().len()),
         ("tasks", p.tasks().len()),
-        ("routers", p.routers().len()),
         ("paths", p.paths().len()),
         ("program", p.program().len()),
         ("slots", p.slots().len()),
@@ -292,22 +342,42 @@ pub fn report(model: &Model<'_>, files: &[String]) -> Result<Report> {
         .enumerate()
         .map(|(i, p)| package_report(i, files.get(i).cloned().unwrap_or_default(), &p))
         .collect();
-    let hp = model.hparams();
-    let hparams = HParamsReport {
-        d_model: hp.d_model,
-        heads: hp.heads,
-        experts: hp.experts,
-        top_k: hp.top_k,
-        ffn_hidden: hp.ffn_hidden,
-        rank: hp.rank,
-        stages: hp.stages,
-        gating: match hp.gating {
-            gating::LAPLACE => "laplace".into(),
-            gating::SOFTMAX => "softmax".into(),
-            g => format!("unknown({g})"),
-        },
-        ln_eps: hp.ln_eps,
+    let last = model.parts().last().unwrap_or_else(|| model.base());
+    let arch = ArchReport {
+        arch: model.arch().to_string(),
+        metadata: last
+            .meta_entries()
+            .map(|(k, v)| {
+                let v = match v {
+                    MetaValue::U32(x) => serde_json::json!(x),
+                    MetaValue::I32(x) => serde_json::json!(x),
+                    MetaValue::U64(x) => serde_json::json!(x),
+                    MetaValue::F32(x) => serde_json::json!(x),
+                    MetaValue::F64(x) => serde_json::json!(x),
+                    MetaValue::Bool(x) => serde_json::json!(x),
+                    MetaValue::Str(x) => serde_json::json!(x),
+                };
+                (k.to_string(), v)
+            })
+            .collect(),
     };
+    let groups = (0..model.group_count() as u32)
+        .filter_map(|g| {
+            let r = model.group(g)?;
+            Some(GroupReport {
+                index: g,
+                name: model.group_name(g).unwrap_or("").to_string(),
+                experts: r.experts,
+                top_k: r.top_k,
+                kind: match ExpertKind::from_u32(r.kind) {
+                    Some(ExpertKind::ConvFfn) => "conv_ffn".into(),
+                    Some(ExpertKind::SwiGlu) => "swiglu".into(),
+                    None => format!("unknown({})", r.kind),
+                },
+                components: model.components(g),
+            })
+        })
+        .collect();
     let modalities = (0..model.modality_count())
         .filter_map(|m| {
             let (name, tokens, features) = model.modality(m)?;
@@ -323,16 +393,17 @@ pub fn report(model: &Model<'_>, files: &[String]) -> Result<Report> {
     for i in 0..model.task_count() {
         let t = model.task(i)?;
         let mut experts = BTreeMap::new();
-        for m in t.modalities() {
-            let mask = model.path_mask(&t, m).unwrap_or(0);
-            let list: Vec<usize> = (0..64).filter(|j| mask & (1u64 << j) != 0).collect();
-            experts.insert(modality_name(model, m), list);
+        for e in model.paths(&t) {
+            experts.insert(
+                router_name(model, e.group, e.router),
+                e.mask.iter().collect::<Vec<usize>>(),
+            );
         }
         let mut routing: BTreeMap<String, Vec<ExpertStat>> = BTreeMap::new();
         for p in model.parts() {
             for s in p.stats().iter().filter(|s| s.task as usize == i) {
                 routing
-                    .entry(modality_name(model, s.modality as usize))
+                    .entry(router_name(model, s.group, s.router))
                     .or_default()
                     .push(ExpertStat {
                         expert: s.expert,
@@ -350,37 +421,40 @@ pub fn report(model: &Model<'_>, files: &[String]) -> Result<Report> {
             stage: t.stage,
             outputs: t.outputs,
             arena_bytes: t.arena_bytes,
+            slot_bytes: t.slot_bytes,
             ops: t.rec.program_len,
             experts,
             path_blobs: model.path_blobs(&t).count(),
             path_bytes: model.path_bytes(&t),
             routing: (!routing.is_empty()).then_some(routing),
+            tokens: token_report(model, &t)?,
         });
     }
     let mut blobs = Vec::new();
     for (part, p) in model.parts().enumerate() {
-        let base = p.hparams().blob_base;
+        let base = p.model().blob_base;
         for (local, rec) in p.blobs().iter().enumerate() {
             let opt = |v: u16| (v != NONE16).then_some(v);
+            let is_head = rec.kind == blob_kind::HEAD;
             blobs.push(BlobReport {
                 id: base + local as u32,
                 package: part,
                 kind: kind_name(rec.kind),
-                modality: opt(rec.modality).map(|m| modality_name(model, m.into())),
+                modality: opt(rec.owner)
+                    .filter(|_| !is_head)
+                    .map(|m| modality_name(model, m.into())),
+                group: opt(rec.group),
                 expert: opt(rec.expert),
                 component: opt(rec.component),
-                task: opt(rec.task).map(|t| {
+                task: opt(rec.owner).filter(|_| is_head).map(|t| {
                     model
                         .task(t.into())
                         .map_or_else(|_| format!("#{t}"), |t| t.name.to_string())
                 }),
                 offset: p.blob_file_offset(local).unwrap_or(0),
                 length: rec.len,
-                format: if u16::from(rec.format) == format::F32 {
-                    "f32".into()
-                } else {
-                    format!("unknown({})", rec.format)
-                },
+                format: WeightFormat::from_u16(rec.format.into())
+                    .map_or_else(|| format!("unknown({})", rec.format), |f| f.name().into()),
                 checksum: hex(rec.checksum),
             });
         }
@@ -388,12 +462,22 @@ pub fn report(model: &Model<'_>, files: &[String]) -> Result<Report> {
     let blob_bytes = blobs.iter().map(|b| b.length).sum();
     Ok(Report {
         packages,
-        hparams,
+        arch,
+        groups,
         modalities,
         tasks,
         blobs,
         blob_bytes,
     })
+}
+
+/// How `inspect` names router `router` of `group`: FLAME routers are its
+/// modalities; other architectures' are `group/router`.
+pub fn router_name(model: &Model<'_>, group: u32, router: u32) -> String {
+    if model.arch() == "flame" {
+        return modality_name(model, router as usize);
+    }
+    format!("{}/{router}", model.group_name(group).unwrap_or("group"))
 }
 
 fn dash<T: ToString>(v: Option<T>) -> String {
@@ -439,19 +523,23 @@ fn print_human(r: &Report) -> Result<()> {
         }
         outln!("{}\n", t.render("  "));
     }
-    let hp = &r.hparams;
-    outln!(
-        "architecture: d_model {}, heads {}, experts {}, top_k {}, ffn_hidden {}, rank {}, stages {}, gating {}, ln_eps {:e}\n",
-        hp.d_model,
-        hp.heads,
-        hp.experts,
-        hp.top_k,
-        hp.ffn_hidden,
-        hp.rank,
-        hp.stages,
-        hp.gating,
-        hp.ln_eps
-    );
+    outln!("architecture: {}", printable(&r.arch.arch));
+    for (k, v) in &r.arch.metadata {
+        outln!("  {} = {}", printable(k), printable(&v.to_string()));
+    }
+    outln!("\nexpert groups:");
+    let mut t = Table::new(&["#", "name", "experts", "top_k", "kind", "components"]);
+    for g in &r.groups {
+        t.row(vec![
+            g.index.to_string(),
+            g.name.clone(),
+            g.experts.to_string(),
+            g.top_k.to_string(),
+            g.kind.clone(),
+            g.components.to_string(),
+        ]);
+    }
+    outln!("{}\n", t.render("  "));
     outln!("modalities:");
     let mut t = Table::new(&["#", "name", "tokens", "features"]);
     for m in &r.modalities {
@@ -472,6 +560,7 @@ fn print_human(r: &Report) -> Result<()> {
         "outputs",
         "modalities",
         "ops",
+        "slots",
         "arena",
         "path blobs",
         "path bytes",
@@ -486,6 +575,7 @@ fn print_human(r: &Report) -> Result<()> {
             task.outputs.to_string(),
             task.modalities.join(","),
             task.ops.to_string(),
+            task.slot_bytes.to_string(),
             task.arena_bytes.to_string(),
             task.path_blobs.to_string(),
             task.path_bytes.to_string(),
@@ -496,10 +586,27 @@ fn print_human(r: &Report) -> Result<()> {
         ]);
     }
     outln!("{}\n", t.render("  "));
-    outln!("paths (experts per task and modality; routing: expert picks/samples gate-mass share):");
-    let mut t = Table::new(&["task", "modality", "experts", "routing"]);
+    if r.tasks.iter().any(|t| t.tokens.is_some()) {
+        outln!("language-model tasks (memory fixed at session creation):");
+        let mut t = Table::new(&["task", "chunk", "context", "vocab", "KV cache", "scratch"]);
+        for task in &r.tasks {
+            if let Some(k) = &task.tokens {
+                t.row(vec![
+                    task.name.clone(),
+                    k.chunk.to_string(),
+                    k.context.to_string(),
+                    k.vocab.to_string(),
+                    format!("{} ({})", k.kv_cache_bytes, human_bytes(k.kv_cache_bytes)),
+                    format!("{} ({})", k.scratch_bytes, human_bytes(k.scratch_bytes)),
+                ]);
+            }
+        }
+        outln!("{}\n", t.render("  "));
+    }
+    outln!("paths (experts per task and router; routing: expert picks/samples gate-mass share):");
+    let mut t = Table::new(&["task", "router", "experts", "routing"]);
     for task in &r.tasks {
-        for m in &task.modalities {
+        for m in task.experts.keys() {
             let experts = task.experts.get(m).map_or_else(String::new, |v| {
                 v.iter()
                     .map(|j| j.to_string())
@@ -534,8 +641,8 @@ fn print_human(r: &Report) -> Result<()> {
     outln!("{}\n", t.render("  "));
     outln!("blobs ({} bytes in {} blobs):", r.blob_bytes, r.blobs.len());
     let mut t = Table::new(&[
-        "id", "pkg", "kind", "modality", "expert", "comp", "task", "offset", "length", "format",
-        "checksum",
+        "id", "pkg", "kind", "modality", "group", "expert", "comp", "task", "offset", "length",
+        "format", "checksum",
     ]);
     for b in &r.blobs {
         t.row(vec![
@@ -543,6 +650,7 @@ fn print_human(r: &Report) -> Result<()> {
             b.package.to_string(),
             b.kind.clone(),
             dash(b.modality.clone()),
+            dash(b.group),
             dash(b.expert),
             dash(b.component),
             dash(b.task.clone()),

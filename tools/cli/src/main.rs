@@ -6,17 +6,24 @@
 #![warn(missing_docs)]
 
 mod bench;
+mod bench_llm;
 mod demo;
 mod eval;
+mod eval_llm;
 mod export_onnx;
 mod gen;
+mod generate;
 mod inspect;
+mod lm;
 mod npy;
 mod pack;
 mod profile;
 mod residency;
+mod residency_llm;
 mod routes;
+mod routes_llm;
 mod run;
+mod sample;
 mod util;
 mod verify;
 
@@ -49,13 +56,15 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Run one task on inputs from JSON, a dataset file or .npy files.
     Run(run::RunArgs),
-    /// Evaluate tasks on their test sets (accuracy, agreement, latency).
+    /// Evaluate tasks on their test sets (accuracy, agreement, latency), or a
+    /// language model's perplexity per text domain, on its paths.
     Eval(eval::EvalArgs),
     /// Pack, verify and evaluate the reference model end to end.
     Demo(demo::DemoArgs),
     /// Expert-cache hit rates under RAM budgets: LRU + pinning vs Belady.
     Residency(residency::ResidencyArgs),
-    /// Measured distribution of routed experts per task and modality.
+    /// Measured distribution of routed experts per task and modality (per
+    /// text domain and layer for a language model).
     Routes(routes::RoutesArgs),
     /// Profile a task: trace JSON, latency/energy summary and plots.
     Profile(profile::Args),
@@ -63,6 +72,8 @@ enum Command {
     Bench(bench::Args),
     /// Export a task's dense parts and experts as ONNX graphs for NPU compilers.
     ExportOnnx(export_onnx::Args),
+    /// Generate text from a language-model package.
+    Generate(generate::Args),
 }
 
 /// Paths of delta packs applied on top of a base package, in chain order.
@@ -88,6 +99,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Profile(a) => profile::main(&a),
         Command::Bench(a) => bench::main(&a),
         Command::ExportOnnx(a) => export_onnx::main(&a),
+        Command::Generate(a) => generate::main(&a),
     }
 }
 
@@ -105,7 +117,8 @@ fn main() -> ExitCode {
         // `taskpath inspect FILE | head`: the reader left, nothing to report.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Messages quote names from packages and files.
+            eprintln!("error: {}", util::terminal_safe(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -16,9 +16,18 @@ pub struct Npy {
     pub data: Vec<f32>,
 }
 
-/// Reads a `.npy` file.
-pub fn load(path: &Path) -> Result<Npy> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// Header bytes [`load`] allows on top of the data: numpy writes 64 to a
+/// few hundred, and a version 2 header may claim up to 4 GiB.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
+/// Reads a `.npy` file of at most `max_values` float32 values: more than
+/// [`MAX_HEADER_BYTES`] plus 4 bytes per value is refused before it is
+/// read, so `/dev/zero` or a huge file cannot exhaust memory.
+pub fn load(path: &Path, max_values: usize) -> Result<Npy> {
+    let limit = MAX_HEADER_BYTES.saturating_add((max_values as u64).saturating_mul(4));
+    let bytes = crate::run::read_limited(path, limit, &|| {
+        format!("an .npy input of {max_values} float32 values (4 bytes each, plus {MAX_HEADER_BYTES} of header)")
+    })?;
     parse(&bytes).with_context(|| format!("reading {} as .npy", path.display()))
 }
 

@@ -17,6 +17,11 @@ use taskpath_runtime::{MappedModel, Model, TaskInfo};
 use crate::util::{config_of, modality_name, open_model, outln, task_by_name, write_output};
 use crate::DeltaArgs;
 
+/// Most timed (or untimed) runs per task: each keeps one latency.
+pub const MAX_RUNS: usize = 1_000_000;
+/// Most traced runs per task: each keeps every op's events in memory.
+pub const MAX_TRACE_RUNS: usize = 100_000;
+
 /// Arguments of `profile`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,21 +35,30 @@ pub struct Args {
     /// Inputs: a taskpath-dataset/1 file, a `{"inputs": {...}}` JSON file,
     /// or a directory of `{TASK}.test.json` datasets.
     #[arg(long, value_name = "FILE|DIR")]
-    pub inputs: PathBuf,
+    pub inputs: Option<PathBuf>,
+    /// Language-model packages: route a text corpus instead and plot the
+    /// domain x expert heat map of every layer (with --split).
+    #[command(flatten)]
+    pub corpus: crate::lm::CorpusArgs,
+    /// Language models: the corpus split to route.
+    #[arg(long, default_value = "test")]
+    pub split: String,
     /// Delta packs applied on top of the base.
     #[command(flatten)]
     pub deltas: DeltaArgs,
-    /// Untimed runs per task before the timed ones.
-    #[arg(long, default_value_t = 20)]
+    /// Untimed runs per task before the timed ones (0..=1000000).
+    #[arg(long, default_value_t = 20, value_parser = crate::util::within(0..=MAX_RUNS))]
     pub warmup: usize,
-    /// Timed runs per task (cycling over the inputs).
-    #[arg(long, default_value_t = 200)]
+    /// Timed runs per task (cycling over the inputs; 1..=1000000).
+    #[arg(long, default_value_t = 200, value_parser = crate::util::within(1..=MAX_RUNS))]
     pub runs: usize,
-    /// Traced runs per task (cycling over the inputs); default: each input once.
-    #[arg(long, value_name = "N")]
+    /// Traced runs per task (cycling over the inputs; 1..=100000); default:
+    /// each input once.
+    #[arg(long, value_name = "N", value_parser = crate::util::within(1..=MAX_TRACE_RUNS))]
     pub trace_runs: Option<usize>,
-    /// Residency cache budget in bytes (reports the hit rate); default: none.
-    #[arg(long, value_name = "BYTES")]
+    /// Residency cache budget in bytes (reports the hit rate; at most the
+    /// package's size, which holds every expert); default: none.
+    #[arg(long, value_name = "BYTES", value_parser = crate::util::within(1..=usize::MAX))]
     pub budget: Option<usize>,
     /// Skip the path checksums at session creation (so the first inference
     /// pays the page-ins).
@@ -61,8 +75,8 @@ pub struct Args {
     /// INA3221 / tegrastats rail to integrate (default: the board input rail).
     #[arg(long)]
     pub rail: Option<String>,
-    /// tegrastats --interval in ms (default: the log's timestamps).
-    #[arg(long, value_name = "MS")]
+    /// tegrastats --interval in ms (1..=3600000; default: the log's timestamps).
+    #[arg(long, value_name = "MS", value_parser = crate::util::within(1..=3_600_000u64))]
     pub interval_ms: Option<u64>,
     /// Output directory: trace.json, summary.md, summary.json, plots.
     #[arg(long, value_name = "DIR")]
@@ -237,7 +251,7 @@ pub fn profile_to_dir(
     let io0 = pagein::proc_read_bytes();
     let mut profiles = Vec::new();
     for (lane, (task, samples)) in work.iter().enumerate() {
-        bar.set_message(task.name.to_string());
+        bar.set_message(crate::util::printable(task.name).into_owned());
         let p = profile_task(
             &model,
             package,
@@ -274,7 +288,7 @@ pub fn profile_to_dir(
     write_output(&trace_path, trace.as_bytes())?;
     files.push(trace_path);
 
-    let experts = model.hparams().experts as usize;
+    let experts = crate::util::expert_count(&model);
     let acts: Vec<ActivationRow> = activations(&rec, experts)
         .into_iter()
         .map(|((lane, m), (counts, routes))| ActivationRow {
@@ -342,10 +356,62 @@ pub fn profile_to_dir(
     Ok(Written { summary, files })
 }
 
+/// The language-model profile: routes every domain of the corpus split and
+/// writes `routes.md`, `routes.json` and one domain x expert heat map per
+/// layer (`experts-<group>.{png,svg}`) into `out`.
+pub fn profile_llm(
+    model: &Model<'_>,
+    corpus: &Path,
+    a: &Args,
+) -> Result<(crate::routes_llm::RouteReport, Vec<PathBuf>)> {
+    ensure!(
+        a.task.len() <= 1,
+        "a language-model profile routes the corpus on one task; give at most one --task"
+    );
+    let texts = crate::lm::load_texts(model, corpus, &a.split, &a.corpus)?;
+    let task = crate::lm::task_or_full(model, a.task.first().map(String::as_str))?;
+    let r = crate::routes_llm::measure(model, &texts, task, a.corpus.jobs)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut files = Vec::new();
+    let md = a.out.join("routes.md");
+    write_output(&md, crate::routes_llm::markdown(&r).as_bytes())?;
+    files.push(md);
+    let js = a.out.join("routes.json");
+    write_output(&js, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    files.push(js);
+    for (g, name) in r.groups.iter().enumerate() {
+        let caption = format!(
+            "{name}: share of each domain's routing decisions ({} split, task {})",
+            r.split, r.task
+        );
+        let stem = format!("experts-{}", name.replace(['.', '/'], "-"));
+        files.extend(plot::heatmap(
+            &a.out,
+            &stem,
+            &caption,
+            &crate::routes_llm::heat_rows(&r, g),
+        )?);
+    }
+    Ok((r, files))
+}
+
 /// Runs `profile`.
 pub fn main(a: &Args) -> Result<()> {
-    ensure!(a.runs >= 1, "--runs must be at least 1");
-    ensure!(a.trace_runs != Some(0), "--trace-runs must be at least 1");
+    if let Some(dir) = &a.corpus.corpus {
+        let mapped = open_model(&a.file, &a.deltas.deltas)?;
+        let model = mapped.model()?;
+        crate::lm::corpus_or_data(&model, Some(dir), a.inputs.as_deref(), "--inputs")?;
+        let (r, files) = profile_llm(&model, dir, a)?;
+        outln!("{}", crate::routes_llm::markdown(&r));
+        for f in &files {
+            outln!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
+    let inputs = a
+        .inputs
+        .as_deref()
+        .context("--inputs is required (--corpus CORPUS_DIR for a language model)")?;
     let spec = MeterSpec::parse(&a.meter, a.rail.as_deref(), a.interval_ms)?;
     let mut meter = energy::open(&spec)?;
     if a.cold && !pagein::drop_page_cache(&a.file) {
@@ -355,6 +421,12 @@ pub fn main(a: &Args) -> Result<()> {
         );
     }
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
+    crate::lm::corpus_or_data(&mapped.model()?, None, Some(inputs), "--inputs")?;
+    if let Some(b) = a.budget {
+        // The cache is allocated up front: a budget beyond the package would
+        // only be memory that can never be used.
+        crate::util::check_range("--budget", b, 1..=crate::util::chain_bytes(&mapped))?;
+    }
     let opts = Options {
         warmup: a.warmup,
         runs: a.runs,
@@ -366,7 +438,7 @@ pub fn main(a: &Args) -> Result<()> {
         &mapped,
         &a.file.display().to_string(),
         &a.task,
-        &a.inputs,
+        inputs,
         &opts,
         &mut meter,
         &a.out,

@@ -23,13 +23,25 @@ pub struct ResidencyArgs {
     pub file: PathBuf,
     /// Directory of `{TASK}.{split}.json` datasets; the workload interleaves
     /// every task that has one, sample by sample (a device serving all tasks).
-    #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "corpus")]
+    pub data: Option<PathBuf>,
+    /// Language models: a corpus directory of `<domain>/<split>.txt`; each
+    /// domain's text is decoded on the full model and its expert fetches
+    /// replayed (LRU, LFU with decay, LRU+pin, Belady).
+    #[arg(long, value_name = "CORPUS_DIR", conflicts_with = "data")]
+    pub corpus: Option<PathBuf>,
+    /// Language models: tokens of each domain's text.
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub max_tokens: usize,
+    /// Language models: LFU's use counts halve every this many fetches.
+    #[arg(long, default_value_t = 256.0, value_name = "FETCHES")]
+    pub lfu_half_life: f64,
     /// Delta packs applied on top of the base.
     #[command(flatten)]
     pub deltas: DeltaArgs,
-    /// Budgets as fractions of the model's total expert bytes.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1.0")]
+    /// Budgets as fractions of the model's total expert bytes (each greater
+    /// than 0 and at most 1: the whole pool fits at 1).
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1.0", value_parser = crate::util::within(crate::util::FRACTION))]
     pub budgets: Vec<f64>,
     /// Which split's datasets make the workload (`test` or `train`).
     #[arg(long, default_value = "test")]
@@ -37,12 +49,13 @@ pub struct ResidencyArgs {
     /// Share of the budget's bytes pinned to the hottest experts (room for
     /// the largest expert blob always stays unpinned). The default was chosen on the calibration
     /// (train) split of the bundled model: 0.75 beat 0.5 and 0.65 there.
-    #[arg(long, default_value_t = 0.75, value_name = "F")]
+    #[arg(long, default_value_t = 0.75, value_name = "F", value_parser = crate::util::within(0.0..=1.0f64))]
     pub pin_fraction: f64,
 }
 
+/// The expert-blob fetches of a run, in order.
 #[derive(Default)]
-struct Fetches(Vec<u32>);
+pub(crate) struct Fetches(pub Vec<u32>);
 impl Tracer for Fetches {
     fn expert_fetch(&mut self, blob: u32) {
         self.0.push(blob);
@@ -51,10 +64,11 @@ impl Tracer for Fetches {
 
 /// The samples of the workload: (task index, inputs), interleaved round-robin.
 fn workload(model: &Model<'_>, a: &ResidencyArgs) -> Result<Vec<(usize, Vec<Vec<f32>>)>> {
+    let data = a.data.as_deref().context("--data DIR is required")?;
     let mut per_task = Vec::new();
     for t in 0..model.task_count() {
         let info = model.task(t)?;
-        let path = a.data.join(format!("{}.{}.json", info.name, a.split));
+        let path = data.join(format!("{}.{}.json", info.name, a.split));
         if path.is_file() {
             let ds = Dataset::load(&path).with_context(|| format!("loading {}", path.display()))?;
             per_task.push((
@@ -67,7 +81,7 @@ fn workload(model: &Model<'_>, a: &ResidencyArgs) -> Result<Vec<(usize, Vec<Vec<
         !per_task.is_empty(),
         "no {{TASK}}.{}.json in {}",
         a.split,
-        a.data.display()
+        data.display()
     );
     let longest = per_task.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
     let mut out = Vec::new();
@@ -124,7 +138,7 @@ fn hot_blobs(model: &Model<'_>, trace: &[u32]) -> Vec<u32> {
                 continue;
             };
             for c in 0..=task.stage {
-                if let Some(e) = model.expert(s.expert as usize, c) {
+                if let Some(e) = model.expert(s.group, s.expert as usize, c) {
                     *heat.entry(e.blob).or_default() += f64::from(s.mass);
                 }
             }
@@ -218,12 +232,11 @@ fn simulate_belady_bytes(trace: &[u32], size: &BTreeMap<u32, usize>, cap: usize)
 
 /// Runs `taskpath residency`.
 pub fn main(a: &ResidencyArgs) -> Result<()> {
-    ensure!(
-        (0.0..=1.0).contains(&a.pin_fraction),
-        "--pin-fraction must be in 0..=1"
-    );
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
+    if let Some(corpus) = &a.corpus {
+        return crate::residency_llm::main(&model, a, corpus);
+    }
     let work = workload(&model, a)?;
     let trace = run(&model, &work, None)?;
     let expert_bytes = model.expert_bytes();

@@ -1,5 +1,6 @@
 //! `taskpath routes`: the measured distribution of routed experts per task
-//! and modality on a data set, next to the path stored in the package.
+//! and modality on a data set, next to the path stored in the package (for
+//! a language model on a text corpus: crate::routes_llm).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,12 +18,21 @@ pub struct RoutesArgs {
     /// The package (.tpk).
     #[arg(value_name = "FILE.tpk")]
     pub file: PathBuf,
-    /// Directory of `{TASK}.{split}.json` datasets.
+    /// Directory of `{TASK}.{split}.json` datasets (FLAME packages).
     #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
-    /// Which split to route (`test` or `train`).
+    pub data: Option<PathBuf>,
+    /// Language-model packages: the text corpus to route.
+    #[command(flatten)]
+    pub corpus: crate::lm::CorpusArgs,
+    /// Which split to route (`test` or `train`; a corpus: any of its splits).
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// Language models: the task the text runs on (default: the full model).
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<String>,
+    /// Language models: print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
     /// Delta packs applied on top of the base.
     #[command(flatten)]
     pub deltas: DeltaArgs,
@@ -46,7 +56,15 @@ impl Tracer for Tally {
 pub fn main(a: &RoutesArgs) -> Result<()> {
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
-    let n = model.hparams().experts as usize;
+    if let Some(texts) =
+        crate::lm::corpus_texts(&model, &a.corpus, a.data.as_deref(), "--data", &a.split)?
+    {
+        let task = crate::lm::task_or_full(&model, a.task.as_deref())?;
+        let r = crate::routes_llm::measure(&model, &texts, task, a.corpus.jobs)?;
+        return crate::lm::print_report(&r, a.json, crate::routes_llm::markdown);
+    }
+    let data = a.data.as_deref().context("--data is required")?;
+    let n = crate::util::expert_count(&model);
     let mut header = vec![
         "task".to_string(),
         "modality".to_string(),
@@ -58,7 +76,7 @@ pub fn main(a: &RoutesArgs) -> Result<()> {
     let mut table = Table::new(&header);
     for t in 0..model.task_count() {
         let info = model.task(t)?;
-        let path = a.data.join(format!("{}.{}.json", info.name, a.split));
+        let path = data.join(format!("{}.{}.json", info.name, a.split));
         if !path.is_file() {
             continue;
         }
@@ -83,9 +101,10 @@ pub fn main(a: &RoutesArgs) -> Result<()> {
                 let share = v.get(j).map_or(0.0, |x| x.1) / mass.max(1e-12);
                 format!("{:.1}%", 100.0 * share)
             }));
-            let mask = model.path_mask(&info, m).unwrap_or(0);
-            let experts: Vec<String> = (0..n)
-                .filter(|j| mask & (1 << j) != 0)
+            let experts: Vec<String> = model
+                .paths(&info)
+                .filter(|e| e.router as usize == m)
+                .flat_map(|e| e.mask.iter().collect::<Vec<_>>())
                 .map(|j| j.to_string())
                 .collect();
             row.push(format!("[{}]", experts.join(",")));

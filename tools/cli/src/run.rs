@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use taskpath_checkpoint::{Dataset, Sample};
-use taskpath_runtime::{AlignedArena, Model, RunStats, Session, TaskInfo};
+use taskpath_runtime::{AlignedArena, Model, RunStats, TaskInfo};
 
 use crate::util::{argmax, config_of, modality_name, open_model, outln, task_by_name};
 use crate::{npy, DeltaArgs};
@@ -28,17 +28,20 @@ pub struct RunArgs {
     /// Delta packs applied on top of the base.
     #[command(flatten)]
     pub deltas: DeltaArgs,
-    /// Runs per sample, for timing.
-    #[arg(long, default_value_t = 1)]
+    /// Runs per sample, for timing (1..=1000000).
+    #[arg(long, default_value_t = 1, value_parser = crate::util::within(1..=MAX_REPEAT))]
     pub repeat: usize,
     /// Print one JSON object (outputs, argmax, timing) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Where to run: the CPU path, or the CUDA backend (errors with the
-    /// reason on a machine without a usable GPU).
+    /// Where to run: the CPU, the CUDA backend or the NPU backend (a
+    /// backend that cannot run here says why).
     #[arg(long, value_enum, default_value_t = Target::Cpu)]
     pub target: Target,
 }
+
+/// Most runs per sample: enough for any timing, few enough that a run ends.
+pub const MAX_REPEAT: usize = 1_000_000;
 
 /// Where `run` and `eval` execute a task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +51,11 @@ pub enum Target {
     Cpu,
     /// The CUDA backend (taskpath-cuda).
     Cuda,
+    /// The NPU backend (taskpath-npu): segments offered to the NPU delegate
+    /// of this build, the rest on the CPU. This build has no NPU delegate
+    /// (a vendor's, or tract with the `tract` feature of taskpath-npu), so
+    /// it reports itself unavailable and says why.
+    Npu,
 }
 
 /// `(name, tokens, features)` of each of the task's modalities, in model order.
@@ -78,7 +86,7 @@ fn npy_inputs(
         .iter()
         .zip(shapes)
         .map(|(p, (name, l, f))| {
-            let a = npy::load(p)?;
+            let a = npy::load(p, l * f)?;
             let ok = a.shape == [*l, *f] || a.shape == [l * f];
             ensure!(
                 ok,
@@ -87,6 +95,15 @@ fn npy_inputs(
                 a.shape,
                 l * f
             );
+            if let Some(j) = a.data.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{} for modality {name}: token {}, feature {} is {} (inputs must be finite)",
+                    p.display(),
+                    j / (*f).max(1),
+                    j % (*f).max(1),
+                    a.data[j]
+                );
+            }
             Ok(a.data)
         })
         .collect()
@@ -96,8 +113,14 @@ fn number(v: &Value, what: &dyn Fn() -> String) -> Result<f32> {
     let x = v
         .as_f64()
         .with_context(|| format!("{}: {v} is not a number", what()))?;
-    ensure!(x.is_finite(), "{}: {x} is not finite", what());
-    Ok(x as f32)
+    // Checked after the conversion: 1e39 is a finite f64 but +inf as f32.
+    let y = x as f32;
+    ensure!(
+        y.is_finite(),
+        "{}: {x} is not finite as a 32-bit float (|x| must be below 3.4e38)",
+        what()
+    );
+    Ok(y)
 }
 
 /// One modality's value from `{"inputs": {...}}`: `[[features] per token]` or flat.
@@ -140,8 +163,12 @@ fn modality_input(v: &Value, name: &str, l: usize, f: usize) -> Result<Vec<f32>>
 }
 
 /// `{"inputs": {"modality": ...}}` for one sample.
-fn named_inputs(v: &Value, shapes: &[(String, usize, usize)], task: &str) -> Result<Vec<Vec<f32>>> {
-    let map = v.get("inputs").and_then(Value::as_object).context(
+fn named_inputs(
+    map: Option<&serde_json::Map<String, Value>>,
+    shapes: &[(String, usize, usize)],
+    task: &str,
+) -> Result<Vec<Vec<f32>>> {
+    let map = map.context(
         "expected {\"inputs\": {\"MODALITY\": [[...], ...]}} or a taskpath-dataset/1 file",
     )?;
     let names: Vec<&str> = shapes.iter().map(|s| s.0.as_str()).collect();
@@ -166,10 +193,138 @@ fn named_inputs(v: &Value, shapes: &[(String, usize, usize)], task: &str) -> Res
         .collect()
 }
 
-fn load_json(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+/// A reader that fails, with `over` as the message, once more than `left`
+/// bytes would be read: so a huge file or `/dev/zero` costs at most the
+/// limit, and a parser reading through it stops there.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    over: String,
+}
+
+impl<R: std::io::Read> std::io::Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // At the limit: only the end of the file is acceptable.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    self.over.clone(),
+                )),
+            };
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let got = self.inner.read(&mut buf[..n])?;
+        self.left -= got as u64;
+        Ok(got)
+    }
+}
+
+/// Opens `path` for reading at most `limit` bytes; `what` says what the
+/// file is for in the message that states the limit.
+fn open_limited(
+    path: &Path,
+    limit: u64,
+    what: &dyn Fn() -> String,
+) -> Result<Limited<std::fs::File>> {
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Limited {
+        inner: f,
+        left: limit,
+        over: format!(
+            "{} is larger than {limit} bytes, the most {} may take",
+            path.display(),
+            what()
+        ),
+    })
+}
+
+/// Reads all of `path`, refusing (without reading further) a file of more
+/// than `limit` bytes; `what` says what the file is for.
+pub fn read_limited(path: &Path, limit: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_limited(path, limit, what)?, &mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// JSON text allowed per input value or logit: a pretty-printed
+/// `-1.2345678e-05,` with its indentation takes well under 64 bytes.
+pub const JSON_BYTES_PER_VALUE: u64 = 64;
+/// JSON text allowed per sample on top of its values (keys, label).
+pub const JSON_BYTES_PER_SAMPLE: u64 = 256;
+/// Samples a JSON input (a dataset file) may hold.
+pub const MAX_JSON_SAMPLES: u64 = 10_000;
+/// Slack for the rest of a JSON input (format, task and modality names).
+pub const JSON_SLACK: u64 = 1 << 20;
+
+/// Both JSON input forms, parsed in one pass straight from the file into
+/// f32 samples (no intermediate text copy or second parse): a dataset
+/// (`format`, `task`, `modalities`, `samples`) or `{"inputs": {...}}`.
+#[derive(serde::Deserialize)]
+struct JsonInput {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    modalities: Option<Vec<String>>,
+    #[serde(default)]
+    samples: Option<Vec<Sample>>,
+    #[serde(default)]
+    inputs: Option<serde_json::Map<String, Value>>,
+}
+
+/// The byte limit of a JSON input for `task` (or for the model's largest
+/// task when the input names it), and the rule behind it in words.
+fn json_limit(model: &Model<'_>, task: Option<&TaskInfo<'_>>) -> (u64, String) {
+    let values = |t: &TaskInfo<'_>| {
+        task_shapes(model, t)
+            .iter()
+            .map(|s| s.1 * s.2)
+            .sum::<usize>()
+            + t.outputs
+    };
+    let (n, whose) = match task {
+        Some(t) => (values(t), format!("task {}", t.name)),
+        None => (
+            (0..model.task_count())
+                .filter_map(|i| model.task(i).ok())
+                .map(|t| values(&t))
+                .max()
+                .unwrap_or(0),
+            "the package's largest task".to_string(),
+        ),
+    };
+    let per_sample = (n as u64)
+        .saturating_mul(JSON_BYTES_PER_VALUE)
+        .saturating_add(JSON_BYTES_PER_SAMPLE);
+    let limit = per_sample
+        .saturating_mul(MAX_JSON_SAMPLES)
+        .saturating_add(JSON_SLACK);
+    (
+        limit,
+        format!(
+            "a JSON input for {whose} ({MAX_JSON_SAMPLES} samples of {n} values and logits at {JSON_BYTES_PER_VALUE} bytes each)"
+        ),
+    )
+}
+
+fn load_json(path: &Path, limit: u64, what: &str) -> Result<JsonInput> {
+    let r = std::io::BufReader::new(open_limited(path, limit, &|| what.to_string())?);
+    serde_json::from_reader(r).with_context(|| {
+        format!(
+            "parsing {} (expected {{\"inputs\": {{\"MODALITY\": [[...], ...]}}}} or a taskpath-dataset/1 file)",
+            path.display()
+        )
+    })
 }
 
 /// Loads the inputs of `run` for the model (task given or named by a dataset).
@@ -206,10 +361,11 @@ fn load_inputs<'a>(
             paths.len()
         );
     };
-    let v = load_json(path)?;
-    if v.get("format").is_some() || v.get("samples").is_some() {
-        let ds = Dataset::from_json(&v.to_string())
-            .with_context(|| format!("reading dataset {}", path.display()))?;
+    let given = task.map(|t| task_by_name(model, t)).transpose()?;
+    let (limit, what) = json_limit(model, given.as_ref());
+    let v = load_json(path, limit, &what)?;
+    if v.format.is_some() || v.samples.is_some() {
+        let ds = dataset(v).with_context(|| format!("reading dataset {}", path.display()))?;
         if let Some(t) = task {
             ensure!(
                 t == ds.task,
@@ -226,7 +382,7 @@ fn load_inputs<'a>(
     }
     let info = need_task(task)?;
     let shapes = task_shapes(model, &info);
-    let inputs = named_inputs(&v, &shapes, info.name)
+    let inputs = named_inputs(v.inputs.as_ref(), &shapes, info.name)
         .with_context(|| format!("reading inputs from {}", path.display()))?;
     Ok((
         info,
@@ -238,6 +394,21 @@ fn load_inputs<'a>(
     ))
 }
 
+/// The dataset form of a JSON input, with the checks of `Dataset::from_json`.
+fn dataset(v: JsonInput) -> Result<Dataset> {
+    let format = v.format.context("missing field `format`")?;
+    ensure!(
+        format == taskpath_checkpoint::DATASET_FORMAT,
+        "format is {format:?}, expected {:?}",
+        taskpath_checkpoint::DATASET_FORMAT
+    );
+    Ok(Dataset {
+        task: v.task.context("missing field `task`")?,
+        modalities: v.modalities.context("missing field `modalities`")?,
+        samples: v.samples.context("missing field `samples`")?,
+    })
+}
+
 /// Outputs and timing of running samples through one session.
 #[derive(Debug)]
 pub struct Outcome {
@@ -245,8 +416,13 @@ pub struct Outcome {
     pub outputs: Vec<Vec<f32>>,
     /// Session creation (checks its program and path checksums).
     pub session: Duration,
-    /// Every run's wall time.
-    pub runs: Vec<Duration>,
+    /// Runs done (summed and minimised as they go, so `--repeat` costs no
+    /// memory).
+    pub runs: usize,
+    /// Wall time of all runs together.
+    pub total: Duration,
+    /// The fastest run.
+    pub fastest: Option<Duration>,
     /// Stats of the last run.
     pub stats: RunStats,
 }
@@ -254,33 +430,74 @@ pub struct Outcome {
 impl Outcome {
     /// Mean run time in microseconds.
     pub fn mean_us(&self) -> f64 {
-        let n = self.runs.len().max(1) as f64;
-        self.runs.iter().map(Duration::as_secs_f64).sum::<f64>() / n * 1e6
+        self.total.as_secs_f64() / self.runs.max(1) as f64 * 1e6
     }
     /// Fastest run in microseconds.
     pub fn min_us(&self) -> f64 {
-        self.runs
-            .iter()
-            .min()
-            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        self.fastest.map_or(0.0, |d| d.as_secs_f64() * 1e6)
     }
 }
 
-/// Runs every sample `repeat` times through one session of `task`.
-pub fn run_samples(
+/// Runs every sample `repeat` times on `target`, chosen through the
+/// runtime's one `Backend` interface.
+pub fn run_samples_on(
     model: &Model<'_>,
     task: &TaskInfo<'_>,
     samples: &[Sample],
     repeat: usize,
+    target: Target,
 ) -> Result<Outcome> {
+    match target {
+        Target::Cpu => run_on_backend(
+            &taskpath_runtime::CpuBackend::default(),
+            model,
+            task,
+            samples,
+            repeat,
+        ),
+        Target::Npu => run_on_backend(
+            &taskpath_npu::NpuBackend::new(taskpath_npu::CpuOnly, taskpath_npu::Precision::F32),
+            model,
+            task,
+            samples,
+            repeat,
+        ),
+        #[cfg(feature = "cuda")]
+        Target::Cuda => {
+            let cuda = taskpath_cuda::CudaBackend::new(Default::default());
+            run_on_backend(&cuda, model, task, samples, repeat)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Target::Cuda => bail!(
+            "--target cuda: this taskpath was built without the `cuda` feature \
+             (cargo build -p taskpath-cli --features cuda)"
+        ),
+    }
+}
+
+/// Runs every sample `repeat` times through one prepared task of `backend`:
+/// `init` once (timed as the session), then `execute` per run.
+pub fn run_on_backend<B>(
+    backend: &B,
+    model: &Model<'_>,
+    task: &TaskInfo<'_>,
+    samples: &[Sample],
+    repeat: usize,
+) -> Result<Outcome>
+where
+    B: taskpath_runtime::Backend,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    backend.is_available()?;
     let started = Instant::now();
     let mut arena = AlignedArena::new(task.arena_bytes);
-    let mut session = Session::new(model, task.index, arena.as_mut_slice())
-        .with_context(|| format!("creating a session for task {}", task.name))?;
-    let session_time = started.elapsed();
+    let mut handle = backend
+        .init(model, task.index, arena.as_mut_slice())
+        .with_context(|| format!("preparing task {} on {}", task.name, backend.name()))?;
+    let session = started.elapsed();
     let shapes = task_shapes(model, task);
     let mut outputs = Vec::with_capacity(samples.len());
-    let mut runs = Vec::with_capacity(samples.len() * repeat);
+    let (mut runs, mut total, mut fastest) = (0usize, Duration::ZERO, None::<Duration>);
     let mut stats = RunStats::default();
     for (i, s) in samples.iter().enumerate() {
         ensure!(
@@ -302,75 +519,21 @@ pub fn run_samples(
         let mut out = vec![0f32; task.outputs];
         for _ in 0..repeat.max(1) {
             let t = Instant::now();
-            stats = session
-                .run(&refs, &mut out)
-                .with_context(|| format!("running sample {i} of task {}", task.name))?;
-            runs.push(t.elapsed());
-        }
-        outputs.push(out);
-    }
-    Ok(Outcome {
-        outputs,
-        session: session_time,
-        runs,
-        stats,
-    })
-}
-
-/// [`run_samples`] on `target`.
-pub fn run_samples_on(
-    model: &Model<'_>,
-    task: &TaskInfo<'_>,
-    samples: &[Sample],
-    repeat: usize,
-    target: Target,
-) -> Result<Outcome> {
-    match target {
-        Target::Cpu => run_samples(model, task, samples, repeat),
-        #[cfg(feature = "cuda")]
-        Target::Cuda => {
-            let cuda = taskpath_cuda::CudaBackend::new(Default::default());
-            run_on_backend(&cuda, model, task, samples, repeat)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Target::Cuda => bail!(
-            "--target cuda: this taskpath was built without the `cuda` feature \
-             (cargo build -p taskpath-cli --features cuda)"
-        ),
-    }
-}
-
-/// Runs every sample `repeat` times through `backend` (same timing rules as
-/// [`run_samples`]).
-pub fn run_on_backend<B>(
-    backend: &B,
-    model: &Model<'_>,
-    task: &TaskInfo<'_>,
-    samples: &[Sample],
-    repeat: usize,
-) -> Result<Outcome>
-where
-    B: taskpath_runtime::Backend,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    backend.is_available()?;
-    let started = Instant::now();
-    let mut arena = AlignedArena::new(task.arena_bytes);
-    let mut handle = backend
-        .init(model, task.index, arena.as_mut_slice())
-        .with_context(|| format!("preparing task {} on {}", task.name, backend.name()))?;
-    let session = started.elapsed();
-    let (mut outputs, mut runs) = (Vec::new(), Vec::new());
-    let mut stats = RunStats::default();
-    for (i, s) in samples.iter().enumerate() {
-        let refs: Vec<&[f32]> = s.inputs.iter().map(Vec::as_slice).collect();
-        let mut out = vec![0f32; task.outputs];
-        for _ in 0..repeat.max(1) {
-            let t = Instant::now();
             stats = backend
                 .execute(&mut handle, &refs, &mut out)
                 .with_context(|| format!("running sample {i} of task {}", task.name))?;
-            runs.push(t.elapsed());
+            let dt = t.elapsed();
+            runs += 1;
+            total += dt;
+            fastest = Some(fastest.map_or(dt, |f| f.min(dt)));
+        }
+        // Never exit 0 with NaN: a non-finite output is a failed run.
+        if let Some(j) = out.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "task {}, sample {i}: output {j} is {} (not finite); the inputs or the package's weights overflow (`taskpath verify` checks the weights)",
+                task.name,
+                out[j]
+            );
         }
         outputs.push(out);
     }
@@ -378,6 +541,8 @@ where
         outputs,
         session,
         runs,
+        total,
+        fastest,
         stats,
     })
 }
@@ -389,10 +554,10 @@ fn list(v: &[f32]) -> String {
 
 /// Runs `run`.
 pub fn main(a: &RunArgs) -> Result<()> {
-    ensure!(a.repeat >= 1, "--repeat must be at least 1");
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
     let (task, samples) = load_inputs(&model, a.task.as_deref(), &a.inputs)?;
+    mapped.will_need_task(task.index);
     let o = run_samples_on(&model, &task, &samples, a.repeat, a.target)?;
     let argmaxes: Vec<usize> = o.outputs.iter().map(|v| argmax(v)).collect();
     let labelled: Vec<(usize, i64)> = samples
@@ -408,7 +573,7 @@ pub fn main(a: &RunArgs) -> Result<()> {
             "argmax": argmaxes,
             "labels": samples.iter().map(|s| s.label).collect::<Vec<_>>(),
             "session_us": o.session.as_secs_f64() * 1e6,
-            "runs": o.runs.len(),
+            "runs": o.runs,
             "mean_us": o.mean_us(),
             "min_us": o.min_us(),
             "ops": o.stats.ops,
@@ -420,7 +585,7 @@ pub fn main(a: &RunArgs) -> Result<()> {
     }
     outln!(
         "task {} (stage {}, {} outputs): session created in {:.1} µs, arena {} bytes",
-        task.name,
+        crate::util::printable(task.name),
         task.stage,
         task.outputs,
         o.session.as_secs_f64() * 1e6,
@@ -443,7 +608,7 @@ pub fn main(a: &RunArgs) -> Result<()> {
     }
     outln!(
         "timing: {} runs, mean {:.1} µs, min {:.1} µs; per run {} ops, {} expert components, {} weight bytes read",
-        o.runs.len(),
+        o.runs,
         o.mean_us(),
         o.min_us(),
         o.stats.ops,

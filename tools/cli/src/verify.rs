@@ -1,4 +1,5 @@
-//! `taskpath verify`: every blob checksum and every task's op program.
+//! `taskpath verify`: every blob checksum, every weight's finiteness and
+//! every task's op program.
 
 use std::path::PathBuf;
 
@@ -30,7 +31,8 @@ pub struct Verified {
 }
 
 /// Parses the chain, checks every blob checksum (in file order, naming the
-/// first bad blob) and builds a session for every task (which checks each op
+/// first bad blob), refuses NaN or infinite weights and scales (naming the
+/// tensor) and builds a session for every task (which checks each op
 /// of its program against the package).
 pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
     let mapped = open_model(file, deltas)?;
@@ -40,7 +42,7 @@ pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
         .collect();
     let mut blobs = 0;
     for (i, p) in model.parts().enumerate() {
-        let base = p.hparams().blob_base;
+        let base = p.model().blob_base;
         for local in 0..p.blobs().len() {
             p.verify_blob(local).with_context(|| {
                 let kind = p
@@ -59,8 +61,29 @@ pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
             blobs += 1;
         }
     }
-    // Belt and braces: the runtime's own whole-model check.
+    // Checksums cannot catch a NaN written by the packer's source (a GGUF
+    // scale) or re-sealed by hand: every value is read, errors name the
+    // tensor and its blob.
+    for (i, p) in model.parts().enumerate() {
+        let file = files
+            .get(i)
+            .map_or_else(String::new, |f| f.display().to_string());
+        for local in 0..p.tensors().len() {
+            p.check_tensor_finite(local).map_err(|e| {
+                let (name, blob) = p
+                    .tensors()
+                    .get(local)
+                    .map_or(("", 0), |t| (p.str(t.name_off, t.name_len), t.blob));
+                anyhow::anyhow!(
+                    "{file}: tensor {name:?} (blob {blob}) holds a NaN or infinite weight or scale: {e}"
+                )
+            })?;
+        }
+    }
+    // Belt and braces: the runtime's own whole-model check (checksums, then
+    // finiteness of every tensor and float metadata value).
     model.verify()?;
+    unique_names(&model)?;
     let tasks = model.task_count();
     for t in 0..tasks {
         let info = model.task(t)?;
@@ -78,6 +101,35 @@ pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
         .with_context(|| format!("task {} ({t}): its op program does not check", info.name))?;
     }
     Ok(Verified { blobs, tasks })
+}
+
+/// Refuses a chain in which two tasks, or two modalities, share a name: the
+/// runtime looks tasks and inputs up by name and would silently take the
+/// first, so the second could never be run (or would shadow a base task).
+pub fn unique_names(model: &taskpath_runtime::Model<'_>) -> Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    for t in 0..model.task_count() {
+        let name = model.task(t)?.name;
+        if let Some(first) = seen.insert(name, t) {
+            anyhow::bail!(
+                "tasks {first} and {t} are both named {:?}",
+                crate::util::printable(name)
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for m in 0..model.modality_count() {
+        let Some((name, _, _)) = model.modality(m) else {
+            continue;
+        };
+        if let Some(first) = seen.insert(name, m) {
+            anyhow::bail!(
+                "modalities {first} and {m} are both named {:?}",
+                crate::util::printable(name)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `verify`.

@@ -10,15 +10,18 @@ use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context, Result};
 use taskpath_checkpoint::{random_inputs, Checkpoint, SplitMix64};
+use taskpath_format::ExpertMask;
 use taskpath_runtime::{AlignedArena, Model, Session, SessionOptions, Tracer};
 
 /// Per expert of one (task, modality): (times picked, summed gate).
 pub type ExpertTally = Vec<(u32, f64)>;
 
-/// Per (task, modality): samples seen, and per expert (times picked, summed gate).
+/// Per (task, router): samples seen, and per expert (times picked, summed
+/// gate). A FLAME router is a modality; a language model's is an MoE layer's
+/// expert group, and its samples are tokens.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouteStats {
-    /// `(task, modality) -> (samples, [(picks, gate mass)] per expert)`.
+    /// `(task, router) -> (samples, [(picks, gate mass)] per expert)`.
     pub table: BTreeMap<(usize, usize), (u32, ExpertTally)>,
 }
 
@@ -143,30 +146,57 @@ pub fn random_calibration(
     })
 }
 
-/// Per (task, modality), the fewest experts (by gate mass, ties to the lower
-/// index) whose mass reaches `coverage` of the total, and at least `top_k`.
+/// Per (task, router), the fewest experts (by gate mass, ties to the lower
+/// index) whose mass reaches `coverage` of the total, and at least `top_k`,
+/// as 64-bit masks (FLAME: at most 64 experts; wider groups keep their
+/// first 64 here, use [`derive_masks`]).
 pub fn derive_paths(
     stats: &RouteStats,
     coverage: f64,
     top_k: usize,
 ) -> BTreeMap<(usize, usize), u64> {
-    let mut out = BTreeMap::new();
-    for (&key, (_, v)) in &stats.table {
-        let total: f64 = v.iter().map(|x| x.1).sum();
-        let mut order: Vec<usize> = (0..v.len()).collect();
-        order.sort_by(|&a, &b| v[b].1.total_cmp(&v[a].1).then(a.cmp(&b)));
-        let mut mask = 0u64;
-        let mut acc = 0.0;
-        for (n, &j) in order.iter().enumerate() {
-            if n >= top_k && acc >= coverage * total {
-                break;
-            }
-            mask |= 1 << j;
-            acc += v[j].1;
+    derive_masks(stats, coverage, top_k)
+        .into_iter()
+        .map(|(k, m)| (k, m.0[0]))
+        .collect()
+}
+
+/// [`derive_paths`] for groups of any width (up to 256 experts): per
+/// `(task, router)` of `stats` (FLAME: a modality; a language model: an MoE
+/// layer's group), the [`coverage_mask`] of its tally.
+pub fn derive_masks(
+    stats: &RouteStats,
+    coverage: f64,
+    top_k: usize,
+) -> BTreeMap<(usize, usize), ExpertMask> {
+    stats
+        .table
+        .iter()
+        .map(|(&key, (_, v))| (key, coverage_mask(v, coverage, top_k)))
+        .collect()
+}
+
+/// The fewest experts of one router (by gate mass, ties to the lower index)
+/// whose mass reaches `coverage` of the tally's total, and at least `top_k`
+/// of them. At coverage 1.0 the mask is exactly the experts picked at all
+/// (plus the top-k floor).
+pub fn coverage_mask(tally: &[(u32, f64)], coverage: f64, top_k: usize) -> ExpertMask {
+    let mut order: Vec<usize> = (0..tally.len()).collect();
+    order.sort_by(|&a, &b| tally[b].1.total_cmp(&tally[a].1).then(a.cmp(&b)));
+    let total: f64 = order.iter().map(|&j| tally[j].1).sum();
+    let mut mask = ExpertMask::default();
+    let mut acc = 0.0;
+    for (n, &j) in order.iter().enumerate() {
+        // Full coverage keeps every expert that was picked at all, however
+        // small its mass against the total's rounding.
+        let used = tally[j].0 > 0 || tally[j].1 > 0.0;
+        if n >= top_k && acc >= coverage * total && (coverage < 1.0 || !used) {
+            break;
         }
-        out.insert(key, mask);
+        mask.insert(j);
+        acc += tally[j].1;
     }
-    out
+    mask
 }
 
 #[cfg(test)]
@@ -190,5 +220,20 @@ mod tests {
         assert_eq!(at(0.99), 0b11011, "then 1 reaches 99%");
         assert_eq!(at(1.0), 0b11111);
         assert_eq!(derive_paths(&s, 0.1, 1)[&(0, 0)], 0b01000);
+    }
+
+    #[test]
+    fn masks_cover_wide_groups_and_keep_exactly_the_used_experts_at_full_coverage() {
+        // 128 experts; masses that do not sum exactly in index order.
+        let mut v = vec![(0u32, 0.0f64); 128];
+        for (j, m) in [(3, 0.1), (70, 0.2), (127, 0.3), (5, 1e-17), (90, 0.7)] {
+            v[j] = (1, m);
+        }
+        let m = coverage_mask(&v, 1.0, 2);
+        assert_eq!(m.iter().collect::<Vec<_>>(), [3, 5, 70, 90, 127]);
+        let m = coverage_mask(&v, 0.5, 2);
+        assert_eq!(m.iter().collect::<Vec<_>>(), [90, 127]);
+        // Never fewer than top-k, even where no expert has any mass.
+        assert_eq!(coverage_mask(&[(0, 0.0); 8], 0.9, 2).count(), 2);
     }
 }

@@ -5,9 +5,12 @@
 //! router head, expert component and task head (ordered so each task's path is
 //! contiguous, hot experts first), and writes the tables of docs/FORMAT.md.
 //! [`pack_delta`] writes only what a later stage adds, on top of a base.
-//! [`calibrate`] derives task paths from routing statistics.
+//! [`calibrate`] derives task paths from routing statistics; [`domains`]
+//! does it for the text domains of a language model and scores perplexity.
 
 pub mod calibrate;
+pub mod domains;
+pub mod llm;
 pub mod mixed;
 pub mod plan;
 pub mod residency;
@@ -16,10 +19,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, ensure, Context, Result};
 use taskpath_checkpoint::{Checkpoint, Gating, Matrix};
-use taskpath_cpu::quant::{quantize, WeightFormat};
 use taskpath_format::records::*;
+use taskpath_format::weight::quantize;
 use taskpath_format::writer::PackageWriter;
-use taskpath_format::Opcode;
+use taskpath_format::{
+    ExpertKind, ExpertMask, GateFn, MetaValue, Op, SlotId, TensorId, WeightFormat,
+};
 use taskpath_runtime::Model;
 
 pub use calibrate::{derive_paths, random_calibration, route_statistics, RouteStats};
@@ -70,6 +75,7 @@ impl BlobBuild {
     /// Appends `rows x cols` values in `fmt`, 16-aligned; returns (offset, bytes).
     fn put(
         &mut self,
+        name: &str,
         fmt: WeightFormat,
         rows: usize,
         cols: usize,
@@ -79,7 +85,7 @@ impl BlobBuild {
         let n = fmt.packed_bytes(rows, cols);
         self.bytes.resize(at + n, 0);
         quantize(fmt, rows, cols, data, &mut self.bytes[at..])
-            .map_err(|e| anyhow::anyhow!("quantizing to {fmt}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("tensor {name}: quantizing to {fmt}: {e}"))?;
         Ok((at as u32, n as u32))
     }
     fn vector(&mut self, name: &str, ck: &Checkpoint) -> Result<()> {
@@ -89,7 +95,7 @@ impl BlobBuild {
         } else {
             (1, t.shape[0])
         };
-        let (offset, bytes) = self.put(WeightFormat::F32, rows, cols, &t.data)?;
+        let (offset, bytes) = self.put(name, WeightFormat::F32, rows, cols, &t.data)?;
         self.tensors.push((
             name.to_string(),
             TensorRec {
@@ -108,7 +114,7 @@ impl BlobBuild {
         let rec = match ck.matrix(name) {
             Matrix::Full(w) => {
                 let (rows, cols) = (w.shape[0], w.shape[1]);
-                let (offset, bytes) = self.put(fmt, rows, cols, &w.data)?;
+                let (offset, bytes) = self.put(name, fmt, rows, cols, &w.data)?;
                 TensorRec {
                     format: fmt.id(),
                     layout: layout::DENSE,
@@ -121,8 +127,8 @@ impl BlobBuild {
             }
             Matrix::LowRank(u, v) => {
                 let (rows, rank, cols) = (u.shape[0], u.shape[1], v.shape[1]);
-                let (offset, bytes) = self.put(fmt, rows, rank, &u.data)?;
-                let (offset2, bytes2) = self.put(fmt, rank, cols, &v.data)?;
+                let (offset, bytes) = self.put(name, fmt, rows, rank, &u.data)?;
+                let (offset2, bytes2) = self.put(name, fmt, rank, cols, &v.data)?;
                 TensorRec {
                     format: fmt.id(),
                     layout: layout::LOW_RANK,
@@ -189,39 +195,37 @@ fn build_blob(ck: &Checkpoint, key: BlobKey, fmt: WeightFormat) -> Result<BlobBu
 
 /// One task's op program under construction, with its buffers.
 struct Lowering {
-    ops: Vec<OpRec>,
+    ops: Vec<Op>,
     bufs: Vec<plan::Buffer>,
 }
 
 impl Lowering {
-    fn buf(&mut self, len: usize) -> u32 {
+    fn buf(&mut self, len: usize) -> SlotId {
         self.bufs.push(plan::Buffer {
             len,
             first: usize::MAX,
             last: 0,
         });
-        (self.bufs.len() - 1) as u32
+        SlotId((self.bufs.len() - 1) as u32)
     }
-    /// Appends an op; `uses` are the buffers it reads or writes.
-    fn op(&mut self, opcode: Opcode, a: [u32; 7], uses: &[u32]) {
+    /// Appends an op; the slots it uses (`Op::for_each_slot`) become live.
+    fn op(&mut self, op: Op) {
         let at = self.ops.len();
-        for &u in uses {
-            let b = &mut self.bufs[u as usize];
+        let bufs = &mut self.bufs;
+        op.for_each_slot(|s, _| {
+            let b = &mut bufs[s.0 as usize];
             b.first = b.first.min(at);
             b.last = b.last.max(at);
-        }
-        let [a0, a1, a2, a3, a4, a5, a6] = a;
-        self.ops.push(OpRec {
-            opcode: opcode as u16,
-            flags: 0,
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            a6,
         });
+        self.ops.push(op);
+    }
+    /// Tensor references of the program, in op order (the plan's table size).
+    fn tensor_refs(&self) -> usize {
+        let mut n = 0;
+        for op in &self.ops {
+            op.for_each_tensor(|_| n += 1);
+        }
+        n
     }
 }
 
@@ -232,16 +236,20 @@ struct Names<'n> {
 }
 
 impl Names<'_> {
-    fn id(&self, name: &str) -> Result<u32> {
+    fn id(&self, name: &str) -> Result<TensorId> {
         self.ids
             .get(name)
             .copied()
+            .map(TensorId)
             .with_context(|| format!("tensor {name} is in neither the package nor its base"))
     }
     fn rank(&self, name: &str) -> usize {
         self.ranks.get(name).copied().unwrap_or(0) as usize
     }
 }
+
+/// The one expert group of a FLAME model: the pool shared by all modalities.
+const GROUP: u32 = 0;
 
 /// Lowers task `t` to ops over buffers (docs/FORMAT.md, "Op program").
 fn lower_task(
@@ -254,13 +262,13 @@ fn lower_task(
     let task = &c.tasks[t];
     let (d, n, k) = (c.d_model, c.experts, c.top_k);
     let stage = task.stage;
+    let eps = c.ln_eps;
     let mods = c.task_modalities(task);
     let mut lw = Lowering {
         ops: Vec::new(),
         bufs: Vec::new(),
     };
     let z = lw.buf(mods.len() * d);
-    let none = NONE;
     let max_rank = (0..n)
         .flat_map(|j| {
             (0..=stage).flat_map(move |cc| {
@@ -285,150 +293,104 @@ fn lower_task(
         })
         .max()
         .unwrap_or(0);
+    let function = match c.gating {
+        Gating::Laplace => GateFn::Laplace,
+        Gating::Softmax => GateFn::Dot,
+    };
     for (slot, &m) in mods.iter().enumerate() {
         let mc = &c.modalities[m];
         let (l, nm) = (mc.tokens, &mc.name);
         let id = |s: String| names.id(&s);
         let x = lw.buf(l * d);
         let enc_rank = names.rank(&format!("enc.{nm}.w"));
-        let tmp = if enc_rank > 0 {
-            lw.buf(l * enc_rank)
-        } else {
-            none
+        let tmp = (enc_rank > 0).then(|| lw.buf(l * enc_rank));
+        lw.op(Op::Encode {
+            input: slot as u32,
+            out: x,
+            w: id(format!("enc.{nm}.w"))?,
+            b: id(format!("enc.{nm}.b"))?,
+            pos: id(format!("enc.{nm}.pos"))?,
+            tmp,
+        });
+        let norm = |x, y, ln: &str, scale: f32, rows: usize| -> Result<Op> {
+            Ok(Op::LayerNorm {
+                x,
+                y,
+                g: id(format!("blk.{nm}.{ln}.g"))?,
+                b: id(format!("blk.{nm}.{ln}.b"))?,
+                scale,
+                rows: rows as u32,
+                eps,
+            })
         };
-        let uses: Vec<u32> = [x, tmp].into_iter().filter(|&b| b != none).collect();
-        lw.op(
-            Opcode::Encode,
-            [
-                slot as u32,
-                x,
-                id(format!("enc.{nm}.w"))?,
-                id(format!("enc.{nm}.b"))?,
-                id(format!("enc.{nm}.pos"))?,
-                tmp,
-                0,
-            ],
-            &uses,
-        );
-        let sqrt_d = (d as f32).sqrt();
-        lw.op(
-            Opcode::LayerNorm,
-            [
-                x,
-                x,
-                id(format!("blk.{nm}.ln0.g"))?,
-                id(format!("blk.{nm}.ln0.b"))?,
-                sqrt_d.to_bits(),
-                l as u32,
-                0,
-            ],
-            &[x],
-        );
+        lw.op(norm(x, x, "ln0", (d as f32).sqrt(), l)?);
         let t1 = lw.buf(l * d);
-        lw.op(
-            Opcode::LayerNorm,
-            [
-                x,
-                t1,
-                id(format!("blk.{nm}.ln1.g"))?,
-                id(format!("blk.{nm}.ln1.b"))?,
-                1f32.to_bits(),
-                l as u32,
-                0,
-            ],
-            &[x, t1],
-        );
-        let mut qkv = [0u32; 3];
+        lw.op(norm(x, t1, "ln1", 1.0, l)?);
+        let mut qkv = [SlotId(0); 3];
         for (i, p) in ["q", "k", "v"].iter().enumerate() {
             qkv[i] = lw.buf(l * d);
-            lw.op(
-                Opcode::Linear,
-                [
-                    t1,
-                    qkv[i],
-                    id(format!("blk.{nm}.attn.{p}.w"))?,
-                    id(format!("blk.{nm}.attn.{p}.b"))?,
-                    l as u32,
-                    none,
-                    0,
-                ],
-                &[t1, qkv[i]],
-            );
+            lw.op(Op::Linear {
+                x: t1,
+                y: qkv[i],
+                w: id(format!("blk.{nm}.attn.{p}.w"))?,
+                b: Some(id(format!("blk.{nm}.attn.{p}.b"))?),
+                rows: l as u32,
+                tmp: None,
+            });
         }
         let att = lw.buf(l * d);
         let scr = lw.buf(l);
-        lw.op(
-            Opcode::Attention,
-            [qkv[0], qkv[1], qkv[2], att, l as u32, c.heads as u32, scr],
-            &[qkv[0], qkv[1], qkv[2], att, scr],
-        );
+        lw.op(Op::Attention {
+            q: qkv[0],
+            k: qkv[1],
+            v: qkv[2],
+            out: att,
+            tokens: l as u32,
+            width: d as u32,
+            heads: c.heads as u32,
+            scratch: scr,
+        });
         let a = lw.buf(l * d);
-        lw.op(
-            Opcode::Linear,
-            [
-                att,
-                a,
-                id(format!("blk.{nm}.attn.o.w"))?,
-                id(format!("blk.{nm}.attn.o.b"))?,
-                l as u32,
-                none,
-                0,
-            ],
-            &[att, a],
-        );
+        lw.op(Op::Linear {
+            x: att,
+            y: a,
+            w: id(format!("blk.{nm}.attn.o.w"))?,
+            b: Some(id(format!("blk.{nm}.attn.o.b"))?),
+            rows: l as u32,
+            tmp: None,
+        });
         let u = lw.buf(l * d);
-        lw.op(
-            Opcode::LayerNorm,
-            [
-                a,
-                u,
-                id(format!("blk.{nm}.ln2.g"))?,
-                id(format!("blk.{nm}.ln2.b"))?,
-                1f32.to_bits(),
-                l as u32,
-                0,
-            ],
-            &[a, u],
-        );
+        lw.op(norm(a, u, "ln2", 1.0, l)?);
         let p = lw.buf(d);
         let logits = lw.buf(n);
         let gtmp = lw.buf(n);
         let pscr = lw.buf(l);
         let scale = 1.0 / (stage as f32 + 1.0);
         for h in 0..=stage {
-            lw.op(
-                Opcode::AttnPool,
-                [
-                    u,
-                    l as u32,
-                    id(format!("router.{nm}.{h}.query"))?,
-                    p,
-                    pscr,
-                    0,
-                    0,
-                ],
-                &[u, p, pscr],
-            );
-            lw.op(
-                Opcode::Gate,
-                [
-                    p,
-                    id(format!("router.{nm}.{h}.gate"))?,
-                    logits,
-                    u32::from(h > 0),
-                    scale.to_bits(),
-                    gtmp,
-                    0,
-                ],
-                &[p, logits, gtmp],
-            );
+            lw.op(Op::AttnPool {
+                u,
+                tokens: l as u32,
+                query: id(format!("router.{nm}.{h}.query"))?,
+                out: p,
+                scratch: pscr,
+            });
+            lw.op(Op::Gate {
+                p,
+                gate: id(format!("router.{nm}.{h}.gate"))?,
+                logits,
+                accumulate: h > 0,
+                scale,
+                tmp: gtmp,
+                function,
+            });
         }
         let route = lw.buf(1 + 2 * k);
-        lw.op(
-            Opcode::Route,
-            [logits, m as u32, route, 0, 0, 0, 0],
-            &[logits, route],
-        );
+        lw.op(Op::Route {
+            logits,
+            group: GROUP,
+            router: m as u32,
+            route,
+        });
         let y = lw.buf(d);
         let mscr = lw.buf(taskpath_runtime::moe_scratch(
             d,
@@ -436,78 +398,74 @@ fn lower_task(
             max_rank,
             q_bytes,
         ));
-        lw.op(
-            Opcode::Moe,
-            [u, l as u32, route, stage as u32, (l - 1) as u32, y, mscr],
-            &[u, route, y, mscr],
-        );
-        lw.op(
-            Opcode::LayerNorm,
-            [
-                y,
-                y,
-                id(format!("blk.{nm}.lnf.g"))?,
-                id(format!("blk.{nm}.lnf.b"))?,
-                1f32.to_bits(),
-                1,
-                0,
-            ],
-            &[y],
-        );
-        lw.op(
-            Opcode::Copy,
-            [y, 0, z, (slot * d) as u32, d as u32, 0, 0],
-            &[y, z],
-        );
+        lw.op(Op::Moe {
+            u,
+            tokens: l as u32,
+            width: d as u32,
+            route,
+            group: GROUP,
+            router: m as u32,
+            components: stage as u32 + 1,
+            token: (l - 1) as u32,
+            out: y,
+            scratch: mscr,
+            eps,
+        });
+        lw.op(norm(y, y, "lnf", 1.0, 1)?);
+        lw.op(Op::Copy {
+            src: y,
+            src_offset: 0,
+            dst: z,
+            dst_offset: (slot * d) as u32,
+            len: d as u32,
+        });
     }
     let tn = &task.name;
-    lw.op(
-        Opcode::LayerNorm,
-        [
-            z,
-            z,
-            names.id(&format!("head.{tn}.ln.g"))?,
-            names.id(&format!("head.{tn}.ln.b"))?,
-            1f32.to_bits(),
-            1,
-            0,
-        ],
-        &[z],
-    );
+    lw.op(Op::LayerNorm {
+        x: z,
+        y: z,
+        g: names.id(&format!("head.{tn}.ln.g"))?,
+        b: names.id(&format!("head.{tn}.ln.b"))?,
+        scale: 1.0,
+        rows: 1,
+        eps,
+    });
     let out = lw.buf(task.outputs);
-    lw.op(
-        Opcode::Linear,
-        [
-            z,
-            out,
-            names.id(&format!("head.{tn}.w"))?,
-            names.id(&format!("head.{tn}.b"))?,
-            1,
-            none,
-            0,
-        ],
-        &[z, out],
-    );
+    lw.op(Op::Linear {
+        x: z,
+        y: out,
+        w: names.id(&format!("head.{tn}.w"))?,
+        b: Some(names.id(&format!("head.{tn}.b"))?),
+        rows: 1,
+        tmp: None,
+    });
     Ok(lw)
 }
 
-fn hparams(ck: &Checkpoint) -> HParams {
+/// The architecture tag of the FLAME family.
+pub const FLAME_ARCH: &str = "flame";
+
+/// The FLAME model's hyper-parameters as package metadata (`inspect` prints
+/// them; the runtime needs none of them: its ops carry what they use).
+fn flame_metadata(ck: &Checkpoint) -> Vec<(&'static str, MetaValue<'static>)> {
     let c = &ck.config;
-    HParams {
-        d_model: c.d_model as u32,
-        heads: c.heads as u32,
-        experts: c.experts as u32,
-        top_k: c.top_k as u32,
-        ffn_hidden: c.ffn_hidden as u32,
-        rank: c.rank as u32,
-        stages: c.stages as u32,
-        gating: match c.gating {
-            Gating::Laplace => gating::LAPLACE,
-            Gating::Softmax => gating::SOFTMAX,
-        },
-        ln_eps: c.ln_eps,
-        ..Default::default()
-    }
+    let u = |v: usize| MetaValue::U32(v as u32);
+    vec![
+        ("flame.d_model", u(c.d_model)),
+        ("flame.heads", u(c.heads)),
+        ("flame.experts", u(c.experts)),
+        ("flame.top_k", u(c.top_k)),
+        ("flame.ffn_hidden", u(c.ffn_hidden)),
+        ("flame.rank", u(c.rank)),
+        (
+            "flame.gating",
+            MetaValue::Str(match c.gating {
+                Gating::Laplace => "laplace",
+                Gating::Softmax => "softmax",
+            }),
+        ),
+        ("flame.ln_eps", MetaValue::F32(c.ln_eps)),
+    ]
 }
 
 /// Packs a whole checkpoint into a base package.
@@ -525,7 +483,13 @@ pub fn pack_delta(ck: &Checkpoint, base: &Model<'_>, opts: &PackOptions) -> Resu
 fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) -> Result<Vec<u8>> {
     ck.validate()?;
     let c = &ck.config;
-    let mut hp = hparams(ck);
+    let mut w = PackageWriter::default();
+    w.arch(FLAME_ARCH);
+    let meta = flame_metadata(ck);
+    for (k, v) in &meta {
+        w.meta(k, *v);
+    }
+    let mut mr = ModelRec::default();
 
     // What is already in the base chain: tensors by name, tasks by name.
     let mut ids: HashMap<String, u32> = HashMap::new();
@@ -534,14 +498,11 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
     let mut base_stages = 0usize;
     let mut base_mods = 0usize;
     if let Some(base) = base {
-        let bh = base.hparams();
-        let same = bh.d_model == hp.d_model
-            && bh.heads == hp.heads
-            && bh.experts == hp.experts
-            && bh.top_k == hp.top_k
-            && bh.ffn_hidden == hp.ffn_hidden
-            && bh.gating == hp.gating
-            && bh.ln_eps.to_bits() == hp.ln_eps.to_bits();
+        let same = base.arch() == FLAME_ARCH
+            && meta.iter().all(|(k, v)| match (base.meta(k), v) {
+                (Some(MetaValue::F32(a)), MetaValue::F32(b)) => a.to_bits() == b.to_bits(),
+                (got, want) => got == Some(*want),
+            });
         ensure!(
             same,
             "checkpoint architecture differs from the base package's"
@@ -560,7 +521,7 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             );
         }
         base_mods = base.modality_count();
-        base_stages = bh.stages as usize;
+        base_stages = base.components(GROUP);
         ensure!(
             c.stages > base_stages,
             "checkpoint has {} stages, base already has {base_stages}: nothing to add",
@@ -569,7 +530,7 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         for p in base.parts() {
             for (i, t) in p.tensors().iter().enumerate() {
                 let name = p.str(t.name_off, t.name_len).to_string();
-                let global = p.hparams().tensor_base + i as u32;
+                let global = p.model().tensor_base + i as u32;
                 // Frozen weights must be exactly what the base holds.
                 let (a, b) = p.tensor_f32(&t)?;
                 let same = match ck.matrix(&name) {
@@ -601,11 +562,11 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             );
             base_tasks.push(t.name.to_string());
         }
-        hp.tensor_base = ids.len() as u32;
-        hp.blob_base = base.blob_count() as u32;
-        hp.task_base = base.task_count() as u32;
-        hp.expert_base = base.parts().map(|p| p.experts().len()).sum::<usize>() as u32;
-        hp.router_base = base.parts().map(|p| p.routers().len()).sum::<usize>() as u32;
+        mr.tensor_base = ids.len() as u32;
+        mr.blob_base = base.blob_count() as u32;
+        mr.task_base = base.task_count() as u32;
+        mr.expert_base = base.parts().map(|p| p.experts().len()).sum::<usize>() as u32;
+        mr.group_base = base.group_count() as u32;
     }
     let new_tasks: Vec<usize> = (0..c.tasks.len())
         .filter(|&t| !base_tasks.contains(&c.tasks[t].name))
@@ -684,12 +645,11 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         }
     }
 
-    let mut w = PackageWriter::default();
     let progress = indicatif::ProgressBar::new(order.len() as u64).with_message("blobs");
     let mut blob_of: HashMap<BlobKey, u32> = HashMap::new();
     let mut tensor_recs: Vec<(String, TensorRec)> = Vec::new();
     for (i, &key) in order.iter().enumerate() {
-        let global_blob = hp.blob_base + i as u32;
+        let global_blob = mr.blob_base + i as u32;
         let fmt = match key {
             BlobKey::Expert(j, comp) => opts.expert_format(j, comp),
             _ => WeightFormat::F32,
@@ -698,23 +658,25 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         for (name, mut rec) in b.tensors {
             rec.blob = global_blob;
             ranks.insert(name.clone(), rec.rank);
-            ids.insert(name.clone(), hp.tensor_base + tensor_recs.len() as u32);
+            ids.insert(name.clone(), mr.tensor_base + tensor_recs.len() as u32);
             tensor_recs.push((name, rec));
         }
         let none = NONE16;
-        let (kind, modality, expert, component, task) = match key {
-            BlobKey::Trunk(m) => (blob_kind::TRUNK, m as u16, none, none, none),
-            BlobKey::Router(m, h) => (blob_kind::ROUTER, m as u16, none, h as u16, none),
-            BlobKey::Expert(j, comp) => (blob_kind::EXPERT, none, j as u16, comp as u16, none),
+        let (kind, group, expert, component, owner) = match key {
+            BlobKey::Trunk(m) => (blob_kind::SHARED, none, none, none, m as u16),
+            BlobKey::Router(m, h) => (blob_kind::ROUTER, none, none, h as u16, m as u16),
+            BlobKey::Expert(j, comp) => {
+                (blob_kind::EXPERT, GROUP as u16, j as u16, comp as u16, none)
+            }
             BlobKey::Head(t) => (blob_kind::HEAD, none, none, none, task_global(t) as u16),
         };
         let rec = BlobRec {
             kind,
             format: fmt.id() as u8,
-            modality,
+            group,
             expert,
             component,
-            task,
+            owner,
             ..Default::default()
         };
         w.blobs.push((rec, b.bytes));
@@ -733,42 +695,57 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             name_len,
             tokens: mc.tokens as u32,
             features: mc.features as u32,
+            kind: input_kind::FEATURES,
+            reserved: 0,
         });
     }
     let names = Names {
         ids: &ids,
         ranks: &ranks,
     };
-    let id = |s: String| names.id(&s);
-    for key in &order {
-        match *key {
-            BlobKey::Expert(j, comp) => {
-                let p = format!("expert.{j}.{comp}");
-                w.experts.push(ExpertRec {
-                    expert: j as u16,
-                    component: comp as u16,
-                    blob: blob_of[key],
-                    conv_w: id(format!("{p}.conv.w"))?,
-                    conv_b: id(format!("{p}.conv.b"))?,
-                    ln_g: id(format!("{p}.ln.g"))?,
-                    ln_b: id(format!("{p}.ln.b"))?,
-                    fc1_w: id(format!("{p}.fc1.w"))?,
-                    fc1_b: id(format!("{p}.fc1.b"))?,
-                    fc2_w: id(format!("{p}.fc2.w"))?,
-                    fc2_b: id(format!("{p}.fc2.b"))?,
-                });
+    if base.is_none() {
+        let (name_off, name_len) = w.string("experts");
+        w.groups.push(GroupRec {
+            name_off,
+            name_len,
+            experts: c.experts as u32,
+            top_k: c.top_k as u32,
+            kind: ExpertKind::ConvFfn as u32,
+            ..Default::default()
+        });
+    }
+    // The (group, component) index: one block per new component, experts in order.
+    for comp in base_stages..c.stages {
+        w.components.push(ComponentRec {
+            group: GROUP,
+            component: comp as u32,
+            first_expert: mr.expert_base + w.experts.len() as u32,
+            reserved: 0,
+        });
+        for j in 0..c.experts {
+            let p = format!("expert.{j}.{comp}");
+            let start = names.id(&format!("{p}.conv.w"))?.0;
+            // ExpertKind::ConvFfn's tensor order, as build_blob wrote them.
+            for (k, t) in [
+                "conv.w", "conv.b", "ln.g", "ln.b", "fc1.w", "fc1.b", "fc2.w", "fc2.b",
+            ]
+            .iter()
+            .enumerate()
+            {
+                ensure!(
+                    names.id(&format!("{p}.{t}"))?.0 == start + k as u32,
+                    "internal: the tensors of expert {j} component {comp} are not consecutive"
+                );
             }
-            BlobKey::Router(m, h) => {
-                let nm = &c.modalities[m].name;
-                w.routers.push(RouterRec {
-                    modality: m as u16,
-                    head: h as u16,
-                    blob: blob_of[key],
-                    query: id(format!("router.{nm}.{h}.query"))?,
-                    gate: id(format!("router.{nm}.{h}.gate"))?,
-                });
-            }
-            _ => {}
+            w.experts.push(ExpertRec {
+                group: GROUP,
+                expert: j as u16,
+                component: comp as u16,
+                blob: blob_of[&BlobKey::Expert(j, comp)],
+                tensor_start: start,
+                tensor_count: ExpertKind::ConvFfn.tensors(),
+                reserved: 0,
+            });
         }
     }
     for &t in &new_tasks {
@@ -783,7 +760,6 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             stage: task.stage as u32,
             outputs: task.outputs as u32,
             modality_mask: mods.iter().fold(0, |a, &m| a | (1 << m)),
-            head_blob: blob_of[&BlobKey::Head(t)],
             program_start: w.program.len() as u32,
             program_len: lw.ops.len() as u32,
             slot_start: w.slots.len() as u32,
@@ -791,8 +767,9 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             path_start: w.paths.len() as u32,
             path_len: mods.len() as u32,
             output_slot: (lw.bufs.len() - 1) as u32,
+            plan_tensors: lw.tensor_refs() as u32,
             reserved: 0,
-            arena_bytes: (total * 4) as u64,
+            slot_bytes: (total * 4) as u64,
         };
         for (b, off) in lw.bufs.iter().zip(&offsets) {
             if b.first == usize::MAX {
@@ -801,9 +778,10 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             w.slots.push(SlotRec {
                 offset: *off as u32,
                 len: b.len as u32,
+                kind: slot_kind::SCRATCH,
             });
         }
-        w.program.extend(lw.ops);
+        w.program.extend(lw.ops.iter().map(Op::encode));
         let all = if c.experts == 64 {
             u64::MAX
         } else {
@@ -817,11 +795,14 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
                 task.name,
                 c.experts
             );
-            w.paths.push(PathRec {
+            let mut rec = PathRec {
                 task: task_global(t) as u32,
-                modality: m as u32,
-                mask,
-            });
+                group: GROUP,
+                router: m as u32,
+                ..Default::default()
+            };
+            rec.set_mask(ExpertMask([mask, 0, 0, 0]));
+            w.paths.push(rec);
         }
         if let Some(stats) = &opts.stats {
             for &m in &mods {
@@ -829,7 +810,8 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
                     let (picks, mass, samples) = stats.get(t, m, j);
                     w.stats.push(StatRec {
                         task: task_global(t) as u32,
-                        modality: m as u32,
+                        group: GROUP,
+                        router: m as u32,
                         expert: j as u32,
                         picks,
                         mass,
@@ -840,19 +822,28 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         }
         w.tasks.push(rec);
     }
-    w.hparams = hp;
+    w.model.tensor_base = mr.tensor_base;
+    w.model.blob_base = mr.blob_base;
+    w.model.task_base = mr.task_base;
+    w.model.expert_base = mr.expert_base;
+    w.model.group_base = mr.group_base;
     let base_id = base.map_or(0, |b| b.parts().last().map_or(0, |p| p.id()));
     let bytes = w.finish(opts.align_log2.max(12), base_id);
     // Never hand out a package the runtime would refuse.
     let check = taskpath_runtime::AlignedArena::from_bytes(&bytes);
     match base {
         None => {
-            Model::from_bytes(check.as_slice())
+            let m = Model::from_bytes(check.as_slice())
                 .context("internal: packed model does not validate")?;
+            taskpath_runtime::plan::check_all(&m)
+                .context("internal: a packed task's program does not check")?;
         }
         Some(b) => {
-            b.with_delta(check.as_slice())
+            let m = b
+                .with_delta(check.as_slice())
                 .context("internal: delta pack does not validate")?;
+            taskpath_runtime::plan::check_all(&m)
+                .context("internal: a packed task's program does not check")?;
         }
     }
     Ok(bytes)

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use taskpath_format::Opcode;
+use taskpath_format::Op;
 use taskpath_runtime::Tracer;
 
 /// What a span is.
@@ -25,8 +25,8 @@ pub enum SpanKind {
     Op {
         /// Index in the program.
         index: u32,
-        /// The opcode.
-        op: Opcode,
+        /// The op's kind (`Op::name`).
+        op: &'static str,
         /// Weight bytes the op read.
         bytes: u64,
     },
@@ -93,7 +93,7 @@ pub struct Recorder {
     /// Counter samples, in order.
     pub counters: Vec<Counter>,
     inference_start: Option<u64>,
-    op: Option<(u32, Opcode, u64, u64)>,
+    op: Option<(u32, &'static str, u64, u64)>,
     expert: Option<(u32, u64, Option<bool>)>,
     pending_hit: Option<(u32, bool)>,
     experts_of_blob: BTreeMap<u32, (usize, usize)>,
@@ -193,10 +193,10 @@ impl Recorder {
 }
 
 impl Tracer for Recorder {
-    fn op_begin(&mut self, index: u32, op: Opcode) {
-        self.op = Some((index, op, self.now_ns(), 0));
+    fn op_begin(&mut self, index: u32, op: &Op) {
+        self.op = Some((index, op.name(), self.now_ns(), 0));
     }
-    fn op_end(&mut self, _index: u32, _op: Opcode) {
+    fn op_end(&mut self, _index: u32, _op: &Op) {
         // The last expert ends, then the op: two readings, so the child ends
         // before its parent (equal ends are legal, but some importers, like
         // speedscope's, then close them in the wrong order).
@@ -338,7 +338,7 @@ pub fn chrome_json(rec: &Recorder, meta: &TraceMeta<'_>) -> String {
                 )
             }
             SpanKind::Op { index, op, bytes } => (
-                format!("{op:?}"),
+                op.to_string(),
                 "op",
                 format!(r#"{{"index":{index},"weight_bytes":{bytes}}}"#),
             ),

@@ -60,18 +60,17 @@ pub struct TaskProfile {
     pub traced: usize,
 }
 
-/// `blob -> (expert slot, component)` for every expert blob of the model.
+/// `blob -> (expert, component)` for every expert blob of the model.
 pub fn expert_blobs(model: &Model<'_>) -> BTreeMap<u32, (usize, usize)> {
-    let hp = model.hparams();
-    let mut m = BTreeMap::new();
-    for e in 0..hp.experts as usize {
-        for c in 0..hp.stages as usize {
-            if let Some(rec) = model.expert(e, c) {
-                m.insert(rec.blob, (e, c));
-            }
-        }
-    }
-    m
+    model
+        .expert_blobs()
+        .map(|b| {
+            (
+                b.index,
+                (usize::from(b.rec.expert), usize::from(b.rec.component)),
+            )
+        })
+        .collect()
 }
 
 fn check_sample(task: &TaskInfo<'_>, model: &Model<'_>, i: usize, s: &Sample) -> Result<()> {
@@ -248,7 +247,7 @@ pub fn op_breakdown(rec: &Recorder, lane: u32, _traced: usize) -> BTreeMap<Strin
             if i == 0 {
                 continue;
             }
-            let v = per.entry(format!("{op:?}")).or_insert_with(|| vec![0.0; n]);
+            let v = per.entry(op.to_string()).or_insert_with(|| vec![0.0; n]);
             v[i - 1] += (s.end_ns - s.start_ns) as f64;
         }
     }

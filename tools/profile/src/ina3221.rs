@@ -229,18 +229,21 @@ impl PowerSampler {
         );
         let thread = {
             let (rails, state, stop) = (rails.clone(), state.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(period);
-                    let reading = sum(&rails);
-                    let t = origin.elapsed().as_nanos() as u64;
-                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                    match reading {
-                        Ok(mw) => s.0.add(t, mw),
-                        Err(e) => s.1 = Some(format!("{e:#}")),
+            std::thread::Builder::new()
+                .name("ina3221-sampler".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(period);
+                        let reading = sum(&rails);
+                        let t = origin.elapsed().as_nanos() as u64;
+                        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                        match reading {
+                            Ok(mw) => s.0.add(t, mw),
+                            Err(e) => s.1 = Some(format!("{e:#}")),
+                        }
                     }
-                }
-            })
+                })
+                .context("starting the INA3221 sampling thread")?
         };
         Ok(Self {
             label,

@@ -44,14 +44,24 @@ fn both(
     std::fs::create_dir_all(dir)?;
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
-    let tmp_png = dir.join(format!(".{stem}.tmp.png"));
+    // Drawn in memory and written like every other output (exclusive,
+    // unpredictable temporary name, renamed into place): the bitmap
+    // backend's own file writing would follow a symlink at a fixed name.
+    let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
     {
-        let root = BitMapBackend::new(&tmp_png, SIZE).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         f(&root)?;
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp_png, &png)?;
+    taskpath_checkpoint::write_atomic_with(&png, &mut |file| {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), SIZE.0, SIZE.1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(std::io::Error::other)?;
+        w.write_image_data(&rgb).map_err(std::io::Error::other)?;
+        w.finish().map_err(std::io::Error::other)
+    })?;
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
@@ -143,17 +153,35 @@ pub fn latency_histogram(dir: &Path, series: &[(String, Vec<f64>)]) -> Result<Ve
 
 /// Heat map of expert activation shares: rows `(label, counts, routes)`.
 pub fn activation_heatmap(dir: &Path, rows: &[(String, Vec<u64>, u64)]) -> Result<Vec<PathBuf>> {
-    fn draw<DB: DrawingBackend>(root: &Draw<'_, DB>, rows: &[(String, Vec<u64>, u64)]) -> Result<()>
+    heatmap(
+        dir,
+        "experts",
+        "Expert activations: share of router decisions",
+        rows,
+    )
+}
+
+/// Heat map of expert shares into `dir/stem.{png,svg}` under `caption`:
+/// one row per `(label, counts, total)`, each cell `count / total`, coloured
+/// from white (0) to dark blue (the largest share of the map).
+pub fn heatmap(
+    dir: &Path,
+    stem: &str,
+    caption: &str,
+    rows: &[(String, Vec<u64>, u64)],
+) -> Result<Vec<PathBuf>> {
+    fn draw<DB: DrawingBackend>(
+        root: &Draw<'_, DB>,
+        caption: &str,
+        rows: &[(String, Vec<u64>, u64)],
+    ) -> Result<()>
     where
         DB::ErrorType: 'static,
     {
         let n = rows.iter().map(|r| r.1.len()).max().unwrap_or(1) as i32;
         let m = rows.len().max(1) as i32;
         let mut chart = ChartBuilder::on(root)
-            .caption(
-                "Expert activations: share of router decisions",
-                (FAMILY, 22),
-            )
+            .caption(caption, (FAMILY, 22))
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(200)
@@ -181,12 +209,17 @@ pub fn activation_heatmap(dir: &Path, rows: &[(String, Vec<u64>, u64)]) -> Resul
             .axis_desc_style((FAMILY, 16))
             .draw()
             .map_err(err)?;
+        let share = |c: u64, total: u64| c as f64 / total.max(1) as f64;
+        // The colour scale runs from white (0) to dark blue (the largest share).
+        let top = rows
+            .iter()
+            .flat_map(|(_, counts, total)| counts.iter().map(|&c| share(c, *total)))
+            .fold(0.0, f64::max);
         for (ri, (_, counts, routes)) in rows.iter().enumerate() {
             let y = m - 1 - ri as i32;
             for (e, &c) in counts.iter().enumerate() {
-                let share = c as f64 / (*routes).max(1) as f64;
-                // White to dark blue.
-                let t = share.clamp(0.0, 1.0);
+                let share = share(c, *routes);
+                let t = (share / top.max(1e-12)).clamp(0.0, 1.0);
                 let fill = RGBColor(
                     (255.0 - t * 222.0) as u8,
                     (255.0 - t * 173.0) as u8,
@@ -214,7 +247,9 @@ pub fn activation_heatmap(dir: &Path, rows: &[(String, Vec<u64>, u64)]) -> Resul
         }
         Ok(())
     }
-    both(dir, "experts", &|r| draw(r, rows), &|r| draw(r, rows))
+    both(dir, stem, &|r| draw(r, caption, rows), &|r| {
+        draw(r, caption, rows)
+    })
 }
 
 /// Stacked bars of median time per op kind, one bar per task (µs per inference).

@@ -241,14 +241,14 @@ fn the_trace_of_a_real_run_follows_the_chrome_trace_event_format() {
         .iter()
         .any(|e| e["ph"] == "C" && e["name"] == "residency cache"));
     // Router decisions: top_k experts per route, within the expert count.
-    let hp = model.hparams();
+    let g = model.group(0).unwrap();
     for r in &rec.routes {
-        assert!(!r.experts.is_empty() && r.experts.len() <= hp.top_k as usize);
-        assert!(r.experts.iter().all(|&e| e < hp.experts));
+        assert!(!r.experts.is_empty() && r.experts.len() <= g.top_k as usize);
+        assert!(r.experts.iter().all(|&e| e < g.experts));
     }
-    let acts = activations(&rec, hp.experts as usize);
+    let acts = activations(&rec, g.experts as usize);
     for (counts, routes) in acts.values() {
-        assert!(counts.iter().sum::<u64>() <= routes * u64::from(hp.top_k));
+        assert!(counts.iter().sum::<u64>() <= routes * u64::from(g.top_k));
     }
     let _ = std::fs::remove_file(&path);
     drop(mapped);

@@ -1,4 +1,5 @@
-//! aarch64 NEON kernels for f16, int8 and the LUT formats (`tbl` = `vqtbl1q_u8`).
+//! aarch64 NEON kernels for f16, int8, the LUT formats (`tbl` = `vqtbl1q_u8`)
+//! and q4_0 / q8_0 (baseline NEON `smull` / `smlal`; no `sdot`).
 //!
 //! Same contract as the x86-64 module: exact integer parts and a per-row-lane
 //! float epilogue with the generic kernel's operation order, multiply and add
@@ -13,10 +14,13 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::{
-    prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, tiles_of, Feature, I8Prep, LutPrep,
-    QMatVec,
+    prepare_lut, q_check, q_store_raw, raw_i8, raw_lut, raw_q, run_f16, run_i8, run_lut, run_q,
+    run_rows, tiles_of, Feature, I8Prep, LutPrep, QMatVec, QOut, QPrep,
 };
-use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
+use crate::quant::{
+    lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, Q_BLOCK, Q_CHUNK, Q_ROW_TILE,
+    ROW_TILE_8,
+};
 
 /// A NEON kernel of one format.
 #[derive(Debug)]
@@ -34,7 +38,7 @@ macro_rules! neon_kernels {
             pub static $id: Neon = Neon { format: WeightFormat::$f, name: $name };
         )*
         /// Every kernel of this module.
-        pub static KERNELS: [&'static dyn QMatVec; 10] = [$(&$id),*];
+        pub static KERNELS: [&'static dyn QMatVec; 12] = [$(&$id),*];
     };
 }
 
@@ -49,6 +53,8 @@ neon_kernels! {
     I4G64Z: I4G64Z => "aarch64_neon_i4g64z";
     I2G32Z: I2G32Z => "aarch64_neon_i2g32z";
     I2G64Z: I2G64Z => "aarch64_neon_i2g64z";
+    Q4_0: Q4_0 => "aarch64_neon_q4_0";
+    Q8_0: Q8_0 => "aarch64_neon_q8_0";
 }
 
 impl Neon {
@@ -64,6 +70,37 @@ impl Neon {
 impl QMatVec for Neon {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn run_batch(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        n: usize,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        ys: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        match self.format {
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => {
+                self.assert_supported();
+                run_q(
+                    f,
+                    rows,
+                    cols,
+                    packed,
+                    n,
+                    xs,
+                    bias,
+                    ys,
+                    scratch,
+                    &mut q_neon_fn(f),
+                )
+            }
+            _ => run_rows(self, rows, cols, packed, n, xs, bias, ys, scratch),
+        }
     }
 
     fn format(&self) -> WeightFormat {
@@ -118,6 +155,18 @@ impl QMatVec for Neon {
                     },
                 )
             }
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => run_q(
+                f,
+                rows,
+                cols,
+                packed,
+                1,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut q_neon_fn(f),
+            ),
             f => run_lut(
                 f,
                 rows,
@@ -158,6 +207,10 @@ impl QMatVec for Neon {
                         unsafe { i8_tile(t, k, p, o, r, v) }
                     },
                 );
+                true
+            }
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => {
+                raw_q(f, rows, cols, packed, x, scratch, out, &mut q_neon_fn(f));
                 true
             }
             f => {
@@ -275,7 +328,7 @@ unsafe fn i8_tile(
     valid: usize,
 ) {
     let nb = k / I8_BLOCK;
-    assert!(tile.len() == 32 + 8 * k && p.xq.len() >= k && k % I8_BLOCK == 0);
+    assert!(tile.len() == 32 + 8 * k && p.xq.len() >= k && k.is_multiple_of(I8_BLOCK));
     let w = tile.as_ptr().cast::<i8>();
     let xq = p.xq.as_ptr().cast::<i8>();
     let mut ya = [vdupq_n_f32(0.0); 2];
@@ -451,5 +504,156 @@ unsafe fn lut_tile<const BITS: u32, const G: usize, const ZP: bool>(
     for (q, v) in ya.iter().enumerate() {
         // SAFETY: `y` holds 16 f32.
         unsafe { vst1q_f32(y.as_mut_ptr().add(4 * q), *v) };
+    }
+}
+
+// ------------------------------------------------------------------ q4_0 / q8_0
+
+/// The NEON kernel of q4_0 / q8_0 as the driver's tile function: tile by
+/// tile, and for each tile every token of the call (the tile stays in L1
+/// between them; the driver already reads each chunk from memory once per
+/// pass of tokens).
+#[allow(clippy::type_complexity)]
+fn q_neon_fn(
+    format: WeightFormat,
+) -> impl FnMut(&[u8], usize, Option<&[u8]>, &[QPrep<'_>], &mut QOut, Option<&mut [i32]>, usize) {
+    let q4 = format == WeightFormat::Q4_0;
+    move |tiles, nt, _next, preps, out, mut raw, valid| {
+        let (tb, _) = q_check(q4, tiles, nt, preps, raw.as_deref(), valid);
+        for t in 0..nt {
+            let tile = &tiles[t * tb..(t + 1) * tb];
+            for (p, o) in preps.iter().zip(out.iter_mut()) {
+                let y: &mut [f32; Q_ROW_TILE] = (&mut o[Q_ROW_TILE * t..Q_ROW_TILE * (t + 1)])
+                    .try_into()
+                    .unwrap();
+                let r = raw.as_deref_mut();
+                // SAFETY: every caller (`run`, `run_batch`, `integer_parts`)
+                // checked NEON first; `q_check` asserted the lengths.
+                unsafe {
+                    if q4 {
+                        q_tile::<true>(tile, p, y, r, Q_ROW_TILE * t, valid);
+                    } else {
+                        q_tile::<false>(tile, p, y, r, Q_ROW_TILE * t, valid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One 16-row tile of q4_0 / q8_0 for one token. A 64-byte chunk is four
+/// vectors of 4 rows x 4 bytes; the 4 broadcast activations of the chunk's
+/// columns multiply each row's 4 bytes (`smull` / `smlal`, low and high
+/// halves), giving i16 lanes `(row, column)`.
+///
+/// q4_0: nibbles `q` in `[0, 15]` times `|xq| <= 127`; each i16 lane adds the
+/// low- and high-nibble products of 4 chunks, at most `8 * 15 * 127 = 15240 <
+/// 2^15`. q8_0: `q = w ^ 0x80` in `[-128, 127]`; two chunks' products share an
+/// i16 lane (`<= 2 * 128 * 127 = 32512 < 2^15`) before `sadalp` widens them to
+/// i32. Per block `saddlp` / `addp` gather each row's sum into lane order (row
+/// `4 m + i` in lane `i` of vector `m`): the exact dot (q4_0 minus the
+/// prepared `8 sum(xq)`), at most `520192` in magnitude. Epilogue per row
+/// lane, blocks in order: `ya = ya + (acc * sx) * d`.
+///
+/// # Safety
+/// The CPU must support NEON; `tile` must hold whole block records and
+/// `p.xq` 32 activations per block (`q_check`).
+#[target_feature(enable = "neon")]
+unsafe fn q_tile<const Q4: bool>(
+    tile: &[u8],
+    p: &QPrep<'_>,
+    y: &mut [f32; Q_ROW_TILE],
+    mut raw: Option<&mut [i32]>,
+    row0: usize,
+    valid: usize,
+) {
+    let bb = if Q4 { 288 } else { 544 };
+    let wb = bb - 2 * Q_ROW_TILE;
+    let nb = tile.len() / bb;
+    assert!(nb * bb == tile.len() && p.xq.len() >= Q_BLOCK * nb);
+    let bcast = |at: usize| {
+        let v = u32::from_le_bytes([p.xq[at], p.xq[at + 1], p.xq[at + 2], p.xq[at + 3]]);
+        vreinterpretq_s8_u32(vdupq_n_u32(v))
+    };
+    let mut ya = [vdupq_n_f32(0.0); 4];
+    for b in 0..nb {
+        // SAFETY: block `b` occupies `tile[b * bb..(b + 1) * bb]` (asserted).
+        let blk = unsafe { tile.as_ptr().add(b * bb) };
+        let x0 = Q_BLOCK * b;
+        let mut acc = [vdupq_n_s32(0); 4];
+        if Q4 {
+            let mask = vdupq_n_u8(0x0F);
+            let mut a16 = [[vdupq_n_s16(0); 2]; 4];
+            for k in 0..4 {
+                let (xl, xh) = (bcast(x0 + 8 * k), bcast(x0 + 8 * k + 4));
+                for (m, a) in a16.iter_mut().enumerate() {
+                    // SAFETY: chunk `k`, vector `m` lies inside the block's weights.
+                    let wv = unsafe { vld1q_u8(blk.add(Q_CHUNK * k + 16 * m)) };
+                    let lo = vreinterpretq_s8_u8(vandq_u8(wv, mask));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(wv));
+                    a[0] = vmlal_s8(a[0], vget_low_s8(lo), vget_low_s8(xl));
+                    a[0] = vmlal_s8(a[0], vget_low_s8(hi), vget_low_s8(xh));
+                    a[1] = vmlal_high_s8(a[1], lo, xl);
+                    a[1] = vmlal_high_s8(a[1], hi, xh);
+                }
+            }
+            let off = vdupq_n_s32(p.off(b));
+            for (m, a) in a16.iter().enumerate() {
+                let s = vpaddq_s32(vpaddlq_s16(a[0]), vpaddlq_s16(a[1]));
+                acc[m] = vsubq_s32(s, off);
+            }
+        } else {
+            let flip = vdupq_n_u8(0x80);
+            let mut a32 = [[vdupq_n_s32(0); 2]; 4];
+            for k in (0..8).step_by(2) {
+                let (x0v, x1v) = (bcast(x0 + 4 * k), bcast(x0 + 4 * k + 4));
+                for (m, a) in a32.iter_mut().enumerate() {
+                    // SAFETY: chunks `k`, `k + 1`, vector `m` lie inside the block's weights.
+                    let (q0, q1) = unsafe {
+                        (
+                            vld1q_u8(blk.add(Q_CHUNK * k + 16 * m)),
+                            vld1q_u8(blk.add(Q_CHUNK * (k + 1) + 16 * m)),
+                        )
+                    };
+                    let q0 = vreinterpretq_s8_u8(veorq_u8(q0, flip));
+                    let q1 = vreinterpretq_s8_u8(veorq_u8(q1, flip));
+                    let lo = vmlal_s8(
+                        vmull_s8(vget_low_s8(q0), vget_low_s8(x0v)),
+                        vget_low_s8(q1),
+                        vget_low_s8(x1v),
+                    );
+                    let hi = vmlal_high_s8(vmull_high_s8(q0, x0v), q1, x1v);
+                    a[0] = vpadalq_s16(a[0], lo);
+                    a[1] = vpadalq_s16(a[1], hi);
+                }
+            }
+            for (m, a) in a32.iter().enumerate() {
+                acc[m] = vpaddq_s32(a[0], a[1]);
+            }
+        }
+        if let Some(raw) = raw.as_deref_mut() {
+            let mut tmp = [0i32; 16];
+            for (m, a) in acc.iter().enumerate() {
+                // SAFETY: `tmp` holds 16 i32.
+                unsafe { vst1q_s32(tmp.as_mut_ptr().add(4 * m), *a) };
+            }
+            q_store_raw(raw, &tmp, row0, valid, nb, b);
+            continue;
+        }
+        let sx = p.sx(b);
+        // SAFETY: the block's 16 f16 scales (32 bytes) follow its weights.
+        let d = unsafe {
+            let (d0, d1) = load_f16x8(blk.add(wb));
+            let (d2, d3) = load_f16x8(blk.add(wb + 16));
+            [d0, d1, d2, d3]
+        };
+        for m in 0..4 {
+            let f = vmulq_n_f32(vcvtq_f32_s32(acc[m]), sx);
+            ya[m] = vaddq_f32(ya[m], vmulq_f32(f, d[m]));
+        }
+    }
+    for (m, v) in ya.iter().enumerate() {
+        // SAFETY: `y` holds 16 f32.
+        unsafe { vst1q_f32(y.as_mut_ptr().add(4 * m), *v) };
     }
 }

@@ -7,7 +7,9 @@
 //! of flash on a Cortex-M image.
 
 use super::WeightFormat;
-use crate::quant::{get_f32, lut_params, I8_BLOCK, LUT_ACT_GROUP, LUT_ROW_TILE, ROW_TILE_8};
+use crate::quant::{
+    get_f32, lut_params, I8_BLOCK, LUT_ACT_GROUP, LUT_ROW_TILE, Q_BLOCK, Q_ROW_TILE, ROW_TILE_8,
+};
 
 /// Length checks every kernel's `run` does first.
 #[allow(clippy::too_many_arguments)]
@@ -207,29 +209,104 @@ pub(crate) fn prepare_i8<'a>(cols: usize, x: &[f32], scratch: &'a mut [u8]) -> I
     let scales = &mut rest[..4 * nb];
     for (b, qb) in xq.chunks_exact_mut(I8_BLOCK).enumerate() {
         let xb = &x[(b * I8_BLOCK).min(cols)..((b + 1) * I8_BLOCK).min(cols)];
-        // max |x| via the bit patterns (ordered like the values for |x|), so
-        // it vectorises; patterns >= that of +inf are inf or NaN.
-        let mbits = xb
-            .iter()
-            .fold(0u32, |mb, v| mb.max(v.to_bits() & 0x7FFF_FFFF));
-        let m = f32::from_bits(mbits);
-        let scale = if mbits >= 0x7F80_0000 {
-            qb.fill(0);
-            f32::NAN
-        } else if mbits == 0 {
-            qb.fill(0);
-            0.0
-        } else {
-            let inv = 127.0 / m;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = rne_i32(v * inv) as i8 as u8;
-            }
-            qb[xb.len()..].fill(0);
-            m / 127.0
-        };
+        let scale = quantize_act_block(xb, qb);
         scales[4 * b..4 * b + 4].copy_from_slice(&scale.to_le_bytes());
     }
     I8Prep { xq, scales }
+}
+
+/// The int8 activation quantisation of one 32-column block (shared by i8row
+/// and the GGUF block formats): `m = max |x|`, `qb = rne(x * (127 / m))` (0
+/// past `xb.len()`, all 0 if `m == 0`); returns the scale `m / 127`. A
+/// non-finite value zeroes the block and returns NaN.
+#[inline]
+fn quantize_act_block(xb: &[f32], qb: &mut [u8]) -> f32 {
+    // max |x| via the bit patterns (ordered like the values for |x|), so
+    // it vectorises; patterns >= that of +inf are inf or NaN.
+    let mbits = xb
+        .iter()
+        .fold(0u32, |mb, v| mb.max(v.to_bits() & 0x7FFF_FFFF));
+    let m = f32::from_bits(mbits);
+    if mbits >= 0x7F80_0000 {
+        qb.fill(0);
+        f32::NAN
+    } else if mbits == 0 {
+        qb.fill(0);
+        0.0
+    } else {
+        let inv = 127.0 / m;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = rne_i32(v * inv) as i8 as u8;
+        }
+        qb[xb.len()..].fill(0);
+        m / 127.0
+    }
+}
+
+/// One quantised activation row of a GGUF block format (q4_0, q8_0), as
+/// [`prepare_q`] writes it in scratch: `K` int8 activations, then per
+/// 32-column block the f32 scale, then per block the i32 offset.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QPrep<'a> {
+    /// `K` int8 activations (0 past `cols`).
+    pub xq: &'a [u8],
+    /// Per block the activation scale `m / 127` (f32 LE).
+    sx: &'a [u8],
+    /// Per block `o * sum(xq)` (i32 LE), `o` = 8 (q4_0) or 128 (q8_0): what the
+    /// SIMD kernels subtract from their unsigned-weight dot products.
+    off: &'a [u8],
+}
+
+impl<'a> QPrep<'a> {
+    /// The view of a prepared row at the start of `s` (`K + 8 K / 32` bytes).
+    pub(crate) fn view(k: usize, s: &'a [u8]) -> Self {
+        let nb = k / Q_BLOCK;
+        let (xq, rest) = s.split_at(k);
+        let (sx, rest) = rest.split_at(4 * nb);
+        Self {
+            xq,
+            sx,
+            off: &rest[..4 * nb],
+        }
+    }
+
+    /// Activation scale of block `b`.
+    #[inline(always)]
+    pub fn sx(&self, b: usize) -> f32 {
+        get_f32(self.sx, 4 * b)
+    }
+
+    /// Offset of block `b`: `8 * sum(xq)` (q4_0) or `128 * sum(xq)` (q8_0).
+    #[inline(always)]
+    pub fn off(&self, b: usize) -> i32 {
+        i32::from_le_bytes([
+            self.off[4 * b],
+            self.off[4 * b + 1],
+            self.off[4 * b + 2],
+            self.off[4 * b + 3],
+        ])
+    }
+}
+
+/// Quantise one activation row for a GGUF block format into `s`
+/// (`format.q_token_bytes(cols)` bytes): per 32 columns, the i8row
+/// quantisation (`quantize_act_block`: `xq = rne(x 127 / m)`, scale `m / 127`
+/// in f32), and the offset `8 * sum(xq)` (q4_0, whose stored nibbles are
+/// `q + 8`) or `128 * sum(xq)` (q8_0, stored as `q + 128`). One scalar
+/// routine for every kernel of both formats, so all see the same integers.
+pub(crate) fn prepare_q(format: WeightFormat, cols: usize, x: &[f32], s: &mut [u8]) {
+    let k = format.padded_cols(cols);
+    let nb = k / Q_BLOCK;
+    let o: i32 = if format == WeightFormat::Q4_0 { 8 } else { 128 };
+    let (xq, rest) = s.split_at_mut(k);
+    let (sx, rest) = rest.split_at_mut(4 * nb);
+    for (b, qb) in xq.chunks_exact_mut(Q_BLOCK).enumerate() {
+        let xb = &x[(b * Q_BLOCK).min(cols)..((b + 1) * Q_BLOCK).min(cols)];
+        let scale = quantize_act_block(xb, qb);
+        let sum: i32 = qb.iter().map(|&v| i32::from(v as i8)).sum();
+        sx[4 * b..4 * b + 4].copy_from_slice(&scale.to_le_bytes());
+        rest[4 * b..4 * b + 4].copy_from_slice(&(o * sum).to_le_bytes());
+    }
 }
 
 /// A LUT tile kernel: `(tile bytes, tables, y_tile, raw, valid_rows)`. It writes
@@ -476,5 +553,199 @@ pub(crate) fn run_f16(
         let mut out = [0.0f32; 4 * ROW_TILE_8];
         tiles_fn(&packed[4 * c * tb..(4 * c + n) * tb], n, cols, x, &mut out);
         finish_tile(yc, &out, bias.map(|b| &b[c * per..]));
+    }
+}
+
+/// Tiles the GGUF-block driver hands a kernel at once (separate read streams).
+pub(crate) const Q_TILES: usize = 4;
+
+/// Rows of one GGUF-block driver chunk.
+pub(crate) const Q_CHUNK_ROWS: usize = Q_TILES * Q_ROW_TILE;
+
+/// Tokens (activation rows) a GGUF-block kernel call takes at most: each
+/// unpacked weight chunk is used for all of them.
+pub(crate) const Q_TOKENS: usize = 4;
+
+/// Tokens a batched pass prepares at most (the scratch decides, see
+/// [`run_q`]; 64 is the largest prefill chunk the runtime uses).
+const Q_MAX_PASS: usize = 64;
+
+/// A GGUF-block kernel: `(tiles bytes, n tiles (1..=Q_TILES), next, tokens
+/// (1..=Q_TOKENS), out, raw, valid_rows)`. It writes token `j`'s `16 n` row
+/// results without bias to `out[j]`, or, in raw mode (one token), the integer
+/// parts of the first `valid_rows` rows to `raw: [valid_rows, K / 32]`.
+/// `next` is `Some` (the following chunk's bytes, possibly empty) when the
+/// chunk comes from memory, i.e. for the first group of tokens of a pass: a
+/// kernel may then prefetch ahead of its loads; `None` when the chunk is
+/// already in cache.
+pub(crate) type QTilesFn<'f> = dyn FnMut(
+        &[u8],
+        usize,
+        Option<&[u8]>,
+        &[QPrep<'_>],
+        &mut [[f32; Q_CHUNK_ROWS]; Q_TOKENS],
+        Option<&mut [i32]>,
+        usize,
+    ) + 'f;
+
+/// Driver of the GGUF block formats for `n` activation rows `xs: [n, cols]`
+/// (`run` is `n = 1`): checks; then per pass of as many tokens as the
+/// scratch holds (at least [`crate::quant::Q_SCRATCH_TOKENS`], at most 64),
+/// quantise them (`prepare_q`), and for each chunk of up to [`Q_TILES`] tiles
+/// run the kernel on groups of up to [`Q_TOKENS`] tokens, so the chunk is
+/// read from memory once per pass and reused from cache by every group; bias.
+/// Every output depends only on its own activation row, so the results equal
+/// `n` single calls bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_q(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    n: usize,
+    xs: &[f32],
+    bias: Option<&[f32]>,
+    ys: &mut [f32],
+    scratch: &mut [u8],
+    tiles_fn: &mut QTilesFn<'_>,
+) {
+    assert!(
+        Some(xs.len()) == n.checked_mul(cols) && Some(ys.len()) == n.checked_mul(rows),
+        "run_batch: xs must be [n, cols] and ys [n, rows]"
+    );
+    if n == 0 {
+        return;
+    }
+    check_run(
+        format,
+        rows,
+        cols,
+        packed,
+        &xs[..cols],
+        bias,
+        &ys[..rows],
+        scratch,
+    );
+    let k = format.padded_cols(cols);
+    let ptb = format.q_token_bytes(cols);
+    let cap = scratch
+        .len()
+        .checked_div(ptb)
+        .unwrap_or(Q_MAX_PASS)
+        .clamp(1, Q_MAX_PASS);
+    let tb = format.tile_bytes(cols);
+    let mut p0 = 0;
+    while p0 < n {
+        let pn = cap.min(n - p0);
+        for t in 0..pn {
+            let x = &xs[(p0 + t) * cols..(p0 + t + 1) * cols];
+            prepare_q(format, cols, x, &mut scratch[t * ptb..(t + 1) * ptb]);
+        }
+        let s: &[u8] = scratch;
+        for c in 0..rows.div_ceil(Q_CHUNK_ROWS) {
+            let r0 = c * Q_CHUNK_ROWS;
+            let valid = (rows - r0).min(Q_CHUNK_ROWS);
+            let nt = valid.div_ceil(Q_ROW_TILE);
+            let tiles = &packed[c * Q_TILES * tb..(c * Q_TILES + nt) * tb];
+            let next = packed
+                .get((c + 1) * Q_TILES * tb..)
+                .map_or(&[][..], |p| &p[..p.len().min(Q_TILES * tb)]);
+            for g in (0..pn).step_by(Q_TOKENS) {
+                let gn = Q_TOKENS.min(pn - g);
+                let preps: [QPrep<'_>; Q_TOKENS] =
+                    core::array::from_fn(|i| QPrep::view(k, &s[(g + i.min(gn - 1)) * ptb..]));
+                let mut out = [[0.0f32; Q_CHUNK_ROWS]; Q_TOKENS];
+                let pf = (g == 0).then_some(next);
+                tiles_fn(tiles, nt, pf, &preps[..gn], &mut out, None, valid);
+                for (j, o) in out.iter().enumerate().take(gn) {
+                    let y = &mut ys[(p0 + g + j) * rows + r0..][..valid];
+                    finish_tile(y, o, bias.map(|b| &b[r0..]));
+                }
+            }
+        }
+        p0 += pn;
+    }
+}
+
+/// Raw (integer parts) driver of the GGUF block formats.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn raw_q(
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    x: &[f32],
+    scratch: &mut [u8],
+    out: &mut [i32],
+    tiles_fn: &mut QTilesFn<'_>,
+) {
+    check_raw(format, rows, cols, packed, x, scratch, out);
+    let k = format.padded_cols(cols);
+    prepare_q(format, cols, x, scratch);
+    let prep = [QPrep::view(k, scratch)];
+    let tb = format.tile_bytes(cols);
+    let nb = k / Q_BLOCK;
+    let mut dummy = [[0.0f32; Q_CHUNK_ROWS]; Q_TOKENS];
+    for c in 0..rows.div_ceil(Q_CHUNK_ROWS) {
+        let valid = (rows - c * Q_CHUNK_ROWS).min(Q_CHUNK_ROWS);
+        let nt = valid.div_ceil(Q_ROW_TILE);
+        let o = &mut out[c * Q_CHUNK_ROWS * nb..][..valid * nb];
+        tiles_fn(
+            &packed[c * Q_TILES * tb..(c * Q_TILES + nt) * tb],
+            nt,
+            None,
+            &prep,
+            &mut dummy,
+            Some(o),
+            valid,
+        );
+    }
+}
+
+/// The outputs of a GGUF-block kernel call: `[token][row of the chunk]`.
+pub(crate) type QOut = [[f32; Q_CHUNK_ROWS]; Q_TOKENS];
+
+/// Check what every q4_0 / q8_0 SIMD kernel relies on before reading through
+/// raw pointers: `tiles` holds `nt` tiles of `nb` whole block records, every
+/// prepared token has `32 nb` activations (its scales and offsets are read
+/// through bounds-checked accessors), the outputs hold the chunk, and `raw`
+/// holds `valid` rows. Returns `(tile bytes, blocks per tile)`.
+pub(crate) fn q_check(
+    q4: bool,
+    tiles: &[u8],
+    nt: usize,
+    preps: &[QPrep<'_>],
+    raw: Option<&[i32]>,
+    valid: usize,
+) -> (usize, usize) {
+    let bb = if q4 {
+        WeightFormat::Q4_0.q_block_bytes()
+    } else {
+        WeightFormat::Q8_0.q_block_bytes()
+    };
+    let tb = tiles.len().checked_div(nt).unwrap_or(0);
+    let nb = tb / bb;
+    assert!(nt <= Q_CHUNK_ROWS / Q_ROW_TILE && tb * nt == tiles.len() && nb * bb == tb);
+    assert!(!preps.is_empty() && preps.len() <= Q_TOKENS);
+    assert!(preps.iter().all(|p| p.xq.len() >= Q_BLOCK * nb));
+    assert!(valid <= nt * Q_ROW_TILE && raw.is_none_or(|r| r.len() >= valid * nb));
+    (tb, nb)
+}
+
+/// Store 16 row values of lane-ordered integer parts into `raw` rows
+/// `row0..row0 + 16` (those below `valid`), block `b` of `nb`.
+pub(crate) fn q_store_raw(
+    raw: &mut [i32],
+    v: &[i32; 16],
+    row0: usize,
+    valid: usize,
+    nb: usize,
+    b: usize,
+) {
+    for (i, &a) in v.iter().enumerate() {
+        let r = row0 + i;
+        if r < valid {
+            raw[r * nb + b] = a;
+        }
     }
 }

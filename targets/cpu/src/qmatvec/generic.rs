@@ -5,11 +5,12 @@
 //! f16 loops on its own.
 
 use super::{
-    check_run, prepare_lut, raw_i8, raw_lut, run_f16, run_i8, run_lut, tiles_of, Feature, I8Prep,
-    LutPrep, QMatVec,
+    check_run, prepare_lut, raw_i8, raw_lut, raw_q, run_f16, run_i8, run_lut, run_q, run_rows,
+    tiles_of, Feature, I8Prep, LutPrep, QMatVec, QPrep, Q_CHUNK_ROWS, Q_TOKENS,
 };
 use crate::quant::{
-    get_f16, get_f32, lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8,
+    get_f16, get_f32, lut_center, lut_params, q_value, WeightFormat, I8_BLOCK, LUT_ROW_TILE,
+    Q_BLOCK, Q_ROW_TILE, ROW_TILE_8,
 };
 
 /// The generic kernel of one format.
@@ -40,11 +41,41 @@ generic_kernels! {
     I4G64Z => "generic_i4g64z",
     I2G32Z => "generic_i2g32z",
     I2G64Z => "generic_i2g64z",
+    Q4_0 => "generic_q4_0",
+    Q8_0 => "generic_q8_0",
 }
 
 impl QMatVec for Generic {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn run_batch(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        n: usize,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        ys: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        match self.format {
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => run_q(
+                f,
+                rows,
+                cols,
+                packed,
+                n,
+                xs,
+                bias,
+                ys,
+                scratch,
+                &mut q_tiles_fn(f),
+            ),
+            _ => run_rows(self, rows, cols, packed, n, xs, bias, ys, scratch),
+        }
     }
 
     fn format(&self) -> WeightFormat {
@@ -69,6 +100,18 @@ impl QMatVec for Generic {
             WeightFormat::F32 => run_f32(rows, cols, packed, x, bias, y, scratch),
             WeightFormat::F16 => run_f16(rows, cols, packed, x, bias, y, scratch, &mut f16_tiles),
             WeightFormat::I8Row => run_i8(rows, cols, packed, x, bias, y, scratch, &mut i8_tile),
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => run_q(
+                f,
+                rows,
+                cols,
+                packed,
+                1,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut q_tiles_fn(f),
+            ),
             f => run_lut(
                 f,
                 rows,
@@ -97,6 +140,10 @@ impl QMatVec for Generic {
             WeightFormat::F32 | WeightFormat::F16 => false,
             WeightFormat::I8Row => {
                 raw_i8(rows, cols, packed, x, scratch, out, &mut i8_tile);
+                true
+            }
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => {
+                raw_q(f, rows, cols, packed, x, scratch, out, &mut q_tiles_fn(f));
                 true
             }
             f => {
@@ -304,4 +351,77 @@ fn lut_tile<const BITS: u32, const ZP: bool>(
         }
     }
     *y = ya;
+}
+
+// ------------------------------------------------------------------ q4_0 / q8_0
+
+/// The generic kernel of a GGUF block format (see [`q_tiles`]).
+#[allow(clippy::type_complexity)]
+fn q_tiles_fn(
+    format: WeightFormat,
+) -> impl FnMut(
+    &[u8],
+    usize,
+    Option<&[u8]>,
+    &[QPrep<'_>],
+    &mut [[f32; Q_CHUNK_ROWS]; Q_TOKENS],
+    Option<&mut [i32]>,
+    usize,
+) {
+    move |tiles, nt, _next, preps, out, raw, valid| {
+        q_tiles(format, tiles, nt, preps, out, raw, valid)
+    }
+}
+
+/// `nt` 16-row tiles of q4_0 / q8_0 for each prepared token. Per row and
+/// 32-column block `b` the exact integer part is `acc_b = sum_c sq_c xq_c`
+/// with `sq` the signed quant (`q - 8` in `[-8, 7]`, or `q` in `[-128, 127]`):
+/// `|acc_b| <= 32 * 128 * 127 = 520192 < 2^24`, exact in i32 and in f32. Then
+/// in f32, blocks in order from `ya = 0`: `ya = ya + (acc_b * sx_b) * d_b`,
+/// multiply and add kept separate; the row's result is `ya`.
+pub(crate) fn q_tiles(
+    format: WeightFormat,
+    tiles: &[u8],
+    nt: usize,
+    preps: &[QPrep<'_>],
+    out: &mut [[f32; Q_CHUNK_ROWS]; Q_TOKENS],
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let bb = format.q_block_bytes();
+    let wb = bb - 2 * Q_ROW_TILE;
+    let tb = tiles.len().checked_div(nt).unwrap_or(0);
+    let nb = tb / bb;
+    for (p, o) in preps.iter().zip(out.iter_mut()) {
+        for t in 0..nt {
+            let tile = &tiles[t * tb..(t + 1) * tb];
+            let mut ya = [0.0f32; Q_ROW_TILE];
+            for b in 0..nb {
+                let blk = &tile[b * bb..(b + 1) * bb];
+                let xq = &p.xq[b * Q_BLOCK..(b + 1) * Q_BLOCK];
+                let mut acc = [0i32; Q_ROW_TILE];
+                for (c, &xv) in xq.iter().enumerate() {
+                    let xv = i32::from(xv as i8);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a += i32::from(q_value(format, &blk[..wb], r, c)) * xv;
+                    }
+                }
+                if let Some(raw) = raw.as_deref_mut() {
+                    for (i, &a) in acc.iter().enumerate() {
+                        let row = Q_ROW_TILE * t + i;
+                        if row < valid {
+                            raw[row * nb + b] = a;
+                        }
+                    }
+                    continue;
+                }
+                let sx = p.sx(b);
+                for (r, (y, &a)) in ya.iter_mut().zip(&acc).enumerate() {
+                    let v = a as f32 * sx;
+                    *y += v * get_f16(blk, wb + 2 * r);
+                }
+            }
+            o[Q_ROW_TILE * t..Q_ROW_TILE * (t + 1)].copy_from_slice(&ya);
+        }
+    }
 }

@@ -63,6 +63,9 @@ pub enum Feature {
     F16c,
     /// aarch64 Advanced SIMD (NEON).
     Neon,
+    /// x86-64 AVX-512 F + BW + VNNI (512-bit integer SIMD with `vpdpbusd`),
+    /// detected together: the kernels that need it use all three.
+    Avx512Vnni,
 }
 
 impl Feature {
@@ -72,6 +75,7 @@ impl Feature {
             Self::Avx2 => "avx2",
             Self::F16c => "f16c",
             Self::Neon => "neon",
+            Self::Avx512Vnni => "avx512vnni",
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct CpuFeatures {
     pub f16c: bool,
     /// NEON (aarch64).
     pub neon: bool,
+    /// AVX-512 F, BW and VNNI, all three (x86-64).
+    pub avx512vnni: bool,
 }
 
 impl CpuFeatures {
@@ -93,6 +99,7 @@ impl CpuFeatures {
         avx2: false,
         f16c: false,
         neon: false,
+        avx512vnni: false,
     };
 
     /// The features this build was compiled for (`cfg(target_feature)`), which
@@ -103,6 +110,12 @@ impl CpuFeatures {
             avx2: cfg!(all(target_arch = "x86_64", target_feature = "avx2")),
             f16c: cfg!(all(target_arch = "x86_64", target_feature = "f16c")),
             neon: cfg!(all(target_arch = "aarch64", target_feature = "neon")),
+            avx512vnni: cfg!(all(
+                target_arch = "x86_64",
+                target_feature = "avx512f",
+                target_feature = "avx512bw",
+                target_feature = "avx512vnni"
+            )),
         }
     }
 
@@ -115,6 +128,9 @@ impl CpuFeatures {
         {
             f.avx2 |= std::arch::is_x86_feature_detected!("avx2");
             f.f16c |= std::arch::is_x86_feature_detected!("f16c");
+            f.avx512vnni |= std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni");
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -143,6 +159,7 @@ impl CpuFeatures {
             Feature::Avx2 => self.avx2,
             Feature::F16c => self.f16c,
             Feature::Neon => self.neon,
+            Feature::Avx512Vnni => self.avx512vnni,
         }
     }
 
@@ -157,6 +174,7 @@ impl CpuFeatures {
             avx2: self.avx2 && other.avx2,
             f16c: self.f16c && other.f16c,
             neon: self.neon && other.neon,
+            avx512vnni: self.avx512vnni && other.avx512vnni,
         }
     }
 }
@@ -203,10 +221,12 @@ pub trait QMatVec: Sync + fmt::Debug {
         scratch: &mut [u8],
     );
 
-    /// Small-batch form: `n` activation rows `xs: [n, cols]` to `ys: [n, rows]`.
+    /// Small-batch form: `n` activation rows `xs: [n, cols]` to `ys: [n, rows]`,
+    /// bit-identical to `n` calls of [`Self::run`].
     ///
     /// The default runs [`Self::run`] once per row (the weights of an expert
-    /// stay in cache between rows when they fit).
+    /// stay in cache between rows when they fit); the q4_0 / q8_0 kernels
+    /// override it to reuse each weight chunk for several rows.
     ///
     /// # Panics
     /// As [`Self::run`], or if `xs` / `ys` are not `n` rows long.
@@ -222,15 +242,7 @@ pub trait QMatVec: Sync + fmt::Debug {
         ys: &mut [f32],
         scratch: &mut [u8],
     ) {
-        assert!(
-            xs.len() == n * cols && ys.len() == n * rows,
-            "run_batch: xs must be [n, cols] and ys [n, rows]"
-        );
-        for b in 0..n {
-            let x = &xs[b * cols..(b + 1) * cols];
-            let y = &mut ys[b * rows..(b + 1) * rows];
-            self.run(rows, cols, packed, x, bias, y, scratch);
-        }
+        run_rows(self, rows, cols, packed, n, xs, bias, ys, scratch);
     }
 
     /// Test hook: the exact integer accumulators before the float epilogue,
@@ -250,6 +262,31 @@ pub trait QMatVec: Sync + fmt::Debug {
         scratch: &mut [u8],
         out: &mut [i32],
     ) -> bool;
+}
+
+/// [`QMatVec::run_batch`] as one [`QMatVec::run`] per activation row (the
+/// trait's default, also what overriding kernels use for their other formats).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_rows<K: QMatVec + ?Sized>(
+    k: &K,
+    rows: usize,
+    cols: usize,
+    packed: &[u8],
+    n: usize,
+    xs: &[f32],
+    bias: Option<&[f32]>,
+    ys: &mut [f32],
+    scratch: &mut [u8],
+) {
+    assert!(
+        xs.len() == n * cols && ys.len() == n * rows,
+        "run_batch: xs must be [n, cols] and ys [n, rows]"
+    );
+    for b in 0..n {
+        let x = &xs[b * cols..(b + 1) * cols];
+        let y = &mut ys[b * rows..(b + 1) * rows];
+        k.run(rows, cols, packed, x, bias, y, scratch);
+    }
 }
 
 /// A format the table cannot serve on this CPU.

@@ -1,5 +1,7 @@
 //! x86-64 kernels: AVX2 for int8 and the LUT formats, AVX2 + F16C for f16 and
-//! for the f16 scales of the LUT formats.
+//! for the f16 scales of the LUT formats and q4_0 / q8_0, and AVX-512 (F, BW,
+//! VNNI: `vpdpbusd`) for q4_0 / q8_0, listed after the AVX2 ones so the table
+//! plugs them over those where the CPU has them.
 //!
 //! Each kernel computes exactly what its generic counterpart computes (see the
 //! parent module): integer parts are exact and the float epilogue keeps one
@@ -12,11 +14,15 @@
 
 use core::arch::x86_64::*;
 
+use super::{q_check, q_store_raw, QOut, LUT_CHUNK_ROWS, LUT_TILES};
 use super::{
-    raw_i8, raw_lut, run_f16, run_i8, run_lut, CpuFeatures, Feature, I8Prep, LutPrep, QMatVec,
+    raw_i8, raw_lut, raw_q, run_f16, run_i8, run_lut, run_q, run_rows, CpuFeatures, Feature,
+    I8Prep, LutPrep, QMatVec, QPrep,
 };
-use super::{LUT_CHUNK_ROWS, LUT_TILES};
-use crate::quant::{lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, ROW_TILE_8};
+use crate::quant::{
+    lut_center, lut_params, WeightFormat, I8_BLOCK, LUT_ROW_TILE, Q_BLOCK, Q_CHUNK, Q_ROW_TILE,
+    ROW_TILE_8,
+};
 
 /// An AVX2 kernel of one format.
 #[derive(Debug)]
@@ -28,6 +34,25 @@ pub struct Avx2 {
 
 const AVX2: &[Feature] = &[Feature::Avx2];
 const AVX2_F16C: &[Feature] = &[Feature::Avx2, Feature::F16c];
+const AVX512_VNNI: &[Feature] = &[Feature::Avx512Vnni];
+
+/// An AVX-512 (F + BW + VNNI) kernel of a GGUF block format (q4_0, q8_0).
+#[derive(Debug)]
+pub struct Avx512 {
+    format: WeightFormat,
+    name: &'static str,
+}
+
+/// The `x86_64_avx512vnni_q4_0` kernel.
+pub static AVX512_Q4_0: Avx512 = Avx512 {
+    format: WeightFormat::Q4_0,
+    name: "x86_64_avx512vnni_q4_0",
+};
+/// The `x86_64_avx512vnni_q8_0` kernel.
+pub static AVX512_Q8_0: Avx512 = Avx512 {
+    format: WeightFormat::Q8_0,
+    name: "x86_64_avx512vnni_q8_0",
+};
 
 macro_rules! avx2_kernels {
     ($($id:ident: $f:ident => $name:literal, $req:expr;)*) => {
@@ -35,8 +60,9 @@ macro_rules! avx2_kernels {
             #[doc = concat!("The `", $name, "` kernel.")]
             pub static $id: Avx2 = Avx2 { format: WeightFormat::$f, name: $name, requires: $req };
         )*
-        /// Every kernel of this module.
-        pub static KERNELS: [&'static dyn QMatVec; 10] = [$(&$id),*];
+        /// Every kernel of this module, AVX2 ones first: the table plugs them in
+        /// this order, so an AVX-512 kernel replaces the AVX2 one of its format.
+        pub static KERNELS: [&'static dyn QMatVec; 14] = [$(&$id,)* &AVX512_Q4_0, &AVX512_Q8_0];
     };
 }
 
@@ -51,6 +77,8 @@ avx2_kernels! {
     I4G64Z: I4G64Z => "x86_64_avx2_i4g64z", AVX2_F16C;
     I2G32Z: I2G32Z => "x86_64_avx2_i2g32z", AVX2_F16C;
     I2G64Z: I2G64Z => "x86_64_avx2_i2g64z", AVX2_F16C;
+    Q4_0: Q4_0 => "x86_64_avx2_q4_0", AVX2_F16C;
+    Q8_0: Q8_0 => "x86_64_avx2_q8_0", AVX2_F16C;
 }
 
 impl Avx2 {
@@ -66,6 +94,37 @@ impl Avx2 {
 impl QMatVec for Avx2 {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn run_batch(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        n: usize,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        ys: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        match self.format {
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => {
+                self.assert_supported();
+                run_q(
+                    f,
+                    rows,
+                    cols,
+                    packed,
+                    n,
+                    xs,
+                    bias,
+                    ys,
+                    scratch,
+                    &mut q_avx2_fn(f),
+                )
+            }
+            _ => run_rows(self, rows, cols, packed, n, xs, bias, ys, scratch),
+        }
     }
 
     fn format(&self) -> WeightFormat {
@@ -116,6 +175,18 @@ impl QMatVec for Avx2 {
                     unsafe { i8_tile(t, k, p, o, r, v) }
                 },
             ),
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => run_q(
+                f,
+                rows,
+                cols,
+                packed,
+                1,
+                x,
+                bias,
+                y,
+                scratch,
+                &mut q_avx2_fn(f),
+            ),
             f => run_lut(
                 f,
                 rows,
@@ -156,6 +227,10 @@ impl QMatVec for Avx2 {
                         unsafe { i8_tile(t, k, p, o, r, v) }
                     },
                 );
+                true
+            }
+            f @ (WeightFormat::Q4_0 | WeightFormat::Q8_0) => {
+                raw_q(f, rows, cols, packed, x, scratch, out, &mut q_avx2_fn(f));
                 true
             }
             f => {
@@ -245,7 +320,7 @@ unsafe fn i8_tile(
     valid: usize,
 ) {
     let nb = k / I8_BLOCK;
-    assert!(tile.len() == 32 + 8 * k && p.xq.len() >= k && k % I8_BLOCK == 0);
+    assert!(tile.len() == 32 + 8 * k && p.xq.len() >= k && k.is_multiple_of(I8_BLOCK));
     let w = tile.as_ptr();
     let xq = p.xq.as_ptr();
     let ones = _mm256_set1_epi16(1);
@@ -629,4 +704,552 @@ unsafe fn prepare_lut_avx2<'a>(
         LutPrep::set_params(params, ng, gi, hts, sum);
     }
     LutPrep::from_parts(tables, params, ng)
+}
+
+// ------------------------------------------------------------------ q4_0 / q8_0
+
+/// Bytes each tile's read stream prefetches ahead of its loads.
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Software prefetch (`prefetcht0`) of one tile's read stream
+/// [`PREFETCH_AHEAD`] bytes ahead: the lines of stream bytes `at + D..at + D +
+/// n`, where the stream is `tile` followed by the same tile of the next chunk
+/// (`next`, possibly empty). Several independent streams of 9-25 KB tiles
+/// are too short and too many for the hardware prefetchers to ramp up on;
+/// this keeps about `PREFETCH_AHEAD` bytes per stream in flight (well inside
+/// L1 for four streams). Consecutive calls with `at` advancing by `n` cover
+/// each line once.
+#[inline(always)]
+fn prefetch_ahead(tile: &[u8], next: &[u8], at: usize, n: usize) {
+    let (lo, hi) = ((at + PREFETCH_AHEAD) / 64, (at + n + PREFETCH_AHEAD) / 64);
+    if 64 * hi <= tile.len() {
+        // The common case: all lines inside the tile.
+        for l in lo..hi {
+            // SAFETY: `64 l < 64 hi <= tile.len()`; a prefetch reads nothing
+            // architecturally and needs only SSE (x86-64 baseline).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(tile.as_ptr().add(64 * l).cast()) };
+        }
+        return;
+    }
+    for l in lo..hi {
+        let b = 64 * l;
+        let p = if b < tile.len() {
+            tile[b..].as_ptr()
+        } else if b - tile.len() < next.len() {
+            next[b - tile.len()..].as_ptr()
+        } else {
+            return;
+        };
+        // SAFETY: `p` points into `tile` or `next`; as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+    }
+}
+
+/// The AVX2 kernel of q4_0 / q8_0 as the driver's tile function.
+#[allow(clippy::type_complexity)]
+fn q_avx2_fn(
+    format: WeightFormat,
+) -> impl FnMut(&[u8], usize, Option<&[u8]>, &[QPrep<'_>], &mut QOut, Option<&mut [i32]>, usize) {
+    let q4 = format == WeightFormat::Q4_0;
+    move |tiles, nt, next, preps, out, raw, valid| {
+        let (tb, _) = q_check(q4, tiles, nt, preps, raw.as_deref(), valid);
+        // SAFETY: every caller (`run`, `run_batch`, `integer_parts`) checked
+        // AVX2 and F16C first; `q_check` asserted the lengths the kernel reads.
+        unsafe {
+            match (q4, preps.len()) {
+                (true, 1) => q_avx2_span::<true, 2, 1>(tiles, tb, nt, next, preps, out, raw, valid),
+                (true, 2) => q_avx2_span::<true, 1, 2>(tiles, tb, nt, next, preps, out, raw, valid),
+                (true, 3) => q_avx2_span::<true, 1, 3>(tiles, tb, nt, next, preps, out, raw, valid),
+                (true, _) => q_avx2_span::<true, 1, 4>(tiles, tb, nt, next, preps, out, raw, valid),
+                (false, 1) => {
+                    q_avx2_span::<false, 2, 1>(tiles, tb, nt, next, preps, out, raw, valid)
+                }
+                (false, 2) => {
+                    q_avx2_span::<false, 1, 2>(tiles, tb, nt, next, preps, out, raw, valid)
+                }
+                (false, 3) => {
+                    q_avx2_span::<false, 1, 3>(tiles, tb, nt, next, preps, out, raw, valid)
+                }
+                (false, _) => {
+                    q_avx2_span::<false, 1, 4>(tiles, tb, nt, next, preps, out, raw, valid)
+                }
+            }
+        }
+    }
+}
+
+/// The chunk's tiles `NT` at a time (then one at a time), `TB` tokens each.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; the arguments must pass [`q_check`].
+#[target_feature(enable = "avx2,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q_avx2_span<const Q4: bool, const NT: usize, const TB: usize>(
+    tiles: &[u8],
+    tb: usize,
+    nt: usize,
+    next: Option<&[u8]>,
+    preps: &[QPrep<'_>],
+    out: &mut QOut,
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    // The same tiles of the next chunk, for the kernel to prefetch.
+    let pf = |t0: usize, n: usize| {
+        next.map(|next| {
+            let a = (t0 * tb).min(next.len());
+            &next[a..((t0 + n) * tb).min(next.len())]
+        })
+    };
+    let mut t0 = 0;
+    while t0 < nt {
+        // SAFETY: same preconditions as ours; tiles `t0..t0 + NT` (or `+ 1`) exist.
+        unsafe {
+            if nt - t0 >= NT {
+                q_avx2_tiles::<Q4, NT, TB>(
+                    tiles,
+                    tb,
+                    t0,
+                    pf(t0, NT),
+                    preps,
+                    out,
+                    raw.as_deref_mut(),
+                    valid,
+                );
+                t0 += NT;
+            } else {
+                q_avx2_tiles::<Q4, 1, TB>(
+                    tiles,
+                    tb,
+                    t0,
+                    pf(t0, 1),
+                    preps,
+                    out,
+                    raw.as_deref_mut(),
+                    valid,
+                );
+                t0 += 1;
+            }
+        }
+    }
+}
+
+/// `NT` tiles from tile `t0` for `TB` tokens with AVX2. A 64-byte weight chunk
+/// is two vectors (rows 0..8, rows 8..16), 4 bytes per row.
+///
+/// q4_0: the nibbles `q` in `[0, 15]` are `maddubs`' unsigned operand, the
+/// broadcast 4 activations (`|xq| <= 127`) the signed one: each i16 pair is at
+/// most `2 * 15 * 127 = 3810`, low plus high nibbles `7620` per chunk, and the
+/// i16 lanes sum 4 chunks (`30480 < 2^15`): exact. `madd` with ones gives each
+/// row's dot `sum q xq` (`<= 60960`) in i32 lane order = row order; minus the
+/// prepared `8 sum(xq)` that is the integer part `sum (q - 8) xq`.
+///
+/// q8_0: `q = w ^ 0x80` in `[-128, 127]`; the sign trick runs on the weights:
+/// `maddubs(|q|, sign(xq, q))` (`|q| <= 128` read unsigned, so `-128` is
+/// exact; `xq` in `[-127, 127]` negates safely) gives pairs of at most
+/// `2 * 128 * 127 = 32512 < 2^15`, widened by `madd` to i32 per row and
+/// summed over the block: `|sum q xq| <= 520192`, the integer part itself.
+///
+/// Epilogue per row lane, blocks in order: `ya = ya + (acc * sx) * d`.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C; the arguments must pass [`q_check`]
+/// and `t0 + NT <= nt`.
+#[target_feature(enable = "avx2,f16c")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn q_avx2_tiles<const Q4: bool, const NT: usize, const TB: usize>(
+    tiles: &[u8],
+    tb: usize,
+    t0: usize,
+    pf: Option<&[u8]>,
+    preps: &[QPrep<'_>],
+    out: &mut QOut,
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let bb = if Q4 { 288 } else { 544 };
+    let wb = bb - 2 * Q_ROW_TILE;
+    let nb = tb / bb;
+    assert!(preps.len() == TB && (t0 + NT) * tb <= tiles.len());
+    // SAFETY: in bounds by the assertion above.
+    let base = unsafe { tiles.as_ptr().add(t0 * tb) };
+    let mask = _mm256_set1_epi8(0x0F);
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut ya = [[[_mm256_setzero_ps(); 2]; NT]; TB];
+    for b in 0..nb {
+        if let Some(pf) = pf {
+            for t in 0..NT {
+                let next = pf.get(t * tb..).unwrap_or(&[]);
+                prefetch_ahead(&tiles[(t0 + t) * tb..(t0 + t + 1) * tb], next, b * bb, bb);
+            }
+        }
+        let mut acc = [[[_mm256_setzero_si256(); 2]; NT]; TB];
+        let chunks = if Q4 { 4 } else { 8 };
+        for k in 0..chunks {
+            // Broadcast activations: q4_0 columns 8k..8k+4 (low nibbles) and
+            // 8k+4..8k+8 (high); q8_0 columns 4k..4k+4.
+            let xv: [[__m256i; 2]; TB] = core::array::from_fn(|j| {
+                let at = Q_BLOCK * b + if Q4 { 8 * k } else { 4 * k };
+                let xp = preps[j].xq.as_ptr();
+                // SAFETY: `at + 8 <= 32 nb <= xq.len()` (`q_check`).
+                unsafe {
+                    let lo = _mm256_set1_epi32(xp.add(at).cast::<i32>().read_unaligned());
+                    let hi = if Q4 {
+                        _mm256_set1_epi32(xp.add(at + 4).cast::<i32>().read_unaligned())
+                    } else {
+                        lo
+                    };
+                    [lo, hi]
+                }
+            });
+            for t in 0..NT {
+                for h in 0..2 {
+                    // SAFETY: chunk `k` of block `b` of tile `t` is inside the
+                    // asserted `NT` tiles.
+                    let w = unsafe {
+                        _mm256_loadu_si256(base.add(t * tb + b * bb + Q_CHUNK * k + 32 * h).cast())
+                    };
+                    if Q4 {
+                        let lo = _mm256_and_si256(w, mask);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+                        for j in 0..TB {
+                            let p = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo, xv[j][0]),
+                                _mm256_maddubs_epi16(hi, xv[j][1]),
+                            );
+                            acc[j][t][h] = _mm256_add_epi16(acc[j][t][h], p);
+                        }
+                    } else {
+                        let q = _mm256_xor_si256(w, flip);
+                        let aq = _mm256_abs_epi8(q);
+                        for j in 0..TB {
+                            let p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(xv[j][0], q));
+                            acc[j][t][h] =
+                                _mm256_add_epi32(acc[j][t][h], _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                }
+            }
+        }
+        for t in 0..NT {
+            // SAFETY: the block's 16 f16 scales follow its weights in tile `t`.
+            let d = unsafe {
+                let dp = base.add(t * tb + b * bb + wb);
+                [
+                    _mm256_cvtph_ps(_mm_loadu_si128(dp.cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(dp.add(16).cast())),
+                ]
+            };
+            for j in 0..TB {
+                let off = _mm256_set1_epi32(if Q4 { preps[j].off(b) } else { 0 });
+                let v = acc[j][t].map(|a| {
+                    let a = if Q4 { _mm256_madd_epi16(a, ones) } else { a };
+                    _mm256_sub_epi32(a, off)
+                });
+                if let Some(raw) = raw.as_deref_mut() {
+                    let mut tmp = [0i32; 16];
+                    // SAFETY: `tmp` holds 16 i32.
+                    unsafe {
+                        _mm256_storeu_si256(tmp.as_mut_ptr().cast(), v[0]);
+                        _mm256_storeu_si256(tmp.as_mut_ptr().add(8).cast(), v[1]);
+                    }
+                    q_store_raw(raw, &tmp, Q_ROW_TILE * (t0 + t), valid, nb, b);
+                    continue;
+                }
+                let sx = _mm256_set1_ps(preps[j].sx(b));
+                for h in 0..2 {
+                    let f = _mm256_mul_ps(_mm256_cvtepi32_ps(v[h]), sx);
+                    ya[j][t][h] = _mm256_add_ps(ya[j][t][h], _mm256_mul_ps(f, d[h]));
+                }
+            }
+        }
+    }
+    for (j, yj) in ya.iter().enumerate() {
+        for (t, yt) in yj.iter().enumerate() {
+            let o = &mut out[j][Q_ROW_TILE * (t0 + t)..Q_ROW_TILE * (t0 + t + 1)];
+            // SAFETY: `o` holds 16 f32 (`q_check`: `t0 + t < nt <= 4`).
+            unsafe {
+                _mm256_storeu_ps(o.as_mut_ptr(), yt[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8), yt[1]);
+            }
+        }
+    }
+}
+
+impl Avx512 {
+    fn assert_supported(&self) {
+        assert!(
+            self.is_supported_here(),
+            "{}: this CPU lacks AVX-512 F/BW/VNNI",
+            self.name
+        );
+    }
+}
+
+impl QMatVec for Avx512 {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    fn requires(&self) -> &'static [Feature] {
+        AVX512_VNNI
+    }
+
+    fn run(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        self.assert_supported();
+        let f = self.format;
+        run_q(
+            f,
+            rows,
+            cols,
+            packed,
+            1,
+            x,
+            bias,
+            y,
+            scratch,
+            &mut q_avx512_fn(f),
+        );
+    }
+
+    fn run_batch(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        n: usize,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        ys: &mut [f32],
+        scratch: &mut [u8],
+    ) {
+        self.assert_supported();
+        let f = self.format;
+        run_q(
+            f,
+            rows,
+            cols,
+            packed,
+            n,
+            xs,
+            bias,
+            ys,
+            scratch,
+            &mut q_avx512_fn(f),
+        );
+    }
+
+    fn integer_parts(
+        &self,
+        rows: usize,
+        cols: usize,
+        packed: &[u8],
+        x: &[f32],
+        scratch: &mut [u8],
+        out: &mut [i32],
+    ) -> bool {
+        self.assert_supported();
+        let f = self.format;
+        raw_q(f, rows, cols, packed, x, scratch, out, &mut q_avx512_fn(f));
+        true
+    }
+}
+
+/// The AVX-512 kernel of q4_0 / q8_0 as the driver's tile function.
+#[allow(clippy::type_complexity)]
+fn q_avx512_fn(
+    format: WeightFormat,
+) -> impl FnMut(&[u8], usize, Option<&[u8]>, &[QPrep<'_>], &mut QOut, Option<&mut [i32]>, usize) {
+    let q4 = format == WeightFormat::Q4_0;
+    move |tiles, nt, next, preps, out, raw, valid| {
+        let (tb, _) = q_check(q4, tiles, nt, preps, raw.as_deref(), valid);
+        // SAFETY: every caller (`run`, `run_batch`, `integer_parts`) checked
+        // AVX-512 F, BW and VNNI first; `q_check` asserted the lengths.
+        unsafe {
+            match (q4, preps.len()) {
+                (true, 1) => q512_span::<true, 4, 1>(tiles, tb, nt, next, preps, out, raw, valid),
+                (true, 2) => q512_span::<true, 2, 2>(tiles, tb, nt, next, preps, out, raw, valid),
+                (true, 3) => q512_span::<true, 2, 3>(tiles, tb, nt, next, preps, out, raw, valid),
+                (true, _) => q512_span::<true, 2, 4>(tiles, tb, nt, next, preps, out, raw, valid),
+                (false, 1) => q512_span::<false, 4, 1>(tiles, tb, nt, next, preps, out, raw, valid),
+                (false, 2) => q512_span::<false, 2, 2>(tiles, tb, nt, next, preps, out, raw, valid),
+                (false, 3) => q512_span::<false, 2, 3>(tiles, tb, nt, next, preps, out, raw, valid),
+                (false, _) => q512_span::<false, 2, 4>(tiles, tb, nt, next, preps, out, raw, valid),
+            }
+        }
+    }
+}
+
+/// The chunk's tiles `NT` at a time (then one at a time), `TB` tokens each.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; the arguments must pass [`q_check`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q512_span<const Q4: bool, const NT: usize, const TB: usize>(
+    tiles: &[u8],
+    tb: usize,
+    nt: usize,
+    next: Option<&[u8]>,
+    preps: &[QPrep<'_>],
+    out: &mut QOut,
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    // The same tiles of the next chunk, for the kernel to prefetch.
+    let pf = |t0: usize, n: usize| {
+        next.map(|next| {
+            let a = (t0 * tb).min(next.len());
+            &next[a..((t0 + n) * tb).min(next.len())]
+        })
+    };
+    let mut t0 = 0;
+    while t0 < nt {
+        // SAFETY: same preconditions as ours; tiles `t0..t0 + NT` (or `+ 1`) exist.
+        unsafe {
+            if nt - t0 >= NT {
+                q512_tiles::<Q4, NT, TB>(
+                    tiles,
+                    tb,
+                    t0,
+                    pf(t0, NT),
+                    preps,
+                    out,
+                    raw.as_deref_mut(),
+                    valid,
+                );
+                t0 += NT;
+            } else {
+                q512_tiles::<Q4, 1, TB>(
+                    tiles,
+                    tb,
+                    t0,
+                    pf(t0, 1),
+                    preps,
+                    out,
+                    raw.as_deref_mut(),
+                    valid,
+                );
+                t0 += 1;
+            }
+        }
+    }
+}
+
+/// `NT` tiles from tile `t0` for `TB` tokens with AVX-512 VNNI. A 64-byte
+/// weight chunk is one vector whose i32 lane `r` holds row `r`'s 4 bytes, so
+/// `vpdpbusd(acc, weights, broadcast 4 activations)` adds each row's 4-column
+/// dot to its lane: unsigned weights (q4_0 nibbles `q` in `[0, 15]`; q8_0
+/// bytes `q + 128` in `[0, 255]`) times signed activations (`|xq| <= 127`).
+/// Per block a lane sums 32 products: at most `32 * 15 * 127 = 60960` (q4_0)
+/// or `32 * 255 * 127 = 1036320` (q8_0), exact in i32 (`vpdpbusd` does not
+/// saturate). Subtracting the prepared offset (`8 sum(xq)` / `128 sum(xq)`)
+/// leaves the integer part `sum (q - 8) xq` / `sum q xq`. Epilogue per row
+/// lane, blocks in order: `ya = ya + (acc * sx) * d`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; the arguments must pass
+/// [`q_check`] and `t0 + NT <= nt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn q512_tiles<const Q4: bool, const NT: usize, const TB: usize>(
+    tiles: &[u8],
+    tb: usize,
+    t0: usize,
+    pf: Option<&[u8]>,
+    preps: &[QPrep<'_>],
+    out: &mut QOut,
+    mut raw: Option<&mut [i32]>,
+    valid: usize,
+) {
+    let bb = if Q4 { 288 } else { 544 };
+    let wb = bb - 2 * Q_ROW_TILE;
+    let nb = tb / bb;
+    assert!(preps.len() == TB && (t0 + NT) * tb <= tiles.len());
+    // SAFETY: in bounds by the assertion above.
+    let base = unsafe { tiles.as_ptr().add(t0 * tb) };
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut ya = [[_mm512_setzero_ps(); NT]; TB];
+    for b in 0..nb {
+        if let Some(pf) = pf {
+            for t in 0..NT {
+                let next = pf.get(t * tb..).unwrap_or(&[]);
+                prefetch_ahead(&tiles[(t0 + t) * tb..(t0 + t + 1) * tb], next, b * bb, bb);
+            }
+        }
+        let mut acc = [[_mm512_setzero_si512(); NT]; TB];
+        let chunks = if Q4 { 4 } else { 8 };
+        for k in 0..chunks {
+            let xv: [[__m512i; 2]; TB] = core::array::from_fn(|j| {
+                let at = Q_BLOCK * b + if Q4 { 8 * k } else { 4 * k };
+                let xp = preps[j].xq.as_ptr();
+                // SAFETY: `at + 8 <= 32 nb <= xq.len()` (`q_check`).
+                unsafe {
+                    let lo = _mm512_set1_epi32(xp.add(at).cast::<i32>().read_unaligned());
+                    let hi = if Q4 {
+                        _mm512_set1_epi32(xp.add(at + 4).cast::<i32>().read_unaligned())
+                    } else {
+                        lo
+                    };
+                    [lo, hi]
+                }
+            });
+            for t in 0..NT {
+                // SAFETY: chunk `k` of block `b` of tile `t` is inside the asserted tiles.
+                let w =
+                    unsafe { _mm512_loadu_si512(base.add(t * tb + b * bb + Q_CHUNK * k).cast()) };
+                if Q4 {
+                    let lo = _mm512_and_si512(w, mask);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
+                    for j in 0..TB {
+                        let a = _mm512_dpbusd_epi32(acc[j][t], lo, xv[j][0]);
+                        acc[j][t] = _mm512_dpbusd_epi32(a, hi, xv[j][1]);
+                    }
+                } else {
+                    for j in 0..TB {
+                        acc[j][t] = _mm512_dpbusd_epi32(acc[j][t], w, xv[j][0]);
+                    }
+                }
+            }
+        }
+        for t in 0..NT {
+            // SAFETY: the block's 16 f16 scales follow its weights in tile `t`.
+            let d = unsafe {
+                _mm512_cvtph_ps(_mm256_loadu_si256(base.add(t * tb + b * bb + wb).cast()))
+            };
+            for j in 0..TB {
+                let v = _mm512_sub_epi32(acc[j][t], _mm512_set1_epi32(preps[j].off(b)));
+                if let Some(raw) = raw.as_deref_mut() {
+                    let mut tmp = [0i32; 16];
+                    // SAFETY: `tmp` holds 16 i32.
+                    unsafe { _mm512_storeu_si512(tmp.as_mut_ptr().cast(), v) };
+                    q_store_raw(raw, &tmp, Q_ROW_TILE * (t0 + t), valid, nb, b);
+                    continue;
+                }
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(preps[j].sx(b)));
+                ya[j][t] = _mm512_add_ps(ya[j][t], _mm512_mul_ps(f, d));
+            }
+        }
+    }
+    for (j, yj) in ya.iter().enumerate() {
+        for (t, yt) in yj.iter().enumerate() {
+            let o = &mut out[j][Q_ROW_TILE * (t0 + t)..Q_ROW_TILE * (t0 + t + 1)];
+            // SAFETY: `o` holds 16 f32.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *yt) };
+        }
+    }
 }

@@ -1,0 +1,215 @@
+//! `taskpath residency LM.tpk --corpus DIR`: the expert cache on a language
+//! model's real routing. Each domain's test text is decoded token by token
+//! on the full model (a device serving that domain), the expert-blob
+//! fetches are recorded, and LRU, LFU with decay and LRU with the domain's
+//! hottest experts pinned are replayed against Belady's optimum at each
+//! budget. The runtime's `ResidencyCache` replays the LRU+pin case for
+//! real and must count exactly what the simulation counts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use taskpath_pack::domains;
+use taskpath_pack::residency::{simulate_belady, simulate_lfu, simulate_lru, SimResult};
+use taskpath_runtime::{cache_footprint, AlignedArena, Model, ResidencyCache};
+
+use crate::lm::{load_texts, task_or_full, CorpusArgs};
+use crate::residency::{Fetches, ResidencyArgs};
+use crate::util::{outln, Table};
+
+/// Decodes `ids` on `task` in windows, through `cache` when given; returns
+/// the expert fetches.
+fn fetches(
+    model: &Model<'_>,
+    task: usize,
+    ids: &[u32],
+    window: usize,
+    cache: Option<&mut ResidencyCache<'_>>,
+) -> Result<Vec<u32>> {
+    let info = model.task(task)?;
+    let mut arena = AlignedArena::new(info.arena_bytes);
+    let mut s = domains::session(model, task, &mut arena)?;
+    if let Some(c) = cache {
+        s = s.with_blob_source(c)?;
+    }
+    let mut f = Fetches::default();
+    domains::score(&mut s, ids, window, &mut f)?;
+    Ok(f.0)
+}
+
+/// The domain's expert blobs by calibration gate mass on its own task
+/// (the package's route statistics), hottest first; `None` when the
+/// package has no statistics for it.
+fn hot_blobs(model: &Model<'_>, domain: &str) -> Option<Vec<u32>> {
+    let task = model.task_index(domain).ok()?;
+    let mut heat: BTreeMap<u32, f64> = BTreeMap::new();
+    for p in model.parts() {
+        for s in p.stats().iter().filter(|s| s.task as usize == task) {
+            if let Some(e) = model.expert(s.group, s.expert as usize, 0) {
+                *heat.entry(e.blob).or_default() += f64::from(s.mass);
+            }
+        }
+    }
+    if heat.is_empty() {
+        return None;
+    }
+    let mut v: Vec<(u32, f64)> = heat.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Some(v.into_iter().map(|(b, _)| b).collect())
+}
+
+fn pct(r: &SimResult) -> String {
+    format!("{:.1}%", 100.0 * r.hit_rate())
+}
+
+/// Runs the language-model mode of `residency`.
+pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
+    ensure!(
+        a.lfu_half_life.is_finite() && (1.0..=1e9).contains(&a.lfu_half_life),
+        "--lfu-half-life must be in 1..=1e9 fetches, got {}",
+        a.lfu_half_life
+    );
+    let args = CorpusArgs {
+        corpus: Some(corpus.to_path_buf()),
+        window: None,
+        max_tokens: Some(a.max_tokens),
+        jobs: 1,
+    };
+    let texts = load_texts(model, corpus, &a.split, &args)?;
+    let full = task_or_full(model, None)?;
+    let sizes: Vec<usize> = model
+        .expert_blobs()
+        .map(|b| cache_footprint(b.bytes.len()))
+        .collect();
+    let blob = sizes
+        .iter()
+        .copied()
+        .max()
+        .context("the package has no expert blobs")?;
+    ensure!(
+        sizes.iter().all(|&s| s == blob),
+        "the LLM mode replays equal expert blobs only (this package's differ in size)"
+    );
+    let pool = blob * sizes.len();
+    outln!(
+        "full model, {} split, first {} tokens per domain, windows of {}: {} expert blobs of {} bytes (cache footprint), pool {} bytes; LFU half-life {} fetches; pin share {}",
+        a.split,
+        a.max_tokens,
+        texts.window,
+        sizes.len(),
+        blob,
+        pool,
+        a.lfu_half_life,
+        a.pin_fraction
+    );
+    let mut t = Table::new(&[
+        "domain",
+        "budget",
+        "slots",
+        "LRU",
+        "LFU (decay)",
+        "LRU+pin",
+        "pinned",
+        "Belady",
+        "best / Belady",
+        "runtime cache (LRU+pin)",
+    ]);
+    // Per budget: summed hits and fetches of each policy.
+    let mut sums: BTreeMap<usize, [SimResult; 4]> = BTreeMap::new();
+    for (domain, ids) in &texts.domains {
+        let trace = fetches(model, full, ids, texts.window, None)
+            .with_context(|| format!("decoding domain {domain}"))?;
+        let hot = hot_blobs(model, domain);
+        for &frac in &a.budgets {
+            let budget = (pool as f64 * frac) as usize;
+            let slots = budget / blob;
+            if slots < 1 {
+                t.row(vec![
+                    domain.clone(),
+                    format!("{:.0}%", frac * 100.0),
+                    "budget below one expert".into(),
+                ]);
+                continue;
+            }
+            let n_pin = ((slots as f64 * a.pin_fraction) as usize).min(slots - 1);
+            let pinned: Vec<u32> = hot
+                .as_deref()
+                .map_or(Vec::new(), |h| h[..n_pin.min(h.len())].to_vec());
+            let lru = simulate_lru(&trace, slots, &[]);
+            let lfu = simulate_lfu(&trace, slots, a.lfu_half_life);
+            let lru_pin = simulate_lru(&trace, slots, &pinned);
+            let belady = simulate_belady(&trace, slots);
+            let best = [lru, lfu, lru_pin]
+                .iter()
+                .map(SimResult::hit_rate)
+                .fold(0.0, f64::max);
+            // The runtime cache, same pins, same text: must match exactly.
+            let mut mem = AlignedArena::new(slots * blob);
+            let mut cache = ResidencyCache::new(model, mem.as_mut_slice())?;
+            for &b in &pinned {
+                cache.pin(model, b)?;
+            }
+            let pin_loads = cache.stats().misses;
+            fetches(model, full, ids, texts.window, Some(&mut cache))?;
+            let st = cache.stats();
+            let (hits, misses) = (st.hits, st.misses - pin_loads);
+            ensure!(
+                st.peak_resident_bytes as usize <= slots * blob,
+                "the cache held {} bytes over its {}-byte budget",
+                st.peak_resident_bytes,
+                slots * blob
+            );
+            ensure!(
+                hits == lru_pin.hits && misses == lru_pin.misses,
+                "{domain}: the runtime cache's {hits} hits / {misses} misses differ from the simulation's {} / {}",
+                lru_pin.hits,
+                lru_pin.misses
+            );
+            let e = sums.entry(slots).or_default();
+            for (acc, r) in e.iter_mut().zip([lru, lfu, lru_pin, belady]) {
+                acc.hits += r.hits;
+                acc.misses += r.misses;
+            }
+            t.row(vec![
+                domain.clone(),
+                format!("{:.0}%", frac * 100.0),
+                slots.to_string(),
+                pct(&lru),
+                pct(&lfu),
+                pct(&lru_pin),
+                if hot.is_some() {
+                    pinned.len().to_string()
+                } else {
+                    "0 (no stats)".into()
+                },
+                pct(&belady),
+                format!("{:.1}%", 100.0 * best / belady.hit_rate().max(1e-12)),
+                format!(
+                    "{:.1}% (= simulation)",
+                    100.0 * hits as f64 / (hits + misses).max(1) as f64
+                ),
+            ]);
+        }
+    }
+    for (slots, [lru, lfu, pin, belady]) in &sums {
+        let best = [lru, lfu, pin]
+            .iter()
+            .map(|r| r.hit_rate())
+            .fold(0.0, f64::max);
+        t.row(vec![
+            "all (pooled)".into(),
+            format!("{:.0}%", 100.0 * (slots * blob) as f64 / pool as f64),
+            slots.to_string(),
+            pct(lru),
+            pct(lfu),
+            pct(pin),
+            "-".into(),
+            pct(belady),
+            format!("{:.1}%", 100.0 * best / belady.hit_rate().max(1e-12)),
+            "-".into(),
+        ]);
+    }
+    outln!("{}", t.render(""));
+    Ok(())
+}
