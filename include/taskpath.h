@@ -83,7 +83,7 @@
 
  Codes are grouped by range as in ExecuTorch's `Error`: `0x0_` system,
  `0x1_` caller arguments, `0x2_` memory and resources, `0x3_` package and
- op program, `0x4_` I/O and kernels. The values `0x10..=0x1B`,
+ op program, `0x4_` I/O and kernels. The values `0x10..=0x1A`,
  `0x20..=0x2B`, `0x30..=0x3F` and `0x40..=0x4F` are the runtime's own error
  codes (`taskpath_runtime::ErrorCode`), passed through unchanged; the C
  ABI's own codes sit at the top of each range and in `0x0_`. Values are never renumbered or
@@ -143,6 +143,12 @@ enum tp_status
    fixed-shape task, `tp_session_run` on a language-model task).
    */
   TP_ERR_TASK_KIND = 22,
+  /*
+   An input value is NaN or infinite, or the task computed one for an
+   output (`tp_last_error` names which): the outputs of that call are
+   not to be used.
+   */
+  TP_ERR_NON_FINITE = 27,
   /*
    A pointer argument that must not be NULL is NULL.
    */
@@ -836,7 +842,9 @@ tp_status tp_session_arena_size(const struct tp_model *model, uint32_t task, siz
    (`TP_ERR_INPUT_COUNT`).
  - `outputs`, `n_outputs`: receives the task's logits; `n_outputs` must
    equal `tp_task_info.outputs` (`TP_ERR_OUTPUT_SHAPE`). Written only on
-   success.
+   success, and on `TP_ERR_NON_FINITE` for an output the task computed as
+   NaN or infinite (which the caller must not use).
+ - A NaN or infinite input value: `TP_ERR_NON_FINITE`, nothing run.
 
  Allocates nothing; results are bit-identical to the Rust API's
  `Session::run` on the same inputs.
@@ -862,7 +870,8 @@ tp_status tp_session_run(struct tp_session *session,
    and the position plus `n_tokens` at most `tp_token_shape.context`
    (`TP_ERR_CONTEXT_FULL`; `tp_session_reset` starts over).
  - `logits`, `n_logits`: `n_logits` must equal the vocabulary
-   (`tp_task_info.outputs`, `TP_ERR_OUTPUT_SHAPE`). Written only on success.
+   (`tp_task_info.outputs`, `TP_ERR_OUTPUT_SHAPE`). Written only on
+   success, and on `TP_ERR_NON_FINITE` for a NaN or infinite logit.
  - A fixed-shape task: `TP_ERR_TASK_KIND`.
 
  Allocates nothing; results are bit-identical to the Rust API's

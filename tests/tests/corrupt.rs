@@ -477,3 +477,108 @@ fn aliased_slots_are_refused_or_harmless() {
     eprintln!("slot aliases: {refused} refused, {harmless} accepted and harmless");
     assert!(refused > 0, "no alias was refused");
 }
+
+/// Semantic rewrites of the op program that pass every checksum (issue 17):
+/// each `Moe` replaced by a `Copy` of its input, each `Route` by a `Copy` of
+/// its logits, each attention op over zero tokens, and every task's program
+/// cut short, re-encoded and re-sealed. Each computes plausible numbers if it
+/// runs; the meaning check must refuse every one before the first run.
+#[test]
+fn rewritten_programs_are_refused() {
+    use taskpath_format::records::{section as s, OpRec};
+    use taskpath_format::{Op, Record};
+    let b = package();
+    outputs(&b).expect("pristine package runs");
+    let (off, len) = section(&b, s::PROGRAM);
+    let rewrite = |i: usize, op: Op| {
+        let mut m = b.clone();
+        let mut rec = Vec::new();
+        op.encode().encode(&mut rec);
+        m[off + i * OpRec::SIZE..][..OpRec::SIZE].copy_from_slice(&rec);
+        reseal(&mut m);
+        m
+    };
+    let mut mutants = Vec::new();
+    for i in 0..len / OpRec::SIZE {
+        let rec = OpRec::decode(&b[off + i * OpRec::SIZE..][..OpRec::SIZE]);
+        let copy = |src, dst, len| Op::Copy {
+            src,
+            src_offset: 0,
+            dst,
+            dst_offset: 0,
+            len,
+        };
+        match Op::decode(&rec, 0).expect("packed op decodes") {
+            Op::Moe { u, out, width, .. } => {
+                mutants.push((
+                    format!("op {i}: Moe -> Copy"),
+                    rewrite(i, copy(u, out, width)),
+                ));
+            }
+            Op::Route { logits, route, .. } => {
+                mutants.push((
+                    format!("op {i}: Route -> Copy"),
+                    rewrite(i, copy(logits, route, 1)),
+                ));
+            }
+            Op::Attention {
+                q,
+                k,
+                v,
+                out,
+                width,
+                heads,
+                scratch,
+                ..
+            } => {
+                let op = Op::Attention {
+                    q,
+                    k,
+                    v,
+                    out,
+                    tokens: 0,
+                    width,
+                    heads,
+                    scratch,
+                };
+                mutants.push((format!("op {i}: Attention over 0 tokens"), rewrite(i, op)));
+            }
+            Op::AttnPool {
+                u,
+                query,
+                out,
+                scratch,
+                ..
+            } => {
+                let op = Op::AttnPool {
+                    u,
+                    tokens: 0,
+                    query,
+                    out,
+                    scratch,
+                };
+                mutants.push((format!("op {i}: AttnPool over 0 tokens"), rewrite(i, op)));
+            }
+            _ => {}
+        }
+    }
+    // program_len of every task cut to each shorter length (0 included).
+    let (toff, tlen) = section(&b, s::TASKS);
+    for t in 0..tlen / 64 {
+        let at = toff + 64 * t + 24;
+        for n in 0..rd32(&b, at) {
+            let mut m = b.clone();
+            wr32(&mut m, at, n);
+            reseal(&mut m);
+            mutants.push((format!("task {t}: program cut to {n} ops"), m));
+        }
+    }
+    let kinds = ["Moe", "Route", "Attention", "AttnPool", "cut"];
+    for k in kinds {
+        assert!(mutants.iter().any(|(w, _)| w.contains(k)), "no {k} mutant");
+    }
+    for (what, m) in &mutants {
+        assert!(outputs(m).is_err(), "{what}: accepted");
+    }
+    eprintln!("program rewrites: {} tried, all refused", mutants.len());
+}

@@ -52,7 +52,8 @@ impl MappedModel {
     }
 
     /// Maps a base package and a chain of delta packs (in order) and validates
-    /// the chain; the base file is never written.
+    /// the chain, including every task's program ([`crate::plan::check_all`]);
+    /// the base file is never written.
     pub fn open_with_deltas<P: AsRef<Path>>(base: impl AsRef<Path>, deltas: &[P]) -> Result<Self> {
         let mut maps = Vec::new();
         let m = map(base.as_ref())?;
@@ -64,7 +65,8 @@ impl MappedModel {
             maps.push((m, layout));
         }
         let s = Self { maps };
-        s.model()?;
+        // What sessions rely on and do not repeat (it allocates).
+        crate::plan::check_all(&s.model()?)?;
         Ok(s)
     }
 

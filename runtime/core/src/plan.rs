@@ -1696,7 +1696,61 @@ pub fn check_all(model: &Model<'_>) -> Result<()> {
         let info = model.task(t)?;
         let mut b = PlanBuffers::new(&info);
         let plan = Plan::build(model, t, b.storage())?;
+        check_program(model, &plan)?;
         check_dataflow(model, &plan)?;
+    }
+    Ok(())
+}
+
+/// What every task needs, whatever its kind (std): each of its inputs is
+/// read (`Encode`, `Embed`), each of its path entries is routed and its
+/// experts run (a program whose `Moe` became a `Copy` computes plausible
+/// numbers without the experts the path names), and attention runs over at
+/// least one token. [`check_all`] runs it with [`check_dataflow`].
+#[cfg(feature = "std")]
+pub fn check_program(model: &Model<'_>, plan: &Plan<'_, '_>) -> Result<()> {
+    let task = plan.task();
+    let mut read = std::vec![false; task.modalities().count()];
+    let paths: std::vec::Vec<(u32, u32)> = model.paths(task).map(|e| (e.group, e.router)).collect();
+    let (mut routed, mut mixed) = (std::vec![false; paths.len()], std::vec![false; paths.len()]);
+    let mark = |seen: &mut [bool], gr: (u32, u32)| {
+        if let Some(k) = paths.iter().position(|&p| p == gr) {
+            seen[k] = true;
+        }
+    };
+    for (i, s) in plan.steps().iter().enumerate() {
+        match s.op {
+            Some(Op::Encode { input, .. }) => {
+                if let Some(r) = read.get_mut(input as usize) {
+                    *r = true;
+                }
+            }
+            #[cfg(feature = "decoder")]
+            Some(Op::Embed { input, .. }) => {
+                if let Some(r) = read.get_mut(input as usize) {
+                    *r = true;
+                }
+            }
+            Some(Op::Attention { tokens: 0, .. } | Op::AttnPool { tokens: 0, .. }) => {
+                return Err(bad(i as u32, "attention over zero tokens"));
+            }
+            Some(Op::Route { group, router, .. }) => mark(&mut routed, (group, router)),
+            Some(Op::Moe { group, router, .. }) => mark(&mut mixed, (group, router)),
+            #[cfg(feature = "decoder")]
+            Some(Op::RouteTokens { group, router, .. }) => mark(&mut routed, (group, router)),
+            #[cfg(feature = "decoder")]
+            Some(Op::MoeTokens { group, router, .. }) => mark(&mut mixed, (group, router)),
+            _ => {}
+        }
+    }
+    if read.contains(&false) {
+        return Err(bad(0, "a task input no op reads"));
+    }
+    if routed.contains(&false) {
+        return Err(bad(0, "a path entry no Route op uses"));
+    }
+    if mixed.contains(&false) {
+        return Err(bad(0, "a path entry whose experts no Moe op runs"));
     }
     Ok(())
 }

@@ -286,11 +286,6 @@ impl<'m, 'a> Session<'m, 'a> {
                 why: "a token-stream (language model) task runs with Session::step",
             });
         }
-        if self.plan.tokens().is_some() {
-            return Err(Error::TaskKind {
-                why: "a language-model task runs with Session::step",
-            });
-        }
         let task = *self.plan.task();
         let n_in = task.modality_mask.count_ones() as usize;
         if inputs.len() != n_in {

@@ -344,6 +344,9 @@ fn finish_open(
     flags: u32,
     out: &mut *mut tp_model,
 ) -> Res {
+    // Sessions rely on every task's program having been checked once.
+    taskpath_runtime::plan::check_all(&model)
+        .map_err(|e| Fail::runtime(e, "checking the tasks' op programs"))?;
     if flags & TP_MODEL_VERIFY != 0 {
         model
             .verify()

@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use taskpath_runtime::{
-    Backend, CacheStats, CpuBackend, Prefetch, ResidencyCache, Session, SessionOptions, Tracer,
+    Backend, CacheStats, CpuBackend, Prefetch, ResidencyCache, RunStats, Session, SessionOptions,
+    Tracer,
 };
 
 use crate::model::{model_ref, out_handle, tp_model};
@@ -818,6 +819,7 @@ fn run(
         // SAFETY: by contract inputs[i] points to tokens[i] * features[i]
         // readable floats (tp_task_info), not written during the call.
         xs[i] = unsafe { std::slice::from_raw_parts(p, l * f) };
+        finite(xs[i], &format!("inputs[{i}] value"))?;
     }
     // SAFETY: non-null, aligned, n_outputs writable floats by contract,
     // disjoint from the session memory and the inputs.
@@ -831,14 +833,8 @@ fn run(
         s.session.run_traced(&xs[..expected], out, &mut t)
     }
     .map_err(|e| Fail::runtime(e, format!("running task {:?}", task.name)))?;
-    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let acc = &mut s.stats;
-    acc.ops = st.ops;
-    acc.expert_components = st.expert_components;
-    acc.weight_bytes = st.weight_bytes as u64;
-    acc.runs += 1;
-    acc.last_run_ns = ns;
-    acc.total_run_ns = acc.total_run_ns.saturating_add(ns);
+    finite(out, "output")?;
+    record(&mut s.stats, &st, started);
     Ok(())
 }
 
@@ -851,7 +847,9 @@ fn run(
 ///   (`TP_ERR_INPUT_COUNT`).
 /// - `outputs`, `n_outputs`: receives the task's logits; `n_outputs` must
 ///   equal `tp_task_info.outputs` (`TP_ERR_OUTPUT_SHAPE`). Written only on
-///   success.
+///   success, and on `TP_ERR_NON_FINITE` for an output the task computed as
+///   NaN or infinite (which the caller must not use).
+/// - A NaN or infinite input value: `TP_ERR_NON_FINITE`, nothing run.
 ///
 /// Allocates nothing; results are bit-identical to the Rust API's
 /// `Session::run` on the same inputs.
@@ -936,15 +934,31 @@ fn step(
         s.session.step_traced(ids, out, &mut t)
     }
     .map_err(|e| Fail::runtime(e, format!("stepping task {:?}", task.name)))?;
+    finite(out, "logit")?;
+    record(&mut s.stats, &st, started);
+    Ok(())
+}
+
+/// Folds one call's counters and time into a session's statistics.
+fn record(acc: &mut tp_run_stats, st: &RunStats, started: Instant) {
     let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let acc = &mut s.stats;
     acc.ops = st.ops;
     acc.expert_components = st.expert_components;
     acc.weight_bytes = st.weight_bytes as u64;
     acc.runs += 1;
     acc.last_run_ns = ns;
     acc.total_run_ns = acc.total_run_ns.saturating_add(ns);
-    Ok(())
+}
+
+/// `TP_ERR_NON_FINITE` naming the first NaN or infinity of `values`.
+fn finite(values: &[f32], what: &str) -> Res {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(j) => Err(Fail::new(
+            tp_status::TP_ERR_NON_FINITE,
+            format!("{what} {j} is {}: not a finite number", values[j]),
+        )),
+    }
 }
 
 /// Runs a language-model task on `n_tokens` token ids at the session's
@@ -956,7 +970,8 @@ fn step(
 ///   and the position plus `n_tokens` at most `tp_token_shape.context`
 ///   (`TP_ERR_CONTEXT_FULL`; `tp_session_reset` starts over).
 /// - `logits`, `n_logits`: `n_logits` must equal the vocabulary
-///   (`tp_task_info.outputs`, `TP_ERR_OUTPUT_SHAPE`). Written only on success.
+///   (`tp_task_info.outputs`, `TP_ERR_OUTPUT_SHAPE`). Written only on
+///   success, and on `TP_ERR_NON_FINITE` for a NaN or infinite logit.
 /// - A fixed-shape task: `TP_ERR_TASK_KIND`.
 ///
 /// Allocates nothing; results are bit-identical to the Rust API's

@@ -10,7 +10,7 @@ use taskpath_runtime::{Error, ErrorCode};
 ///
 /// Codes are grouped by range as in ExecuTorch's `Error`: `0x0_` system,
 /// `0x1_` caller arguments, `0x2_` memory and resources, `0x3_` package and
-/// op program, `0x4_` I/O and kernels. The values `0x10..=0x1B`,
+/// op program, `0x4_` I/O and kernels. The values `0x10..=0x1A`,
 /// `0x20..=0x2B`, `0x30..=0x3F` and `0x40..=0x4F` are the runtime's own error
 /// codes (`taskpath_runtime::ErrorCode`), passed through unchanged; the C
 /// ABI's own codes sit at the top of each range and in `0x0_`. Values are never renumbered or
@@ -49,6 +49,10 @@ pub enum tp_status {
     /// The call does not fit the task's kind (`tp_session_step` on a
     /// fixed-shape task, `tp_session_run` on a language-model task).
     TP_ERR_TASK_KIND = 0x16,
+    /// An input value is NaN or infinite, or the task computed one for an
+    /// output (`tp_last_error` names which): the outputs of that call are
+    /// not to be used.
+    TP_ERR_NON_FINITE = 0x1B,
     /// A pointer argument that must not be NULL is NULL.
     TP_ERR_NULL_ARGUMENT = 0x1C,
     /// A struct's `struct_size` is not a size this library knows.
@@ -110,6 +114,7 @@ impl tp_status {
             Self::TP_ERR_TOKEN_OUT_OF_RANGE => b"TP_ERR_TOKEN_OUT_OF_RANGE\0",
             Self::TP_ERR_CONTEXT_FULL => b"TP_ERR_CONTEXT_FULL\0",
             Self::TP_ERR_TASK_KIND => b"TP_ERR_TASK_KIND\0",
+            Self::TP_ERR_NON_FINITE => b"TP_ERR_NON_FINITE\0",
             Self::TP_ERR_NULL_ARGUMENT => b"TP_ERR_NULL_ARGUMENT\0",
             Self::TP_ERR_STRUCT_SIZE => b"TP_ERR_STRUCT_SIZE\0",
             Self::TP_ERR_INVALID_ARGUMENT => b"TP_ERR_INVALID_ARGUMENT\0",
@@ -131,7 +136,7 @@ impl tp_status {
     }
 }
 
-const ALL_STATUSES: [tp_status; 27] = [
+const ALL_STATUSES: [tp_status; 28] = [
     tp_status::TP_OK,
     tp_status::TP_ERR_PANIC,
     tp_status::TP_ERR_RUNTIME,
@@ -142,6 +147,7 @@ const ALL_STATUSES: [tp_status; 27] = [
     tp_status::TP_ERR_TOKEN_OUT_OF_RANGE,
     tp_status::TP_ERR_CONTEXT_FULL,
     tp_status::TP_ERR_TASK_KIND,
+    tp_status::TP_ERR_NON_FINITE,
     tp_status::TP_ERR_NULL_ARGUMENT,
     tp_status::TP_ERR_STRUCT_SIZE,
     tp_status::TP_ERR_INVALID_ARGUMENT,

@@ -1031,9 +1031,36 @@ fn session_run_errors() {
         f_,
         &["inputs[0] is not aligned"],
     );
+    // Non-finite input values, each named with its input and position.
+    for (bad, shown) in [
+        (f32::NAN, "NaN"),
+        (f32::INFINITY, "inf"),
+        (f32::NEG_INFINITY, "-inf"),
+    ] {
+        let mut x1 = xs[1].clone();
+        let at = x1.len() - 1;
+        x1[at] = bad;
+        let p = [xs[0].as_ptr(), x1.as_ptr()];
+        fails(
+            call(s, p.as_ptr(), 2, o, n_out),
+            TP_ERR_NON_FINITE,
+            f_,
+            &[&format!("inputs[1] value {at} is {shown}")],
+        );
+    }
     assert!(
         out.iter().all(|&v| v == 0.0),
         "outputs untouched by failed runs"
+    );
+    // Finite inputs near f32::MAX overflow inside the task: its outputs are
+    // refused, not returned as TP_OK.
+    let huge: Vec<Vec<f32>> = xs.iter().map(|x| vec![f32::MAX; x.len()]).collect();
+    let p = [huge[0].as_ptr(), huge[1].as_ptr()];
+    fails(
+        call(s, p.as_ptr(), 2, o, n_out),
+        TP_ERR_NON_FINITE,
+        f_,
+        &["output ", "not a finite number"],
     );
     // The session still works after all those errors.
     ok(call(s, ptrs.as_ptr(), 2, o, n_out));

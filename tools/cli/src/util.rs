@@ -36,13 +36,9 @@ pub fn open_model(base: &Path, deltas: &[PathBuf]) -> Result<MappedModel> {
             bail!("{what}: {} does not exist or is not a file", p.display());
         }
     }
-    let mapped = MappedModel::open_with_deltas(base, deltas).context(what.clone())?;
-    // What sessions rely on and do not repeat (it allocates): every task's
-    // plan and dataflow. A package that breaks them would run on garbage.
-    let model = mapped.model().context(what.clone())?;
-    taskpath_runtime::plan::check_all(&model)
-        .with_context(|| format!("{what}: a task's op program does not check"))?;
-    Ok(mapped)
+    // Opening checks every task's program (plan, dataflow, what the task
+    // needs): sessions rely on it.
+    MappedModel::open_with_deltas(base, deltas).context(what)
 }
 
 /// Bytes of every package of the chain together (what is mapped).
