@@ -624,6 +624,13 @@ impl Drop for PrefetchReader {
     }
 }
 
+impl PrefetchHints {
+    /// The counters of the reader these hints feed ([`PrefetchReader::stats`]).
+    pub fn stats(&self) -> PrefetchStats {
+        lock(&self.shared).stats
+    }
+}
+
 impl Prefetch for PrefetchHints {
     fn will_need(&mut self, blob: u32, _bytes: &[u8]) {
         let Some(&(part, off, len)) = self.locs.get(blob as usize) else {

@@ -316,6 +316,11 @@ impl<'m, 'a> Session<'m, 'a> {
         self.source.as_deref()
     }
 
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
+    }
+
     /// The task this session runs.
     pub fn task(&self) -> &TaskInfo<'a> {
         self.plan.task()
