@@ -585,12 +585,7 @@ fn read_upto(f: &File, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
 /// [`DIRECT_ALIGN`]): the whole pages straight into `out` when it is
 /// aligned, the rest (or all of an unaligned `out`) through `bounce`.
 #[cfg(target_os = "linux")]
-fn read_direct(
-    f: &File,
-    off: u64,
-    out: &mut [u8],
-    bounce: &Mutex<PageBuf>,
-) -> std::io::Result<()> {
+fn read_direct(f: &File, off: u64, out: &mut [u8], bounce: &Mutex<PageBuf>) -> std::io::Result<()> {
     let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
     if !off.is_multiple_of(DIRECT_ALIGN as u64) {
         return Err(std::io::Error::other("blob not page-aligned in the file"));

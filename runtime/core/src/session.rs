@@ -11,9 +11,9 @@ use core::mem::{align_of, size_of};
 
 use taskpath_cpu::qmatvec::Kernels;
 use taskpath_format::records::blob_kind;
-use taskpath_format::{ExpertMask, Op};
 #[cfg(feature = "decoder")]
 use taskpath_format::MAX_EXPERTS;
+use taskpath_format::{ExpertMask, Op};
 
 use crate::cpu::CpuPrims;
 use crate::error::{Error, Result};
@@ -631,8 +631,8 @@ impl Speculation<'_, '_, '_> {
             }
             _ => return,
         };
-        let Some(j) = (i + 1..steps.len())
-            .find(|&j| matches!(steps[j].step, Step::RouteTokens { .. }))
+        let Some(j) =
+            (i + 1..steps.len()).find(|&j| matches!(steps[j].step, Step::RouteTokens { .. }))
         else {
             return;
         };

@@ -142,9 +142,8 @@ impl Bench<'_> {
         // Hits are counted only with a cache, a reader or prefetch (the
         // tracer's cache query is skipped otherwise, so the plain timing is
         // untouched).
-        let traced = self.budget.is_some()
-            || self.opts.topk > 0
-            || self.opts.reader == ReaderKind::Pread;
+        let traced =
+            self.budget.is_some() || self.opts.topk > 0 || self.opts.reader == ReaderKind::Pread;
         let mut step = |s: &mut Session<'_, '_>, ids: &[u32], l: &mut [f32]| {
             if traced {
                 s.step_traced(ids, l, &mut *hits)
@@ -207,7 +206,15 @@ pub fn run(
         for pi in 0..pools.len() {
             for &reader in io.readers {
                 for &topk in &topks {
-                    configs.push((mi, pi, StreamOpts { budget, reader, topk }));
+                    configs.push((
+                        mi,
+                        pi,
+                        StreamOpts {
+                            budget,
+                            reader,
+                            topk,
+                        },
+                    ));
                 }
             }
         }

@@ -177,13 +177,13 @@ pub fn main(a: &Args) -> Result<()> {
     let opts = StreamOpts {
         budget,
         reader: a.reader,
-        topk: a.prefetch_topk.unwrap_or(
-            if budget.is_some() || a.reader == ReaderKind::Pread {
+        topk: a
+            .prefetch_topk
+            .unwrap_or(if budget.is_some() || a.reader == ReaderKind::Pread {
                 model_top_k(&s)
             } else {
                 0
-            },
-        ),
+            }),
     };
     let paths: Vec<PathBuf> = std::iter::once(a.file.clone())
         .chain(a.deltas.deltas.iter().cloned())
