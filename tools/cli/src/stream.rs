@@ -70,7 +70,7 @@ impl Prefetch for Hook<'_> {
 
 /// A session's expert source: the cache, or the reader alone (no budget).
 enum Source<'r> {
-    Cache(ResidencyCache<'r>),
+    Cache(Box<ResidencyCache<'r>>),
     Reader(&'r mut PrefetchReader),
 }
 
@@ -84,7 +84,7 @@ pub struct Timed<'r> {
 impl Timed<'_> {
     fn inner(&self) -> &dyn BlobSource {
         match &self.src {
-            Source::Cache(c) => c,
+            Source::Cache(c) => &**c,
             Source::Reader(r) => &**r,
         }
     }
@@ -94,7 +94,7 @@ impl BlobSource for Timed<'_> {
     fn fetch(&mut self, model: &Model<'_>, blob: u32) -> taskpath_runtime::Result<&[u8]> {
         let t0 = Instant::now();
         let src: &mut dyn BlobSource = match &mut self.src {
-            Source::Cache(c) => c,
+            Source::Cache(c) => &mut **c,
             Source::Reader(r) => &mut **r,
         };
         let got = src.fetch(model, blob);
@@ -242,11 +242,11 @@ impl<'m> Parts<'m> {
             stall,
         } = self;
         let src = match (opts.budget, reader.as_mut()) {
-            (Some(_), _) => Some(Source::Cache(
+            (Some(_), _) => Some(Source::Cache(Box::new(
                 ResidencyCache::new(model, mem.as_mut_slice())
                     .context("creating the expert cache")?
                     .with_fill_hint(fill),
-            )),
+            ))),
             (None, Some(r)) => Some(Source::Reader(r)),
             (None, None) => None,
         };
