@@ -234,7 +234,7 @@ fn bytemuck_lines_mut(l: &mut [Line]) -> &mut [u8] {
 /// package's file, destination)`.
 pub type ReadAt = dyn Fn(usize, u64, &mut [u8]) -> std::io::Result<()> + Send + Sync;
 
-/// Counters of a [`PrefetchReader`].
+/// Counters of a [`PrefetchReader`] and of its [`PrefetchHints`] fills.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefetchStats {
     /// Fetches served by a prefetched copy that was already complete.
@@ -247,21 +247,62 @@ pub struct PrefetchStats {
     pub dropped: u64,
     /// Prefetched blobs discarded unused to make room for newer hints.
     pub stale: u64,
-    /// Time spent inside `fetch` (waiting for the reader or reading).
+    /// Bytes of the `stale` blobs: read ahead and never used.
+    pub stale_bytes: u64,
+    /// Bytes the background thread read ahead.
+    pub ahead_bytes: u64,
+    /// Time spent inside `fetch` and `fill` (waiting for the reader or reading).
     pub fetch_time: Duration,
+}
+
+/// Granule of direct I/O: an `O_DIRECT` read's file offset, length and
+/// buffer address are multiples of it (the largest logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A reusable heap buffer whose bytes start on a [`DIRECT_ALIGN`] boundary,
+/// as an `O_DIRECT` read needs of its destination.
+#[derive(Debug, Default)]
+struct PageBuf {
+    v: Vec<u8>,
+    pad: usize,
+    len: usize,
+}
+
+impl PageBuf {
+    /// Makes it `len` bytes long, keeping the allocation when it is large enough.
+    fn set_len(&mut self, len: usize) {
+        if self.v.len() < len + DIRECT_ALIGN {
+            self.v = vec![0; len.next_multiple_of(DIRECT_ALIGN) + DIRECT_ALIGN];
+            // `align_offset` may decline (usize::MAX); the bytes are then
+            // unaligned, which costs the direct reader a bounce, not correctness.
+            self.pad = self.v.as_ptr().align_offset(DIRECT_ALIGN);
+            if self.pad >= DIRECT_ALIGN {
+                self.pad = 0;
+            }
+        }
+        self.len = len;
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.v[self.pad..self.pad + self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.pad..self.pad + self.len]
+    }
 }
 
 #[derive(Debug, Default)]
 struct ReaderState {
-    ready: HashMap<u32, Vec<u8>>,
+    ready: HashMap<u32, PageBuf>,
     /// Ready blobs, oldest first: hints never fetched (the router picked
     /// other experts) make room for newer ones in this order.
     order: VecDeque<u32>,
     pending: HashSet<u32>,
     /// Bytes of `ready` + `pending`.
     held: usize,
-    dropped: u64,
-    stale: u64,
+    /// Buffers of blobs handed over or discarded, for the next reads: in a
+    /// steady state the reader allocates nothing.
+    free: Vec<PageBuf>,
+    stats: PrefetchStats,
 }
 
 type Shared = (Mutex<ReaderState>, Condvar);
@@ -276,15 +317,42 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, ReaderState> {
     s.0.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+const READ_FAILED: Error = Error::Io("cannot read an expert blob");
+
+/// Waits while the reader thread is reading `blob`, then takes its
+/// read-ahead copy; `None` when there is none (never hinted, dropped,
+/// discarded, or its read failed): the caller reads the blob itself.
+fn take_ready(shared: &Shared, blob: u32, len: usize) -> Option<PageBuf> {
+    let mut st = lock(shared);
+    let mut waited = false;
+    while st.pending.contains(&blob) {
+        waited = true;
+        st = shared.1.wait(st).unwrap_or_else(PoisonError::into_inner);
+    }
+    let Some(b) = st.ready.remove(&blob) else {
+        st.stats.direct += 1;
+        return None;
+    };
+    st.held -= len;
+    st.order.retain(|&x| x != blob);
+    if waited {
+        st.stats.waited += 1;
+    } else {
+        st.stats.ready += 1;
+    }
+    Some(b)
+}
+
 /// A [`BlobSource`] that reads expert blobs through a slow reader (a package
 /// on an SD card or eMMC read with `pread`, a network file), with a
 /// background thread that reads hinted blobs ahead into RAM, at most
 /// `budget` bytes at a time. Hints go through its [`PrefetchHints`] handle
-/// ([`PrefetchReader::hints`]), which a session takes as its [`Prefetch`]. A
-/// prefetched blob is handed over (and its buffer freed) on its first fetch;
-/// hints never fetched are discarded oldest first when newer ones need the
-/// room. Outputs are those of reading in place: only where the bytes come
-/// from, and when, changes.
+/// ([`PrefetchReader::hints`]), which a session takes as its [`Prefetch`]
+/// and a [`crate::ResidencyCache`] as its fill hook (misses are then read
+/// from the file into the cache, not copied from a mapping). A prefetched
+/// blob is handed over on its first fetch; hints never fetched are
+/// discarded oldest first when newer ones need the room. Outputs are those
+/// of reading in place: only where the bytes come from, and when, changes.
 pub struct PrefetchReader {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Job>,
@@ -292,8 +360,8 @@ pub struct PrefetchReader {
     read: Arc<ReadAt>,
     locs: Locs,
     budget: usize,
-    current: Vec<u8>,
-    stats: PrefetchStats,
+    current: PageBuf,
+    mode: String,
 }
 
 impl std::fmt::Debug for PrefetchReader {
@@ -301,25 +369,37 @@ impl std::fmt::Debug for PrefetchReader {
         f.debug_struct("PrefetchReader")
             .field("blobs", &self.locs.len())
             .field("budget", &self.budget)
+            .field("mode", &self.mode)
             .field("stats", &self.stats())
             .finish()
     }
 }
 
 /// The hint side of a [`PrefetchReader`]: queues hinted blobs for its
-/// background thread. Cheap to clone; hints after the reader is dropped are
-/// ignored.
-#[derive(Clone, Debug)]
+/// background thread, and fills a cache slot from the file. Cheap to clone;
+/// hints after the reader is dropped are ignored.
+#[derive(Clone)]
 pub struct PrefetchHints {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Job>,
+    read: Arc<ReadAt>,
     locs: Locs,
     budget: usize,
 }
 
+impl std::fmt::Debug for PrefetchHints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefetchHints")
+            .field("budget", &self.budget)
+            .finish()
+    }
+}
+
 impl PrefetchReader {
     /// A reader of `model`'s blobs through `read`, prefetching at most
-    /// `budget` bytes ahead on one background thread.
+    /// `budget` bytes ahead on one background thread. `read`'s destination
+    /// starts on a 4 KiB boundary when the reader owns it (read-ahead and
+    /// [`BlobSource::fetch`]); a cache slot it fills need not.
     pub fn new(
         model: &Model<'_>,
         budget: usize,
@@ -344,16 +424,19 @@ impl PrefetchReader {
                 .name("taskpath-prefetch".into())
                 .spawn(move || {
                     while let Ok(Some((blob, part, off, len))) = rx.recv() {
-                        let mut buf = vec![0u8; len];
-                        let ok = read(part, off, &mut buf).is_ok();
+                        let mut buf = lock(&shared).free.pop().unwrap_or_default();
+                        buf.set_len(len);
+                        let ok = read(part, off, buf.bytes_mut()).is_ok();
                         let mut st = lock(&shared);
                         st.pending.remove(&blob);
                         if ok {
                             st.ready.insert(blob, buf);
                             st.order.push_back(blob);
+                            st.stats.ahead_bytes += len as u64;
                         } else {
                             // The fetch reads it again and reports the error.
                             st.held -= len;
+                            st.free.push(buf);
                         }
                         shared.1.notify_all();
                     }
@@ -367,13 +450,15 @@ impl PrefetchReader {
             read,
             locs: Arc::new(locs),
             budget,
-            current: Vec::new(),
-            stats: PrefetchStats::default(),
+            current: PageBuf::default(),
+            mode: "custom reader".into(),
         })
     }
 
     /// A reader of the package files themselves (`paths[i]` is package `i`
-    /// of the chain), with positioned reads (`pread`).
+    /// of the chain), with buffered positioned reads (`pread`) and the
+    /// kernel's readahead off (`POSIX_FADV_RANDOM`), so a read brings in its
+    /// blob and nothing around it.
     #[cfg(unix)]
     pub fn from_files<P: AsRef<Path>>(
         model: &Model<'_>,
@@ -385,12 +470,62 @@ impl PrefetchReader {
             .iter()
             .map(|p| File::open(p).map_err(|_| Error::Io("cannot open package file")))
             .collect::<Result<Vec<File>>>()?;
-        Self::new(model, budget, move |part, off, out| {
+        #[cfg(target_os = "linux")]
+        for f in &files {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `f` is an open file whose descriptor lives as long as
+            // `f`; posix_fadvise takes no memory. Advice is a hint: its
+            // failure is ignored.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+            }
+        }
+        let mut r = Self::new(model, budget, move |part, off, out| {
             files
                 .get(part)
                 .ok_or_else(|| std::io::Error::other("no such package"))?
                 .read_exact_at(out, off)
-        })
+        })?;
+        r.mode = "pread, buffered".into();
+        Ok(r)
+    }
+
+    /// [`PrefetchReader::from_files`] with `O_DIRECT` reads, which bypass the
+    /// page cache (under a memory limit that counts it, a blob read into an
+    /// expert cache is then held once). Blobs start on 4 KiB boundaries of
+    /// the file; lengths are rounded up through a bounce page. Where the
+    /// filesystem refuses `O_DIRECT` (tmpfs, some overlays), falls back to
+    /// buffered reads and says why in [`PrefetchReader::io_mode`].
+    #[cfg(target_os = "linux")]
+    pub fn from_files_direct<P: AsRef<Path>>(
+        model: &Model<'_>,
+        paths: &[P],
+        budget: usize,
+    ) -> Result<Self> {
+        match open_direct(paths) {
+            Ok(files) => {
+                let bounce = Mutex::new(PageBuf::default());
+                let mut r = Self::new(model, budget, move |part, off, out| {
+                    let f = files
+                        .get(part)
+                        .ok_or_else(|| std::io::Error::other("no such package"))?;
+                    read_direct(f, off, out, &bounce)
+                })?;
+                r.mode = "pread, O_DIRECT".into();
+                Ok(r)
+            }
+            Err(why) => {
+                let mut r = Self::from_files(model, paths, budget)?;
+                r.mode = format!("pread, buffered (O_DIRECT refused: {why})");
+                Ok(r)
+            }
+        }
+    }
+
+    /// How the reader reads: "pread, O_DIRECT", "pread, buffered", the
+    /// reason a direct reader fell back to buffered reads, or "custom reader".
+    pub fn io_mode(&self) -> &str {
+        &self.mode
     }
 
     /// The handle a session takes as its [`Prefetch`].
@@ -398,6 +533,7 @@ impl PrefetchReader {
         PrefetchHints {
             shared: Arc::clone(&self.shared),
             tx: self.tx.clone(),
+            read: Arc::clone(&self.read),
             locs: Arc::clone(&self.locs),
             budget: self.budget,
         }
@@ -405,13 +541,75 @@ impl PrefetchReader {
 
     /// Counters so far.
     pub fn stats(&self) -> PrefetchStats {
-        let st = lock(&self.shared);
-        PrefetchStats {
-            dropped: st.dropped,
-            stale: st.stale,
-            ..self.stats
+        lock(&self.shared).stats
+    }
+}
+
+/// Opens each package for `O_DIRECT` reads and proves one read works (some
+/// filesystems accept the flag at open and refuse the reads).
+#[cfg(target_os = "linux")]
+fn open_direct<P: AsRef<Path>>(paths: &[P]) -> std::result::Result<Vec<File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut probe = PageBuf::default();
+    probe.set_len(DIRECT_ALIGN);
+    let bounce = Mutex::new(PageBuf::default());
+    paths
+        .iter()
+        .map(|p| {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(p)
+                .map_err(|e| e.to_string())?;
+            read_direct(&f, 0, probe.bytes_mut(), &bounce).map_err(|e| e.to_string())?;
+            Ok(f)
+        })
+        .collect()
+}
+
+/// Reads into `buf` from `off` until it is full or the file ends; returns
+/// the bytes read. A short `O_DIRECT` read means the end of the file.
+#[cfg(target_os = "linux")]
+fn read_upto(f: &File, off: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], off + done as u64)?;
+        done += n;
+        if n == 0 || n % DIRECT_ALIGN != 0 {
+            break;
         }
     }
+    Ok(done)
+}
+
+/// One `O_DIRECT` read of `out.len()` bytes at `off` (a multiple of
+/// [`DIRECT_ALIGN`]): the whole pages straight into `out` when it is
+/// aligned, the rest (or all of an unaligned `out`) through `bounce`.
+#[cfg(target_os = "linux")]
+fn read_direct(f: &File, off: u64, out: &mut [u8], bounce: &Mutex<PageBuf>) -> std::io::Result<()> {
+    let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+    if !off.is_multiple_of(DIRECT_ALIGN as u64) {
+        return Err(std::io::Error::other("blob not page-aligned in the file"));
+    }
+    let head = if (out.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+        out.len() / DIRECT_ALIGN * DIRECT_ALIGN
+    } else {
+        0
+    };
+    if read_upto(f, off, &mut out[..head])? < head {
+        return Err(eof());
+    }
+    let rest = out.len() - head;
+    if rest > 0 {
+        let mut b = bounce.lock().unwrap_or_else(PoisonError::into_inner);
+        b.set_len(rest.next_multiple_of(DIRECT_ALIGN));
+        if read_upto(f, off + head as u64, b.bytes_mut())? < rest {
+            return Err(eof());
+        }
+        out[head..].copy_from_slice(&b.bytes()[..rest]);
+    }
+    Ok(())
 }
 
 impl Drop for PrefetchReader {
@@ -420,6 +618,13 @@ impl Drop for PrefetchReader {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
+    }
+}
+
+impl PrefetchHints {
+    /// The counters of the reader these hints feed ([`PrefetchReader::stats`]).
+    pub fn stats(&self) -> PrefetchStats {
+        lock(&self.shared).stats
     }
 }
 
@@ -437,18 +642,43 @@ impl Prefetch for PrefetchHints {
                 break;
             };
             if let Some(v) = st.ready.remove(&old) {
-                st.held -= v.len();
-                st.stale += 1;
+                st.held -= v.len;
+                st.stats.stale += 1;
+                st.stats.stale_bytes += v.len as u64;
+                st.free.push(v);
             }
         }
         if st.held + len > self.budget {
-            st.dropped += 1;
+            st.stats.dropped += 1;
             return;
         }
         if self.tx.send(Some((blob, part, off, len))).is_ok() {
             st.pending.insert(blob);
             st.held += len;
         }
+    }
+
+    /// Reads the blob into the cache slot from the file (or copies the
+    /// read-ahead copy), never from the mapping `_bytes` lies in.
+    fn fill(&mut self, blob: u32, _bytes: &[u8], dst: &mut [u8]) -> Result<()> {
+        let t0 = Instant::now();
+        let &(part, off, len) = self
+            .locs
+            .get(blob as usize)
+            .ok_or(Error::Io("no such blob"))?;
+        if len != dst.len() {
+            return Err(Error::Io("cache slot and blob lengths differ"));
+        }
+        let got = match take_ready(&self.shared, blob, len) {
+            Some(b) => {
+                dst.copy_from_slice(b.bytes());
+                lock(&self.shared).free.push(b);
+                Ok(())
+            }
+            None => (self.read)(part, off, dst).map_err(|_| READ_FAILED),
+        };
+        lock(&self.shared).stats.fetch_time += t0.elapsed();
+        got
     }
 }
 
@@ -459,37 +689,21 @@ impl BlobSource for PrefetchReader {
             .locs
             .get(blob as usize)
             .ok_or(Error::Io("no such blob"))?;
-        let mut st = lock(&self.shared);
-        let mut waited = false;
-        loop {
-            if let Some(v) = st.ready.remove(&blob) {
-                st.held -= len;
-                st.order.retain(|&b| b != blob);
-                self.current = v;
-                if waited {
-                    self.stats.waited += 1;
-                } else {
-                    self.stats.ready += 1;
+        let got = match take_ready(&self.shared, blob, len) {
+            Some(b) => {
+                let old = std::mem::replace(&mut self.current, b);
+                if !old.v.is_empty() {
+                    lock(&self.shared).free.push(old);
                 }
-                break;
+                Ok(())
             }
-            if st.pending.contains(&blob) {
-                waited = true;
-                st = self
-                    .shared
-                    .1
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
+            None => {
+                self.current.set_len(len);
+                (self.read)(part, off, self.current.bytes_mut()).map_err(|_| READ_FAILED)
             }
-            drop(st);
-            self.current.resize(len, 0);
-            (self.read)(part, off, &mut self.current)
-                .map_err(|_| Error::Io("cannot read an expert blob"))?;
-            self.stats.direct += 1;
-            break;
-        }
-        self.stats.fetch_time += t0.elapsed();
-        Ok(&self.current)
+        };
+        lock(&self.shared).stats.fetch_time += t0.elapsed();
+        got?;
+        Ok(self.current.bytes())
     }
 }

@@ -70,6 +70,19 @@ pub trait Prefetch {
     /// Blob `blob` was just copied out of `bytes` into a cache: the package
     /// copy is not needed again soon. Default: nothing.
     fn filled(&mut self, _blob: u32, _bytes: &[u8]) {}
+    /// Fills `dst` (a [`ResidencyCache`] slot, `bytes.len()` long) with blob
+    /// `blob`, whose package bytes are `bytes`. The default hints the read
+    /// ([`Prefetch::will_need`]), copies `bytes` and reports it
+    /// ([`Prefetch::filled`]); a reader that brings blobs in another way
+    /// (positioned reads of the file: `PrefetchHints`) reads them into `dst`
+    /// instead, and its I/O error fails the fetch, so a session step that
+    /// needed the blob returns the error rather than computing on stale bytes.
+    fn fill(&mut self, blob: u32, bytes: &[u8], dst: &mut [u8]) -> Result<()> {
+        self.will_need(blob, bytes);
+        dst.copy_from_slice(bytes);
+        self.filled(blob, bytes);
+        Ok(())
+    }
 }
 
 /// Counters of a [`ResidencyCache`].
@@ -168,9 +181,10 @@ impl<'r> ResidencyCache<'r> {
         })
     }
 
-    /// Tells `hint` about each blob just before the cache copies it in from
-    /// the package: over a memory map, `MmapPrefetch` turns the copy's
-    /// page-by-page faults into one read of the whole blob.
+    /// Fills each missed blob through `hint` ([`Prefetch::fill`]) instead of
+    /// copying it from the package bytes: over a memory map, `MmapPrefetch`
+    /// turns the copy's page-by-page faults into one read of the whole blob;
+    /// `PrefetchHints` reads it from the file (or hands over its read-ahead copy).
     #[must_use]
     pub fn with_fill_hint(mut self, hint: &'r mut dyn Prefetch) -> Self {
         self.fill = Some(FillHint(hint));
@@ -301,12 +315,11 @@ impl<'r> ResidencyCache<'r> {
                 (self.n, self.used_bytes())
             }
         };
-        if let Some(h) = self.fill.as_mut() {
-            h.0.will_need(blob, src.bytes);
-        }
-        self.mem[off..off + src.bytes.len()].copy_from_slice(src.bytes);
-        if let Some(h) = self.fill.as_mut() {
-            h.0.filled(blob, src.bytes);
+        let dst = &mut self.mem[off..off + src.bytes.len()];
+        match self.fill.as_mut() {
+            // A failed fill leaves the slot unrecorded: its bytes are never served.
+            Some(h) => h.0.fill(blob, src.bytes, dst)?,
+            None => dst.copy_from_slice(src.bytes),
         }
         self.slots.copy_within(i..self.n, i + 1);
         self.slots[i] = Slot {

@@ -11,6 +11,8 @@ use core::mem::{align_of, size_of};
 
 use taskpath_cpu::qmatvec::Kernels;
 use taskpath_format::records::blob_kind;
+#[cfg(feature = "decoder")]
+use taskpath_format::MAX_EXPERTS;
 use taskpath_format::{ExpertMask, Op};
 
 use crate::cpu::CpuPrims;
@@ -117,6 +119,9 @@ pub struct Session<'m, 'a> {
     #[cfg(feature = "std")]
     pool: Option<&'m crate::pool::ThreadPool>,
     kernels: Kernels,
+    /// Experts per token that speculative next-layer prefetch hints (0: off).
+    #[cfg(feature = "decoder")]
+    prefetch_topk: usize,
 }
 
 impl core::fmt::Debug for Session<'_, '_> {
@@ -182,6 +187,8 @@ impl<'m, 'a> Session<'m, 'a> {
             #[cfg(feature = "std")]
             pool: None,
             kernels,
+            #[cfg(feature = "decoder")]
+            prefetch_topk: 0,
         };
         s.reset();
         Ok(s)
@@ -240,6 +247,62 @@ impl<'m, 'a> Session<'m, 'a> {
         self.prefetch = prefetch;
     }
 
+    /// Speculative next-layer prefetch for token-stream tasks: once an MoE
+    /// layer has routed its tokens, the next MoE layer's router is applied to
+    /// this layer's router input (the first MoE layer's, to the token
+    /// embeddings), and the `k` experts it scores highest for each token of
+    /// the step, within the task's path, are sent to the prefetch hook
+    /// ([`Session::with_prefetch`]) unless the blob source already holds
+    /// them; each prediction is also reported to the tracer
+    /// ([`Tracer::expert_predicted`]). The reads then overlap this layer's
+    /// expert work and the next layer's attention. `k = 0` (the default)
+    /// turns it off; `k` above the router's experts predicts them all.
+    /// Hints only: outputs are bit-identical. Allocates nothing.
+    #[cfg(feature = "decoder")]
+    pub fn with_prefetch_topk(mut self, k: usize) -> Self {
+        self.prefetch_topk = k;
+        self
+    }
+
+    /// The smallest expert budget at which one token's active experts of
+    /// every MoE layer fit at once: over the task's `MoeTokens` ops, the
+    /// largest sum of the `top_k` largest expert blobs (cache footprints)
+    /// its path allows; 0 for a task without them. A smaller budget still
+    /// runs (experts are fetched one at a time) but re-reads a layer's
+    /// experts for every token, so tools refuse it up front.
+    #[cfg(feature = "decoder")]
+    pub fn layer_expert_budget(&self) -> usize {
+        let mut need = 0;
+        for ps in self.plan.steps() {
+            let Step::MoeTokens {
+                block, top_k, mask, ..
+            } = &ps.step
+            else {
+                continue;
+            };
+            let size = |e: usize| {
+                self.model
+                    .expert_at(block.saturating_add(e as u32))
+                    .and_then(|r| self.model.blob(r.blob))
+                    .map_or(0, |b| crate::residency::cache_footprint(b.bytes.len()))
+            };
+            let (mut taken, mut sum) = (ExpertMask::default(), 0);
+            for _ in 0..*top_k {
+                let Some(e) = mask
+                    .iter()
+                    .filter(|&e| !taken.contains(e))
+                    .max_by_key(|&e| size(e))
+                else {
+                    break;
+                };
+                taken.insert(e);
+                sum += size(e);
+            }
+            need = need.max(sum);
+        }
+        need
+    }
+
     /// The expert blobs a session hints when it starts input `input`: those
     /// its `Moe` ops for input `input + 1` may run (the path mask of that
     /// router, components up to the op's), in file (hottest-first) order.
@@ -251,6 +314,11 @@ impl<'m, 'a> Session<'m, 'a> {
     /// The blob source given with [`Session::with_blob_source`], if any.
     pub fn blob_source(&self) -> Option<&dyn BlobSource> {
         self.source.as_deref()
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
     }
 
     /// The task this session runs.
@@ -427,6 +495,10 @@ impl<'m, 'a> Session<'m, 'a> {
             kernels,
             #[cfg(feature = "std")]
             pool,
+            #[cfg(feature = "decoder")]
+            prefetch,
+            #[cfg(feature = "decoder")]
+            prefetch_topk,
             ..
         } = self;
         let prims = CpuPrims::new(slots, &[], kernels).with_tokens(tokens);
@@ -459,6 +531,17 @@ impl<'m, 'a> Session<'m, 'a> {
             .map_err(|e| e.at_op(i as u32))?;
             tracer.op_end(i as u32, &op);
             stats.ops += 1;
+            #[cfg(feature = "decoder")]
+            if let (k @ 1.., Some(pf)) = (*prefetch_topk, prefetch.as_deref_mut()) {
+                let spec = Speculation {
+                    model,
+                    plan,
+                    slots: prims.slots(),
+                    rows: n,
+                    k,
+                };
+                spec.hint(i, experts.source.as_deref(), pf, &mut *tracer);
+            }
         }
         logits.copy_from_slice(&prims.slots()[plan.output().range()]);
         self.pos += n;
@@ -501,6 +584,117 @@ fn prefetch_plan<'s, 'a>(
             && union.contains(b.rec.expert.into())
             && usize::from(b.rec.component) < comps
     })
+}
+
+/// What speculative prefetch reads after a step ([`Session::with_prefetch_topk`]).
+#[cfg(feature = "decoder")]
+struct Speculation<'s, 'a, 'p> {
+    model: &'s Model<'a>,
+    plan: &'s Plan<'p, 'a>,
+    slots: &'s [f32],
+    /// Tokens of the step.
+    rows: usize,
+    /// Experts per token to hint.
+    k: usize,
+}
+
+#[cfg(feature = "decoder")]
+impl Speculation<'_, '_, '_> {
+    /// After step `i`: when it embedded the tokens or routed an MoE layer,
+    /// predicts the next MoE layer's experts and hints those `source` does
+    /// not hold. Whatever does not fit the expected program shape (no next
+    /// layer, a router that is not dense f32) predicts nothing.
+    fn hint<T: Tracer>(
+        &self,
+        i: usize,
+        source: Option<&dyn BlobSource>,
+        prefetch: &mut dyn Prefetch,
+        tracer: &mut T,
+    ) {
+        let steps = self.plan.steps();
+        let x = match steps.get(i).map(|s| &s.step) {
+            Some(Step::Embed { out, .. }) => out.start,
+            // This layer's router input: the x of the Linear that wrote its logits.
+            Some(Step::RouteTokens { logits, .. }) => {
+                match steps[..i].iter().rev().find_map(|s| match s.step {
+                    Step::Linear { x, y, .. } if y.start == logits.start => Some(x),
+                    _ => None,
+                }) {
+                    Some(x) => x.start,
+                    None => return,
+                }
+            }
+            _ => return,
+        };
+        let Some(j) =
+            (i + 1..steps.len()).find(|&j| matches!(steps[j].step, Step::RouteTokens { .. }))
+        else {
+            return;
+        };
+        let Step::RouteTokens {
+            logits,
+            experts,
+            mask,
+            ..
+        } = &steps[j].step
+        else {
+            return;
+        };
+        let Some(w) = steps[i + 1..j].iter().rev().find_map(|s| match s.step {
+            Step::Linear { y, w, .. } if y.start == logits.start => {
+                self.plan.tensors().get(usize::from(w.0))
+            }
+            _ => None,
+        }) else {
+            return;
+        };
+        let Some(block) = steps[j + 1..].iter().find_map(|s| match s.step {
+            Step::MoeTokens { block, .. } => Some(block),
+            _ => None,
+        }) else {
+            return;
+        };
+        let n = *experts;
+        if !w.is_f32() || w.is_low_rank() || w.rows != n || n > MAX_EXPERTS as usize {
+            return;
+        }
+        let Some(xs) = self.slots.get(x..x + self.rows * w.cols) else {
+            return;
+        };
+        let mut scores = [0f32; MAX_EXPERTS as usize];
+        let mut predicted = ExpertMask::default();
+        for xr in xs.chunks_exact(w.cols.max(1)) {
+            taskpath_cpu::f32::matmul_rows(w.a, xr, None, 1, &mut scores[..n]);
+            // Top-k of the logits is top-k of the router's probabilities
+            // whatever the route mode (softmax is monotonic).
+            let mut taken = ExpertMask::default();
+            for _ in 0..self.k {
+                let Some(e) = mask
+                    .iter()
+                    .filter(|&e| !taken.contains(e))
+                    .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                else {
+                    break;
+                };
+                taken.insert(e);
+            }
+            predicted = predicted.union(&taken);
+        }
+        for e in predicted.iter() {
+            let Some(b) = self
+                .model
+                .expert_at(block.saturating_add(e as u32))
+                .and_then(|r| self.model.blob(r.blob))
+            else {
+                continue;
+            };
+            let hinted = source.and_then(|s| s.holds(b.index)) != Some(true);
+            if hinted {
+                prefetch.will_need(b.index, b.bytes);
+            }
+            tracer.expert_predicted(b.index, hinted);
+        }
+    }
 }
 
 /// Expert weights for the CPU: the package bytes in place, or a blob source's copy.

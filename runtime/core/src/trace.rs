@@ -42,6 +42,13 @@ pub trait Tracer {
     /// source can tell ([`crate::BlobSource::holds`]).
     #[inline(always)]
     fn cache_access(&mut self, _blob: u32, _hit: bool) {}
+    /// Speculative prefetch ([`crate::Session::with_prefetch_topk`]) predicts
+    /// that the next MoE layer of this step will fetch expert blob `blob`;
+    /// `hinted` says whether the prefetch hook was asked for it (false: the
+    /// blob source already holds it). Sent before that layer runs, so a
+    /// tracer can score the prediction against its `expert_fetch` events.
+    #[inline(always)]
+    fn expert_predicted(&mut self, _blob: u32, _hinted: bool) {}
 }
 
 /// The tracer that records nothing.
@@ -82,6 +89,10 @@ impl<T: Tracer + ?Sized> Tracer for &mut T {
     #[inline(always)]
     fn cache_access(&mut self, blob: u32, hit: bool) {
         (**self).cache_access(blob, hit);
+    }
+    #[inline(always)]
+    fn expert_predicted(&mut self, blob: u32, hinted: bool) {
+        (**self).expert_predicted(blob, hinted);
     }
 }
 

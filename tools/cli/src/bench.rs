@@ -80,6 +80,16 @@ pub struct Args {
     /// the package on a miss; the table gains the decode's hit rate.
     #[arg(long, value_name = "BYTES|N%")]
     pub expert_budget: Option<String>,
+    /// Language models: expert readers to compare (comma-separated: mmap,
+    /// pread), each its own rows, interleaved in one run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "mmap")]
+    pub reader: Vec<crate::stream::ReaderKind>,
+    /// Language models: speculative prefetch settings to compare
+    /// (comma-separated experts per token; 0: off), each its own rows,
+    /// interleaved in one run. Default: the model's top-k with
+    /// --expert-budget, else 0.
+    #[arg(long, value_delimiter = ',', value_name = "K,...", value_parser = crate::util::within(0..=256usize))]
+    pub prefetch_topk: Vec<usize>,
 }
 
 /// One configuration's measurements.
@@ -513,7 +523,12 @@ pub fn main(a: &Args) -> Result<()> {
             &a.threads,
             (pp, tg),
             a.repetitions,
-            a.expert_budget.as_deref(),
+            crate::bench_llm::IoSettings {
+                budget: a.expert_budget.as_deref(),
+                readers: &a.reader,
+                topk: &a.prefetch_topk,
+                paths: &a.files,
+            },
         )?;
         crate::bench_llm::print(&report, &a.output)?;
         if let Some(dir) = &a.out {

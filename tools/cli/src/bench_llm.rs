@@ -18,7 +18,9 @@ use serde::Serialize;
 use taskpath_checkpoint::SplitMix64;
 use taskpath_profile::stats::{mean, stddev};
 use taskpath_runtime::pool::{ThreadPool, MAX_THREADS};
-use taskpath_runtime::{AlignedArena, MappedModel, ResidencyCache, Session};
+use taskpath_runtime::{AlignedArena, MappedModel, Session};
+
+use crate::stream::{attach, model_top_k, Parts, Probe, ReaderKind, StreamOpts};
 
 use crate::util::outln;
 
@@ -40,6 +42,44 @@ pub struct LlmRow {
     /// With `--expert-budget`: the expert cache's budget in bytes and hit
     /// rate over the row's timed repetitions.
     pub cache: Option<(usize, f64)>,
+    /// The expert reader ("mmap", or the pread reader's mode).
+    pub reader: String,
+    /// Experts per token of speculative prefetch (0: off).
+    pub prefetch_topk: usize,
+    /// Expert I/O per token over the timed repetitions (with a cache, a
+    /// pread reader or prefetch).
+    pub io: Option<IoRow>,
+}
+
+/// Expert I/O of a row, per token, over its timed repetitions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoRow {
+    /// Time stalled on expert bytes, ms.
+    pub stall_ms: f64,
+    /// Bytes read from storage (/proc/self/io; all threads).
+    pub storage_bytes: f64,
+    /// (1 - hit rate) x active expert bytes.
+    pub ideal_bytes: f64,
+    /// Speculative prefetch: predicted share of the experts used.
+    pub recall: f64,
+    /// Bytes hinted for a layer that then did not use them.
+    pub wasted_bytes: f64,
+    /// Bytes hinted.
+    pub hinted_bytes: f64,
+}
+
+/// Expert I/O settings of a bench: each reader x prefetch setting is a
+/// session of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct IoSettings<'a> {
+    /// `--expert-budget`.
+    pub budget: Option<&'a str>,
+    /// `--reader`.
+    pub readers: &'a [ReaderKind],
+    /// `--prefetch-topk` (empty: the default).
+    pub topk: &'a [usize],
+    /// The package files, in `mapped`'s order.
+    pub paths: &'a [std::path::PathBuf],
 }
 
 /// What an LLM bench prints and writes.
@@ -76,6 +116,8 @@ struct Bench<'m> {
     label: String,
     bytes: u64,
     budget: Option<usize>,
+    opts: StreamOpts,
+    probe: Probe,
     session: Session<'m, 'm>,
     chunk: usize,
     vocab: usize,
@@ -97,9 +139,11 @@ impl Bench<'_> {
             .collect();
         let mut bytes = 0;
         let t0 = Instant::now();
-        // Hits are counted only with a cache (the tracer's cache query is
-        // skipped otherwise, so the unbudgeted timing is untouched).
-        let traced = self.budget.is_some();
+        // Hits are counted only with a cache, a reader or prefetch (the
+        // tracer's cache query is skipped otherwise, so the plain timing is
+        // untouched).
+        let traced =
+            self.budget.is_some() || self.opts.topk > 0 || self.opts.reader == ReaderKind::Pread;
         let mut step = |s: &mut Session<'_, '_>, ids: &[u32], l: &mut [f32]| {
             if traced {
                 s.step_traced(ids, l, &mut *hits)
@@ -121,14 +165,15 @@ impl Bench<'_> {
 }
 
 /// Runs the bench over language-model packages (`pp` prompt tokens, `tg`
-/// decode steps), each session's experts in a cache of `budget` when given.
+/// decode steps), one session per package x threads x reader x prefetch
+/// setting, each session's experts in a cache of `io.budget` when given.
 pub fn run(
     mapped: &[MappedModel],
     labels: &[String],
     threads: &[usize],
     (pp, tg): (usize, usize),
     reps: usize,
-    budget: Option<&str>,
+    io: IoSettings<'_>,
 ) -> Result<LlmReport> {
     ensure!(
         threads.iter().all(|&t| (1..=MAX_THREADS).contains(&t)),
@@ -143,62 +188,82 @@ pub fn run(
         .map(|&t| ThreadPool::new(t))
         .collect::<std::io::Result<_>>()
         .context("starting worker threads")?;
-    let mut arenas: Vec<AlignedArena> = Vec::new();
-    let mut cache_mem: Vec<AlignedArena> = Vec::new();
-    for m in &models {
+    // One configuration per session: (model, pool, reader, prefetch, budget).
+    let mut configs = Vec::new();
+    for (mi, m) in models.iter().enumerate() {
         let t = crate::generate::llm_task(m, None)?;
-        let bytes = budget
+        let budget = io
+            .budget
             .map(|b| crate::generate::expert_budget_bytes(m, b))
             .transpose()?;
-        for _ in threads {
-            arenas.push(AlignedArena::new(m.task(t)?.arena_bytes));
-            if let Some(b) = bytes {
-                cache_mem.push(AlignedArena::new(b));
+        let mut arena = AlignedArena::new(m.task(t)?.arena_bytes);
+        let k = model_top_k(&Session::new(m, t, arena.as_mut_slice())?);
+        let topks: Vec<usize> = if io.topk.is_empty() {
+            vec![if budget.is_some() { k } else { 0 }]
+        } else {
+            io.topk.to_vec()
+        };
+        for pi in 0..pools.len() {
+            for &reader in io.readers {
+                for &topk in &topks {
+                    configs.push((
+                        mi,
+                        pi,
+                        StreamOpts {
+                            budget,
+                            reader,
+                            topk,
+                        },
+                    ));
+                }
             }
         }
     }
-    let mut caches: Vec<ResidencyCache<'_>> = Vec::new();
-    let mut mem_iter = cache_mem.iter_mut();
-    for m in &models {
-        for _ in threads {
-            if let Some(mem) = mem_iter.next() {
-                caches.push(
-                    ResidencyCache::new(m, mem.as_mut_slice())
-                        .context("creating the expert cache")?,
-                );
-            }
-        }
+    let mut arenas: Vec<AlignedArena> = configs
+        .iter()
+        .map(|&(mi, _, _)| Ok(AlignedArena::new(models[mi].task(0)?.arena_bytes)))
+        .collect::<Result<_>>()?;
+    let mut parts: Vec<Parts<'_>> = configs
+        .iter()
+        .map(|&(mi, _, opts)| {
+            let path = io.paths.get(mi).context("internal: package path")?;
+            Parts::new(&models[mi], &mapped[mi], std::slice::from_ref(path), opts)
+        })
+        .collect::<Result<_>>()?;
+    let probes: Vec<Probe> = parts.iter().map(Parts::probe).collect();
+    let mut splits = Vec::new();
+    for (p, &(mi, _, _)) in parts.iter_mut().zip(&configs) {
+        splits.push(p.split(&models[mi])?);
     }
     let mut benches = Vec::new();
-    let mut arena_iter = arenas.iter_mut();
-    let mut cache_iter = caches.iter_mut();
-    for (m, (label, mm)) in models.iter().zip(labels.iter().zip(mapped)) {
-        for pool in &pools {
-            let arena = arena_iter.next().context("internal: arena count")?;
-            let mut session = Session::new(m, 0, arena.as_mut_slice())?.with_pool(pool);
-            let mut cache_budget = None;
-            if budget.is_some() {
-                let c = cache_iter.next().context("internal: cache count")?;
-                cache_budget = Some(c.budget());
-                session = session.with_blob_source(c)?;
-            }
-            let shape = session.plan().tokens().context("not a token-stream task")?;
-            ensure!(
+    for ((((mi, pi, opts), arena), (timed, hint)), probe) in configs
+        .iter()
+        .copied()
+        .zip(arenas.iter_mut())
+        .zip(splits.iter_mut())
+        .zip(probes)
+    {
+        let (m, label, mm) = (&models[mi], &labels[mi], &mapped[mi]);
+        let session = Session::new(m, 0, arena.as_mut_slice())?.with_pool(&pools[pi]);
+        let session = attach(session, timed.as_mut(), hint, opts)?;
+        let shape = session.plan().tokens().context("not a token-stream task")?;
+        ensure!(
             pp.max(tg) <= shape.context,
             "{label}: -p {pp} / -n {tg} exceed the package's context of {} (pack with a larger --context)",
             shape.context
         );
-            benches.push(Bench {
-                threads: pool.threads(),
-                label: label.clone(),
-                bytes: mm.bytes(0).map_or(0, |b| b.len() as u64),
-                budget: cache_budget,
-                session,
-                chunk: shape.capacity,
-                vocab: shape.vocab,
-                logits: vec![0f32; shape.vocab],
-            });
-        }
+        benches.push(Bench {
+            threads: pools[pi].threads(),
+            label: label.clone(),
+            bytes: mm.bytes(0).map_or(0, |b| b.len() as u64),
+            budget: opts.budget,
+            opts,
+            probe,
+            session,
+            chunk: shape.capacity,
+            vocab: shape.vocab,
+            logits: vec![0f32; shape.vocab],
+        });
     }
     let read_gb_s = read_bandwidth();
     let mut rows = Vec::new();
@@ -213,6 +278,9 @@ pub fn run(
                     tok_s: Vec::new(),
                     bytes_per_token: 0.0,
                     cache: b.budget.map(|b| (b, 0.0)),
+                    reader: b.probe.mode.clone(),
+                    prefetch_topk: b.opts.topk,
+                    io: None,
                 });
             }
         }
@@ -226,14 +294,33 @@ pub fn run(
         let mut row = 0;
         for b in &mut benches {
             for &(prefill, n) in &tests {
-                let mut hits = crate::generate::ExpertIo::default();
+                let mut hits = crate::generate::ExpertIo {
+                    model: Some(b.session.model()),
+                    ..Default::default()
+                };
+                let (stall0, read0) = (b.probe.stall(), crate::util::storage_read_bytes());
                 let (s, bytes) = b.once(prefill, n, &mut rng, &mut hits)?;
+                let read = read0
+                    .zip(crate::util::storage_read_bytes())
+                    .map_or(0, |(a, z)| z.saturating_sub(a));
                 if rep > 0 {
-                    rows[row].tok_s.push(n as f64 / s);
-                    rows[row].bytes_per_token = bytes as f64 / n as f64;
-                    if let Some((_, acc)) = &mut rows[row].cache {
+                    let r = &mut rows[row];
+                    r.tok_s.push(n as f64 / s);
+                    r.bytes_per_token = bytes as f64 / n as f64;
+                    if let Some((_, acc)) = &mut r.cache {
                         // Mean over the timed repetitions.
                         *acc += hits.hit_rate() / reps as f64;
+                    }
+                    if b.budget.is_some() || b.opts.topk > 0 || b.opts.reader == ReaderKind::Pread {
+                        let w = 1.0 / (reps * n) as f64;
+                        let t = hits.pred.total();
+                        let io = r.io.get_or_insert_with(IoRow::default);
+                        io.stall_ms += (b.probe.stall() - stall0).as_secs_f64() * 1e3 * w;
+                        io.storage_bytes += read as f64 * w;
+                        io.ideal_bytes += hits.missed_bytes as f64 * w;
+                        io.hinted_bytes += t.hinted_bytes as f64 * w;
+                        io.wasted_bytes += t.wasted_bytes as f64 * w;
+                        io.recall += t.recall() / reps as f64;
                     }
                 }
                 row += 1;
@@ -280,6 +367,29 @@ pub fn markdown(r: &LlmReport) -> String {
             budget,
             100.0 * hit
         ));
+    }
+    if r.rows.iter().any(|r| r.io.is_some()) {
+        s.push_str(
+            "\n\n| package | threads | test | reader | prefetch k' | stall ms/token | storage KiB/token | ideal KiB/token | storage / ideal | recall | hinted KiB/token | wasted KiB/token |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for row in &r.rows {
+            let Some(io) = &row.io else { continue };
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.3} | {:.1} | {:.1} | {:.2} | {:.1}% | {:.1} | {:.1} |\n",
+                row.package,
+                row.threads,
+                row.test,
+                row.reader,
+                row.prefetch_topk,
+                io.stall_ms,
+                io.storage_bytes / 1024.0,
+                io.ideal_bytes / 1024.0,
+                io.storage_bytes / io.ideal_bytes.max(1.0),
+                100.0 * io.recall,
+                io.hinted_bytes / 1024.0,
+                io.wasted_bytes / 1024.0
+            ));
+        }
     }
     s.push_str(&format!(
         "\nsingle-thread read bandwidth (this run): {:.2} GB/s\n",

@@ -252,6 +252,8 @@ fn language_model(a: &DemoArgs) -> Result<()> {
             ignore_eos: true,
             threads: 1,
             expert_budget: None,
+            reader: crate::stream::ReaderKind::Mmap,
+            prefetch_topk: None,
         })?;
     }
     Ok(())

@@ -12,6 +12,7 @@ use anyhow::{ensure, Context, Result};
 use taskpath_runtime::{AlignedArena, Model, ResidencyCache, RunStats, Session};
 
 use crate::sample::{Sampler, SamplerSettings};
+use crate::stream::{attach, model_top_k, Parts, Predictions, ReaderKind, StreamOpts};
 use crate::util::{bytes_or_percent, human_bytes, open_model, outln, storage_read_bytes};
 use crate::DeltaArgs;
 
@@ -57,6 +58,17 @@ pub struct Args {
     /// every expert in place from the mapped package.
     #[arg(long, value_name = "BYTES|N%")]
     pub expert_budget: Option<String>,
+    /// How missed experts are read: the memory map (madvise ahead, page
+    /// out after the copy) or `pread` on a background thread (`O_DIRECT`
+    /// where the filesystem allows it; the fallback is reported).
+    #[arg(long, value_enum, default_value_t = ReaderKind::Mmap)]
+    pub reader: ReaderKind,
+    /// Speculative prefetch: after each MoE layer routes, hint the next
+    /// layer's K most likely experts per token (its router applied to this
+    /// layer's hidden state); 0: off. Default: the model's top-k with
+    /// --expert-budget or --reader pread, else 0.
+    #[arg(long, value_name = "K", value_parser = crate::util::within(0..=256usize))]
+    pub prefetch_topk: Option<usize>,
 }
 
 /// A session's expert fetches and, with a cache, its hits and misses;
@@ -68,6 +80,8 @@ pub(crate) struct ExpertIo<'m> {
     pub misses: u64,
     pub fetched_bytes: u64,
     pub missed_bytes: u64,
+    /// Speculative prefetch's scores.
+    pub pred: Predictions,
 }
 
 impl ExpertIo<'_> {
@@ -86,6 +100,17 @@ impl ExpertIo<'_> {
 impl taskpath_runtime::Tracer for ExpertIo<'_> {
     fn expert_fetch(&mut self, blob: u32) {
         self.fetched_bytes += self.bytes(blob);
+        self.pred.fetched(blob);
+    }
+    fn expert_predicted(&mut self, blob: u32, hinted: bool) {
+        if let Some(m) = self.model {
+            self.pred.predicted(m, blob, hinted);
+        }
+    }
+    fn op_end(&mut self, _index: u32, op: &taskpath_runtime::format::Op) {
+        if let (taskpath_runtime::format::Op::MoeTokens { .. }, Some(m)) = (op, self.model) {
+            self.pred.op_end(m);
+        }
     }
     fn cache_access(&mut self, blob: u32, hit: bool) {
         if hit {
@@ -141,25 +166,32 @@ pub fn main(a: &Args) -> Result<()> {
     let tok = taskpath_pack::llm::package_tokenizer(&model)?;
     let info = model.task(task)?;
     let mut arena = AlignedArena::new(info.arena_bytes);
-    let mut cache_mem = Vec::new();
-    let mut fill_hint = taskpath_runtime::MmapPrefetch(&mapped);
-    let mut cache = match &a.expert_budget {
-        Some(b) => {
-            cache_mem.resize(expert_budget_bytes(&model, b)?, 0u8);
-            Some(
-                ResidencyCache::new(&model, &mut cache_mem)
-                    .context("creating the expert cache")?
-                    .with_fill_hint(&mut fill_hint),
-            )
-        }
-        None => None,
-    };
+    let budget = a
+        .expert_budget
+        .as_deref()
+        .map(|b| expert_budget_bytes(&model, b))
+        .transpose()?;
     let pool =
         taskpath_runtime::pool::ThreadPool::new(a.threads).context("starting worker threads")?;
-    let mut s = Session::new(&model, task, arena.as_mut_slice())?.with_pool(&pool);
-    if let Some(c) = cache.as_mut() {
-        s = s.with_blob_source(c)?;
-    }
+    let s = Session::new(&model, task, arena.as_mut_slice())?.with_pool(&pool);
+    let opts = StreamOpts {
+        budget,
+        reader: a.reader,
+        topk: a
+            .prefetch_topk
+            .unwrap_or(if budget.is_some() || a.reader == ReaderKind::Pread {
+                model_top_k(&s)
+            } else {
+                0
+            }),
+    };
+    let paths: Vec<PathBuf> = std::iter::once(a.file.clone())
+        .chain(a.deltas.deltas.iter().cloned())
+        .collect();
+    let mut parts = Parts::new(&model, &mapped, &paths, opts)?;
+    let probe = parts.probe();
+    let (mut timed, hint) = parts.split(&model)?;
+    let mut s = attach(s, timed.as_mut(), hint, opts)?;
     let shape = s
         .plan()
         .tokens()
@@ -210,6 +242,7 @@ pub fn main(a: &Args) -> Result<()> {
         ..Default::default()
     };
     let read0 = storage_read_bytes();
+    let stall0 = probe.stall();
     let t1 = Instant::now();
     let mut decode_s = 0.0;
     for _ in 0..a.n {
@@ -259,6 +292,8 @@ pub fn main(a: &Args) -> Result<()> {
         .zip(storage_read_bytes())
         .map(|(a, b)| b.saturating_sub(a));
     let per = |v: u64| human_bytes((v / steps as u64) as usize);
+    let decode_stall = probe.stall() - stall0;
+    let cache = s.blob_source().and_then(|b| b.cache_stats());
     if cache.is_some() {
         outln!(
             "decode, expert cache: hit rate {:.1}% ({} of {} expert fetches); active expert bytes {} per token; ideal reads (1 - hit rate) x active = {} per token; read from storage {} per token",
@@ -275,11 +310,35 @@ pub fn main(a: &Args) -> Result<()> {
             per(r)
         );
     }
-    if let Some(c) = &cache {
-        let st = c.stats();
+    if s.blob_source().is_some() {
+        outln!(
+            "decode, expert reader {}: stalled on expert bytes {:.3} ms per token ({:.1}% of decode time)",
+            probe.mode,
+            decode_stall.as_secs_f64() * 1e3 / steps as f64,
+            100.0 * decode_stall.as_secs_f64() / decode_s.max(1e-9)
+        );
+    }
+    if opts.topk > 0 {
+        outln!(
+            "decode, speculative prefetch of the next layer's top-{}: {}",
+            opts.topk,
+            io.pred.summary(steps)
+        );
+    }
+    if let Some(r) = probe.reader() {
+        outln!(
+            "pread reader: {} read ahead and used when ready, {} waited for, {} read on demand; {} read ahead, {} of it discarded unused",
+            r.ready,
+            r.waited,
+            r.direct,
+            human_bytes(r.ahead_bytes as usize),
+            human_bytes(r.stale_bytes as usize)
+        );
+    }
+    if let (Some(st), Some(b)) = (cache, budget) {
         outln!(
             "expert cache {}: hit rate {:.1}% ({} hits, {} misses, {} evictions, {} copied)",
-            human_bytes(c.budget()),
+            human_bytes(b),
             100.0 * st.hits as f64 / (st.hits + st.misses).max(1) as f64,
             st.hits,
             st.misses,

@@ -24,6 +24,7 @@ mod routes;
 mod routes_llm;
 mod run;
 mod sample;
+mod stream;
 mod util;
 mod verify;
 
