@@ -270,6 +270,13 @@ pub fn verify_package(
         .map_err(|_| SignatureError::BadSignature)
 }
 
+/// Whether `key` is a valid ed25519 public key (a point on the curve),
+/// which [`verify_package`] needs.
+#[cfg(feature = "signing")]
+pub fn is_valid_public_key(key: &[u8; PUBLIC_KEY_LEN]) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(key).is_ok()
+}
+
 /// The ed25519 public key of a 32-byte secret key (RFC 8032 seed).
 #[cfg(feature = "std")]
 pub fn public_key(secret: &[u8; 32]) -> [u8; PUBLIC_KEY_LEN] {
