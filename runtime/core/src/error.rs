@@ -133,11 +133,16 @@ pub enum Error {
     },
     /// More packages than [`crate::MAX_CHAIN`].
     ChainTooLong,
-    /// A required public key that is not a valid ed25519 key.
+    /// A required public key that is not a valid ed25519 key. (The four
+    /// signature errors exist only with the `signing` feature, which alone
+    /// can produce them: the f32-only firmware keeps their text out of flash.)
+    #[cfg(feature = "signing")]
     InvalidKey,
     /// A key was required and the package has no signature record.
+    #[cfg(feature = "signing")]
     Unsigned,
     /// The package is signed by another key than the one required.
+    #[cfg(feature = "signing")]
     KeyMismatch {
         /// The first 8 bytes of the key its signature record names.
         found: [u8; 8],
@@ -145,6 +150,7 @@ pub enum Error {
     /// The signature names the required key but does not verify over the
     /// package bytes: they changed after signing (even with every checksum
     /// re-sealed), or the signature is forged.
+    #[cfg(feature = "signing")]
     BadSignature,
     /// An I/O error (std only): what was being done.
     Io(&'static str),
@@ -194,9 +200,13 @@ impl Error {
             Self::InvalidProgram { .. } => ErrorCode::InvalidProgram,
             Self::DeltaMismatch { .. } => ErrorCode::DeltaMismatch,
             Self::ChainTooLong => ErrorCode::ChainTooLong,
+            #[cfg(feature = "signing")]
             Self::InvalidKey => ErrorCode::InvalidKey,
+            #[cfg(feature = "signing")]
             Self::Unsigned => ErrorCode::Unsigned,
+            #[cfg(feature = "signing")]
             Self::KeyMismatch { .. } => ErrorCode::KeyMismatch,
+            #[cfg(feature = "signing")]
             Self::BadSignature => ErrorCode::BadSignature,
             Self::Io(_) => ErrorCode::Io,
             Self::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
@@ -211,6 +221,7 @@ impl From<FormatError> for Error {
     }
 }
 
+#[cfg(feature = "signing")]
 impl From<taskpath_format::signature::SignatureError> for Error {
     fn from(e: taskpath_format::signature::SignatureError) -> Self {
         use taskpath_format::signature::SignatureError as S;
@@ -262,10 +273,13 @@ impl fmt::Display for Error {
             Self::InvalidProgram { op, why } => write!(f, "invalid op program at op {op}: {why}"),
             Self::DeltaMismatch { why } => write!(f, "delta pack does not match its base: {why}"),
             Self::ChainTooLong => write!(f, "too many packages in one chain (max {})", crate::MAX_CHAIN),
+            #[cfg(feature = "signing")]
             Self::InvalidKey => f.write_str("the public key given is not a valid ed25519 key"),
+            #[cfg(feature = "signing")]
             Self::Unsigned => f.write_str(
                 "unsigned package: a signature by the required key is needed, and the package has none",
             ),
+            #[cfg(feature = "signing")]
             Self::KeyMismatch { found } => {
                 f.write_str("the package is signed by another key (fingerprint ")?;
                 for b in found {
@@ -273,6 +287,7 @@ impl fmt::Display for Error {
                 }
                 f.write_str(") than the one required")
             }
+            #[cfg(feature = "signing")]
             Self::BadSignature => f.write_str(
                 "bad signature: the package was modified after it was signed (or the signature is forged)",
             ),
