@@ -1218,7 +1218,8 @@ fn open_verified_accepts_its_signer_and_refuses_each_other_case_with_its_own_sta
     // A signed package still opens without a key (the record is invisible).
     close(common::open(base.as_slice()));
 
-    let cases: [(&[u8], Option<&[u8]>, [u8; 32], tp_status, &str); 4] = [
+    type Case<'a> = (&'a [u8], Option<&'a [u8]>, [u8; 32], tp_status, &'a str);
+    let cases: [Case<'_>; 4] = [
         (
             f.base.as_slice(),
             None,
