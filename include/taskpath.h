@@ -144,6 +144,11 @@ enum tp_status
    */
   TP_ERR_TASK_KIND = 22,
   /*
+   The public key given to `tp_model_open_verified` (or
+   `tp_model_open_file_verified`) is not a valid ed25519 public key.
+   */
+  TP_ERR_INVALID_KEY = 23,
+  /*
    An input value is NaN or infinite, or the task computed one for an
    output (`tp_last_error` names which): the outputs of that call are
    not to be used.
@@ -210,6 +215,20 @@ enum tp_status
    More packages in one chain than the runtime supports (8).
    */
   TP_ERR_CHAIN_TOO_LONG = 51,
+  /*
+   A signature was required and the package (or a delta pack) has none.
+   */
+  TP_ERR_UNSIGNED = 52,
+  /*
+   The package is signed by another key than the one required
+   (`tp_last_error` names the signer's key fingerprint).
+   */
+  TP_ERR_KEY_MISMATCH = 53,
+  /*
+   The signature does not verify over the package bytes: they were
+   modified after signing (checksums re-sealed or not), or it is forged.
+   */
+  TP_ERR_BAD_SIGNATURE = 54,
   /*
    A file could not be opened or memory-mapped.
    */
@@ -630,6 +649,31 @@ tp_status tp_model_open_memory(const uint8_t *data,
                                struct tp_model **out);
 
 /*
+ `tp_model_open_memory` for a package that must be signed by
+ `public_key` (32 bytes, an ed25519 public key; docs/FORMAT.md,
+ "Signature record"). The package and every delta pack in
+ `config->deltas` must each carry a signature by that key, checked over
+ their exact bytes before they are parsed (after the copy, with
+ `TP_MODEL_COPY`). Refusals, each with its own status:
+ `TP_ERR_UNSIGNED` (no signature), `TP_ERR_KEY_MISMATCH` (signed by
+ another key; `tp_last_error` names its fingerprint),
+ `TP_ERR_BAD_SIGNATURE` (modified after signing, even with every
+ checksum re-sealed), `TP_ERR_INVALID_KEY` (`public_key` is no valid
+ key). The signature record lies right after the package's `file_len`
+ bytes: `len` must include it. Hashes each package once (SHA-512);
+ allocates as `tp_model_open_memory` does.
+
+ # Safety
+ As `tp_model_open_memory`; `public_key` is NULL or points to 32
+ readable bytes (not retained).
+ */
+tp_status tp_model_open_verified(const uint8_t *data,
+                                 size_t len,
+                                 const uint8_t *public_key,
+                                 const struct tp_model_config *config,
+                                 struct tp_model **out);
+
+/*
  Opens a package file by memory-mapping it (read-only, shared). Pages are
  read from the file only when a session touches them.
 
@@ -650,6 +694,21 @@ tp_status tp_model_open_memory(const uint8_t *data,
 tp_status tp_model_open_file(const char *path,
                              const struct tp_model_config *config,
                              struct tp_model **out);
+
+/*
+ `tp_model_open_file` for a package (and delta pack files in
+ `config->delta_paths`) that must be signed by `public_key`, with the
+ refusals of `tp_model_open_verified`. Reads every byte of every file
+ once at open (the signature covers them all).
+
+ # Safety
+ As `tp_model_open_file`; `public_key` is NULL or points to 32 readable
+ bytes (not retained).
+ */
+tp_status tp_model_open_file_verified(const char *path,
+                                      const uint8_t *public_key,
+                                      const struct tp_model_config *config,
+                                      struct tp_model **out);
 
 /*
  Closes a model and sets `*model` to NULL. Unmaps files and frees

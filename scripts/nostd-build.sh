@@ -60,6 +60,10 @@ rm -rf "$TD/model"
 "$TP" gen-random "$TD/model/ck" --shape small --seed 3 --train-samples 8 --test-samples 2 >/dev/null
 "$TP" pack "$TD/model/ck" -o "$TD/model/model.tpk"
 PKG_BYTES=$(stat -c %s "$TD/model/model.tpk")
+# The same package signed with the committed TEST-ONLY key (firmware/keys/),
+# for the image that verifies its package (--features signed).
+"$TP" pack "$TD/model/ck" -o "$TD/model/model-signed.tpk" --sign "$ROOT/firmware/keys/TEST-ONLY.key"
+SIGNED_BYTES=$(stat -c %s "$TD/model/model-signed.tpk")
 
 # opt-level of the firmware images: s (the profile's) unless NOSTD_OPT says.
 OPT=${NOSTD_OPT:-s}
@@ -67,22 +71,24 @@ step "firmware image and baseline (firmware/, its own workspace, opt-level $OPT)
 build_fw() { # $1 = output name, rest = extra cargo args
     local name=$1
     shift
-    (cd firmware && TASKPATH_FIRMWARE_PACKAGE="$TD/model/model.tpk" \
+    (cd firmware && TASKPATH_FIRMWARE_PACKAGE="${FW_PACKAGE:-$TD/model/model.tpk}" \
+        TASKPATH_FIRMWARE_PUBKEY="$ROOT/firmware/keys/TEST-ONLY.pub" \
         CARGO_PROFILE_RELEASE_OPT_LEVEL="$OPT" dcargo build -Zbuild-std=core,alloc --release --target-dir "$TD" "$@")
     cp "$TD/$TARGET/release/taskpath-firmware" "$FW/$name.elf"
 }
 build_fw taskpath-firmware
 build_fw with-quant --features quant
 build_fw baseline --features baseline
+FW_PACKAGE="$TD/model/model-signed.tpk" build_fw signed --features signed
 
 step "section sizes (arm-none-eabi-size -A)"
-for elf in taskpath-firmware with-quant; do
+for elf in taskpath-firmware with-quant signed; do
     echo "$elf.elf:"
     arm-none-eabi-size -A "$FW/$elf.elf" | grep -E '^(section|\.vector_table|\.text|\.rodata|\.data|\.bss) '
 done
-python3 - "$FW" "$PKG_BYTES" "$OPT" <<'EOF' | tee "$FW/sizes.md"
+python3 - "$FW" "$PKG_BYTES" "$OPT" "$SIGNED_BYTES" <<'EOF' | tee "$FW/sizes.md"
 import subprocess, sys, collections
-fw, pkg, opt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+fw, pkg, opt, signed_pkg = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 print(f"opt-level {opt}, package {pkg} bytes\n")
 def sections(elf):
     out = subprocess.run(["arm-none-eabi-size", "-A", elf], capture_output=True, text=True, check=True).stdout
@@ -100,13 +106,16 @@ for n in names:
     a, q, b = full.get(n, 0), quant.get(n, 0), base.get(n, 0)
     print(f"| {n} | {a} | {q} | {b} | {a - b} | {q - b} |")
 flash = lambda s: sum(s.get(n, 0) for n in [".vector_table", ".text", ".rodata", ".data"])
-own = lambda s: (s[".text"] - base[".text"]) + (s[".rodata"] - pkg - base[".rodata"]) + (s.get(".data", 0) - base.get(".data", 0))
+own = lambda s, p=pkg: (s[".text"] - base[".text"]) + (s[".rodata"] - p - base[".rodata"]) + (s.get(".data", 0) - base.get(".data", 0))
 code, qcode = own(full), own(quant)
+signed = sections(f"{fw}/signed.elf")
+scode = own(signed, signed_pkg)
 print()
 print(f"- package (weights + tables) in .rodata: {pkg} bytes")
 print(f"- flash, whole image: {flash(full)} bytes f32 only, {flash(quant)} with `quant`; baseline: {flash(base)} bytes")
 print(f"- runtime's own flash (code + constants, without the package), f32 only: {code} bytes = {code / 1024:.1f} KiB (goal: < 64 KiB)")
 print(f"- runtime's own flash with the quantized kernels (`--features quant`): {qcode} bytes = {qcode / 1024:.1f} KiB")
+print(f"- runtime's own flash with the signature check (`--features signed`, f32 only; package {signed_pkg} bytes with its 112-byte signature record): {scode} bytes = {scode / 1024:.1f} KiB; the check (SHA-512 + ed25519 verify + SysTick timing) adds {scode - code} bytes")
 print(f"- RAM (.data + .bss): {full.get('.data', 0) + full.get('.bss', 0)} bytes (16 KiB arena: plan + slots, + 4 KiB inputs, static)")
 
 # Where the image's code goes, by crate (symbol sizes; LTO inlines across
@@ -141,6 +150,29 @@ if command -v qemu-system-arm >/dev/null; then
         -semihosting-config enable=on,target=native -kernel "$FW/taskpath-firmware.elf" |
         tee "$FW/qemu.txt"
     grep -qx ok "$FW/qemu.txt" || { echo "nostd: the firmware did not finish with ok" >&2; exit 1; }
+
+    step "signed image: verify the embedded package's signature (qemu -icount shift=0)"
+    # -icount shift=0: virtual time advances 1 ns per instruction, so
+    # SysTick on the board's 1 MHz reference clock ticks once per 1000
+    # instructions: ticks x 1000 is the instruction count of the check (not
+    # real-hardware cycles: qemu models no pipeline, flash wait states or
+    # caches).
+    start=$(date +%s.%N)
+    timeout 300 qemu-system-arm -M mps2-an386 -nographic -icount shift=0 \
+        -semihosting-config enable=on,target=native -kernel "$FW/signed.elf" >"$FW/qemu-signed.txt"
+    end=$(date +%s.%N)
+    grep -E '^(verify|package|ok|FAILED)' "$FW/qemu-signed.txt"
+    grep -qx ok "$FW/qemu-signed.txt" || { echo "nostd: the signed firmware did not finish with ok" >&2; exit 1; }
+    ticks=$(sed -n 's/^verify firmware: signature ok, \([0-9]*\) ticks$/\1/p' "$FW/qemu-signed.txt")
+    [ -n "$ticks" ] && [ "$ticks" -gt 0 ] || { echo "nostd: the signed firmware printed no verify time" >&2; exit 1; }
+    python3 - "$ticks" "$start" "$end" "$SIGNED_BYTES" <<'EOF' | tee -a "$FW/sizes.md"
+import sys
+t, a, b, n = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+print(f"- signature check of the {n}-byte signed package on qemu mps2-an386 (-icount shift=0): "
+      f"{t} SysTick reference-clock ticks = about {t * 1000 / 1e6:.1f} M instructions "
+      f"(about {t * 1000 / 25e6 * 1e3:.0f} ms at 25 MHz, {t * 1000 / 168e6 * 1e3:.0f} ms at 168 MHz, if each took one cycle; not a hardware measurement); "
+      f"whole qemu run {b - a:.1f} s wall")
+EOF
 
     step "firmware outputs vs taskpath run on the host (same inputs)"
     python3 - "$FW" "$TD/model/model.tpk" "$TP" <<'EOF'

@@ -11,6 +11,13 @@
 //!
 //! With `--features baseline` the runtime is not called: the difference in
 //! section sizes between the two images is what the runtime costs.
+//!
+//! With `--features signed` the package is opened with
+//! `Model::from_bytes_verified` and the public key of
+//! `$TASKPATH_FIRMWARE_PUBKEY` (scripts/nostd-build.sh: the TEST-ONLY key in
+//! firmware/keys/), timed with SysTick on the core clock:
+//! `verify firmware: signature ok, T ticks` (SysTick reference clock) (plus a check that another key
+//! is refused with `KeyMismatch`).
 #![no_std]
 #![no_main]
 
@@ -36,6 +43,72 @@ struct Aligned<T: ?Sized>(T);
 /// The package, in flash, aligned as `Model::from_bytes` needs.
 #[cfg(not(feature = "baseline"))]
 static PACKAGE: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("TASKPATH_FIRMWARE_PACKAGE")));
+
+/// The ed25519 public key the embedded package must be signed by.
+#[cfg(feature = "signed")]
+const PUBLIC_KEY: [u8; 32] = include!(concat!(env!("OUT_DIR"), "/public_key.rs"));
+
+/// SysTick wraps (every 2^24 core-clock ticks) while timing the check.
+#[cfg(feature = "signed")]
+static WRAPS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+#[cfg(feature = "signed")]
+#[cortex_m_rt::exception]
+fn SysTick() {
+    WRAPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Opens the package with its signature checked, timing the open with
+/// SysTick on its reference clock (1 MHz on qemu's MPS2 boards; counting
+/// down from 2^24 - 1, wraps counted). The core clock wrapped unseen under
+/// qemu, so the slower reference clock is used: no wrap for 16 s.
+#[cfg(feature = "signed")]
+fn open_verified(out: &mut Out) -> Option<taskpath_runtime::Model<'static>> {
+    use cortex_m::peripheral::syst::SystClkSource;
+    use core::sync::atomic::Ordering;
+    use taskpath_runtime::{Error, Model};
+
+    // Another key first (no hashing: the record names the signer).
+    let mut other = PUBLIC_KEY;
+    other[0] ^= 1;
+    match Model::from_bytes_verified(&PACKAGE.0, &other) {
+        Err(Error::KeyMismatch { .. }) | Err(Error::InvalidKey) => {}
+        Ok(_) => {
+            let _ = writeln!(out, "verify firmware: a package signed by another key was accepted");
+            return None;
+        }
+        Err(e) => {
+            let _ = writeln!(out, "verify firmware: another key gave the wrong error: {e}");
+            return None;
+        }
+    }
+    let mut p = cortex_m::Peripherals::take()?;
+    p.SYST.set_clock_source(SystClkSource::External);
+    p.SYST.set_reload(0x00FF_FFFF);
+    p.SYST.clear_current();
+    p.SYST.enable_interrupt();
+    p.SYST.enable_counter();
+    // The cleared counter reloads to 2^24 - 1 on its first tick: start
+    // after that, so the reload is not taken for a wrap.
+    while cortex_m::peripheral::SYST::get_current() == 0 {}
+    WRAPS.store(0, Ordering::Relaxed);
+    let start = cortex_m::peripheral::SYST::get_current();
+    let model = Model::from_bytes_verified(&PACKAGE.0, &PUBLIC_KEY);
+    let end = cortex_m::peripheral::SYST::get_current();
+    p.SYST.disable_counter();
+    let wraps = WRAPS.load(Ordering::Relaxed);
+    let ticks = (i64::from(wraps) << 24) + i64::from(start) - i64::from(end);
+    match model {
+        Ok(m) => {
+            let _ = writeln!(out, "verify firmware: signature ok, {ticks} ticks");
+            Some(m)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "verify firmware: {e}");
+            None
+        }
+    }
+}
 
 /// Same formula as examples/firmware-c: small dyadic values, exact in f32.
 fn input_value(task: usize, input: usize, j: usize) -> f32 {
@@ -81,8 +154,15 @@ fn run(out: &mut Out, arena: &mut [u8], inputs: &mut [[f32; MAX_INPUT]; MAX_INPU
 
 #[cfg(not(feature = "baseline"))]
 fn run(out: &mut Out, arena: &mut [u8], inputs: &mut [[f32; MAX_INPUT]; MAX_INPUTS]) -> bool {
-    use taskpath_runtime::{Model, Session};
+    #[cfg(not(feature = "signed"))]
+    use taskpath_runtime::Model;
+    use taskpath_runtime::Session;
 
+    #[cfg(feature = "signed")]
+    let Some(model) = open_verified(out) else {
+        return false;
+    };
+    #[cfg(not(feature = "signed"))]
     let model = match Model::from_bytes(&PACKAGE.0) {
         Ok(m) => m,
         Err(e) => {

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     ContextFull = 0x15,
     /// `run` on a token-stream task, or `step` on a fixed-shape one.
     TaskKind = 0x16,
+    /// A required public key that is not a valid ed25519 key.
+    InvalidKey = 0x17,
     /// The arena is smaller than the task's plan.
     ArenaTooSmall = 0x20,
     /// The arena is not aligned for f32.
@@ -38,6 +40,12 @@ pub enum ErrorCode {
     DeltaMismatch = 0x32,
     /// Too many packages in one chain.
     ChainTooLong = 0x33,
+    /// A key was required and the package carries no signature.
+    Unsigned = 0x34,
+    /// The package is signed by another key than the one required.
+    KeyMismatch = 0x35,
+    /// The signature does not verify: the package changed after signing.
+    BadSignature = 0x36,
     /// An I/O error opening or mapping a file (std only).
     Io = 0x40,
     /// A weight format this build or this CPU cannot run.
@@ -125,6 +133,25 @@ pub enum Error {
     },
     /// More packages than [`crate::MAX_CHAIN`].
     ChainTooLong,
+    /// A required public key that is not a valid ed25519 key. (The four
+    /// signature errors exist only with the `signing` feature, which alone
+    /// can produce them: the f32-only firmware keeps their text out of flash.)
+    #[cfg(feature = "signing")]
+    InvalidKey,
+    /// A key was required and the package has no signature record.
+    #[cfg(feature = "signing")]
+    Unsigned,
+    /// The package is signed by another key than the one required.
+    #[cfg(feature = "signing")]
+    KeyMismatch {
+        /// The first 8 bytes of the key its signature record names.
+        found: [u8; 8],
+    },
+    /// The signature names the required key but does not verify over the
+    /// package bytes: they changed after signing (even with every checksum
+    /// re-sealed), or the signature is forged.
+    #[cfg(feature = "signing")]
+    BadSignature,
     /// An I/O error (std only): what was being done.
     Io(&'static str),
     /// A weight format with no kernel here.
@@ -173,6 +200,14 @@ impl Error {
             Self::InvalidProgram { .. } => ErrorCode::InvalidProgram,
             Self::DeltaMismatch { .. } => ErrorCode::DeltaMismatch,
             Self::ChainTooLong => ErrorCode::ChainTooLong,
+            #[cfg(feature = "signing")]
+            Self::InvalidKey => ErrorCode::InvalidKey,
+            #[cfg(feature = "signing")]
+            Self::Unsigned => ErrorCode::Unsigned,
+            #[cfg(feature = "signing")]
+            Self::KeyMismatch { .. } => ErrorCode::KeyMismatch,
+            #[cfg(feature = "signing")]
+            Self::BadSignature => ErrorCode::BadSignature,
             Self::Io(_) => ErrorCode::Io,
             Self::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
             Self::UnsupportedOp { .. } => ErrorCode::UnsupportedOp,
@@ -183,6 +218,24 @@ impl Error {
 impl From<FormatError> for Error {
     fn from(e: FormatError) -> Self {
         Self::Format(e)
+    }
+}
+
+#[cfg(feature = "signing")]
+impl From<taskpath_format::signature::SignatureError> for Error {
+    fn from(e: taskpath_format::signature::SignatureError) -> Self {
+        use taskpath_format::signature::SignatureError as S;
+        match e {
+            S::Unsigned => Self::Unsigned,
+            S::KeyMismatch { found } => {
+                let mut f = [0u8; 8];
+                f.copy_from_slice(&found[..8]);
+                Self::KeyMismatch { found: f }
+            }
+            S::BadSignature => Self::BadSignature,
+            S::InvalidKey => Self::InvalidKey,
+            S::Format(e) => Self::Format(e),
+        }
     }
 }
 
@@ -220,6 +273,24 @@ impl fmt::Display for Error {
             Self::InvalidProgram { op, why } => write!(f, "invalid op program at op {op}: {why}"),
             Self::DeltaMismatch { why } => write!(f, "delta pack does not match its base: {why}"),
             Self::ChainTooLong => write!(f, "too many packages in one chain (max {})", crate::MAX_CHAIN),
+            #[cfg(feature = "signing")]
+            Self::InvalidKey => f.write_str("the public key given is not a valid ed25519 key"),
+            #[cfg(feature = "signing")]
+            Self::Unsigned => f.write_str(
+                "unsigned package: a signature by the required key is needed, and the package has none",
+            ),
+            #[cfg(feature = "signing")]
+            Self::KeyMismatch { found } => {
+                f.write_str("the package is signed by another key (fingerprint ")?;
+                for b in found {
+                    write!(f, "{b:02x}")?;
+                }
+                f.write_str(") than the one required")
+            }
+            #[cfg(feature = "signing")]
+            Self::BadSignature => f.write_str(
+                "bad signature: the package was modified after it was signed (or the signature is forged)",
+            ),
             Self::Io(what) => write!(f, "I/O error: {what}"),
             Self::UnsupportedFormat { format, name, missing } => write!(
                 f,

@@ -186,6 +186,27 @@ impl<'a> Model<'a> {
         Self::from_package(Package::parse(bytes)?)
     }
 
+    /// [`Model::from_bytes`] for a package that must be signed by `key` (an
+    /// ed25519 public key): the signature is checked first, over the exact
+    /// package bytes, and only then is the package parsed. Refuses an
+    /// unsigned package ([`Error::Unsigned`]), one signed by another key
+    /// ([`Error::KeyMismatch`]) and one whose bytes changed after signing,
+    /// checksums re-sealed or not ([`Error::BadSignature`]). Hashes the whole
+    /// package once (docs/FORMAT.md, "Signature record"); allocates nothing.
+    #[cfg(feature = "signing")]
+    pub fn from_bytes_verified(bytes: &'a [u8], key: &[u8; 32]) -> Result<Self> {
+        taskpath_format::signature::verify_package(bytes, key)?;
+        Self::from_bytes(bytes)
+    }
+
+    /// [`Model::with_delta`] for a delta pack that must be signed by `key`,
+    /// checked as [`Model::from_bytes_verified`] checks a base.
+    #[cfg(feature = "signing")]
+    pub fn with_delta_verified(self, bytes: &'a [u8], key: &[u8; 32]) -> Result<Self> {
+        taskpath_format::signature::verify_package(bytes, key)?;
+        self.with_delta(bytes)
+    }
+
     /// A model over an already validated base package.
     pub fn from_package(p: Package<'a>) -> Result<Self> {
         if p.is_delta() {

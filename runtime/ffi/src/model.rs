@@ -261,9 +261,25 @@ fn block_bytes(v: &[Block], len: usize) -> &'static [u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), len) }
 }
 
+/// Reads the 32-byte public key of a `*_verified` call.
+///
+/// # Safety
+/// `key` is NULL or points to 32 readable bytes.
+unsafe fn public_key(key: *const u8) -> Res<[u8; 32]> {
+    if key.is_null() {
+        return Err(Fail::null("public_key"));
+    }
+    let mut k = [0u8; 32];
+    // SAFETY: non-null; the caller guarantees 32 readable bytes. A byte
+    // pointer has no alignment requirement, and the bytes are copied.
+    k.copy_from_slice(unsafe { std::slice::from_raw_parts(key, 32) });
+    Ok(k)
+}
+
 fn open_memory(
     data: *const u8,
     len: usize,
+    key: Option<&[u8; 32]>,
     config: *const tp_model_config,
     out: *mut *mut tp_model,
 ) -> Res {
@@ -328,12 +344,17 @@ fn open_memory(
         }
         Storage::Borrowed
     };
-    let mut model =
-        Model::from_bytes(parts[0].0).map_err(|e| Fail::runtime(e, "opening the package"))?;
+    let mut model = match key {
+        Some(k) => Model::from_bytes_verified(parts[0].0, k),
+        None => Model::from_bytes(parts[0].0),
+    }
+    .map_err(|e| Fail::runtime(e, "opening the package"))?;
     for (bytes, what) in &parts[1..] {
-        model = model
-            .with_delta(bytes)
-            .map_err(|e| Fail::runtime(e, format!("adding {what}")))?;
+        model = match key {
+            Some(k) => model.with_delta_verified(bytes, k),
+            None => model.with_delta(bytes),
+        }
+        .map_err(|e| Fail::runtime(e, format!("adding {what}")))?;
     }
     finish_open(model, storage, flags, out)
 }
@@ -394,7 +415,12 @@ unsafe fn c_path(p: *const c_char, what: &str) -> Res<PathBuf> {
     }
 }
 
-fn open_file(path: *const c_char, config: *const tp_model_config, out: *mut *mut tp_model) -> Res {
+fn open_file(
+    path: *const c_char,
+    key: Option<&[u8; 32]>,
+    config: *const tp_model_config,
+    out: *mut *mut tp_model,
+) -> Res {
     // SAFETY: checked non-null; the caller guarantees it is writable.
     let out = unsafe { out_handle(out)? };
     // SAFETY: the caller guarantees config is NULL or a tp_model_config.
@@ -423,15 +449,18 @@ fn open_file(path: *const c_char, config: *const tp_model_config, out: *mut *mut
             deltas.push(unsafe { c_path(p, &format!("tp_model_config.delta_paths[{i}]"))? });
         }
     }
-    let mapped = MappedModel::open_with_deltas(&base, &deltas)
-        .map(Box::new)
-        .map_err(|e| {
-            let files: Vec<String> = std::iter::once(&base)
-                .chain(&deltas)
-                .map(|p| format!("{:?}", p.display().to_string()))
-                .collect();
-            Fail::runtime(e, format!("opening {}", files.join(" + ")))
-        })?;
+    let mapped = match key {
+        Some(k) => MappedModel::open_verified(&base, &deltas, k),
+        None => MappedModel::open_with_deltas(&base, &deltas),
+    }
+    .map(Box::new)
+    .map_err(|e| {
+        let files: Vec<String> = std::iter::once(&base)
+            .chain(&deltas)
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
+        Fail::runtime(e, format!("opening {}", files.join(" + ")))
+    })?;
     let ptr: *const MappedModel = &*mapped;
     // SAFETY: the MappedModel is boxed and stored in the tp_model next to the
     // view, so the mappings the view borrows live exactly as long as it does;
@@ -470,7 +499,42 @@ pub unsafe extern "C" fn tp_model_open_memory(
     out: *mut *mut tp_model,
 ) -> tp_status {
     guard("tp_model_open_memory", || {
-        open_memory(data, len, config, out)
+        open_memory(data, len, None, config, out)
+    })
+}
+
+/// `tp_model_open_memory` for a package that must be signed by
+/// `public_key` (32 bytes, an ed25519 public key; docs/FORMAT.md,
+/// "Signature record"). The package and every delta pack in
+/// `config->deltas` must each carry a signature by that key, checked over
+/// their exact bytes before they are parsed (after the copy, with
+/// `TP_MODEL_COPY`). Refusals, each with its own status:
+/// `TP_ERR_UNSIGNED` (no signature), `TP_ERR_KEY_MISMATCH` (signed by
+/// another key; `tp_last_error` names its fingerprint),
+/// `TP_ERR_BAD_SIGNATURE` (modified after signing, even with every
+/// checksum re-sealed), `TP_ERR_INVALID_KEY` (`public_key` is no valid
+/// key). The signature record lies right after the package's `file_len`
+/// bytes: `len` must include it. Hashes each package once (SHA-512);
+/// allocates as `tp_model_open_memory` does.
+///
+/// # Safety
+/// As `tp_model_open_memory`; `public_key` is NULL or points to 32
+/// readable bytes (not retained).
+#[no_mangle]
+pub unsafe extern "C" fn tp_model_open_verified(
+    data: *const u8,
+    len: usize,
+    public_key: *const u8,
+    config: *const tp_model_config,
+    out: *mut *mut tp_model,
+) -> tp_status {
+    guard("tp_model_open_verified", || {
+        // SAFETY: the caller guarantees `out` is NULL or writable; it is
+        // set to NULL first, so every failure below leaves it NULL.
+        unsafe { out_handle(out)? };
+        // SAFETY: the caller guarantees NULL or 32 readable bytes.
+        let key = unsafe { self::public_key(public_key)? };
+        open_memory(data, len, Some(&key), config, out)
     })
 }
 
@@ -496,7 +560,32 @@ pub unsafe extern "C" fn tp_model_open_file(
     config: *const tp_model_config,
     out: *mut *mut tp_model,
 ) -> tp_status {
-    guard("tp_model_open_file", || open_file(path, config, out))
+    guard("tp_model_open_file", || open_file(path, None, config, out))
+}
+
+/// `tp_model_open_file` for a package (and delta pack files in
+/// `config->delta_paths`) that must be signed by `public_key`, with the
+/// refusals of `tp_model_open_verified`. Reads every byte of every file
+/// once at open (the signature covers them all).
+///
+/// # Safety
+/// As `tp_model_open_file`; `public_key` is NULL or points to 32 readable
+/// bytes (not retained).
+#[no_mangle]
+pub unsafe extern "C" fn tp_model_open_file_verified(
+    path: *const c_char,
+    public_key: *const u8,
+    config: *const tp_model_config,
+    out: *mut *mut tp_model,
+) -> tp_status {
+    guard("tp_model_open_file_verified", || {
+        // SAFETY: the caller guarantees `out` is NULL or writable; it is
+        // set to NULL first, so every failure below leaves it NULL.
+        unsafe { out_handle(out)? };
+        // SAFETY: the caller guarantees NULL or 32 readable bytes.
+        let key = unsafe { self::public_key(public_key)? };
+        open_file(path, Some(&key), config, out)
+    })
 }
 
 /// Closes a model and sets `*model` to NULL. Unmaps files and frees

@@ -49,6 +49,9 @@ pub enum tp_status {
     /// The call does not fit the task's kind (`tp_session_step` on a
     /// fixed-shape task, `tp_session_run` on a language-model task).
     TP_ERR_TASK_KIND = 0x16,
+    /// The public key given to `tp_model_open_verified` (or
+    /// `tp_model_open_file_verified`) is not a valid ed25519 public key.
+    TP_ERR_INVALID_KEY = 0x17,
     /// An input value is NaN or infinite, or the task computed one for an
     /// output (`tp_last_error` names which): the outputs of that call are
     /// not to be used.
@@ -86,6 +89,14 @@ pub enum tp_status {
     TP_ERR_DELTA_MISMATCH = 0x32,
     /// More packages in one chain than the runtime supports (8).
     TP_ERR_CHAIN_TOO_LONG = 0x33,
+    /// A signature was required and the package (or a delta pack) has none.
+    TP_ERR_UNSIGNED = 0x34,
+    /// The package is signed by another key than the one required
+    /// (`tp_last_error` names the signer's key fingerprint).
+    TP_ERR_KEY_MISMATCH = 0x35,
+    /// The signature does not verify over the package bytes: they were
+    /// modified after signing (checksums re-sealed or not), or it is forged.
+    TP_ERR_BAD_SIGNATURE = 0x36,
     /// A file could not be opened or memory-mapped.
     TP_ERR_IO = 0x40,
     /// A weight format this build or this CPU has no kernel for.
@@ -114,6 +125,7 @@ impl tp_status {
             Self::TP_ERR_TOKEN_OUT_OF_RANGE => b"TP_ERR_TOKEN_OUT_OF_RANGE\0",
             Self::TP_ERR_CONTEXT_FULL => b"TP_ERR_CONTEXT_FULL\0",
             Self::TP_ERR_TASK_KIND => b"TP_ERR_TASK_KIND\0",
+            Self::TP_ERR_INVALID_KEY => b"TP_ERR_INVALID_KEY\0",
             Self::TP_ERR_NON_FINITE => b"TP_ERR_NON_FINITE\0",
             Self::TP_ERR_NULL_ARGUMENT => b"TP_ERR_NULL_ARGUMENT\0",
             Self::TP_ERR_STRUCT_SIZE => b"TP_ERR_STRUCT_SIZE\0",
@@ -129,6 +141,9 @@ impl tp_status {
             Self::TP_ERR_INVALID_PROGRAM => b"TP_ERR_INVALID_PROGRAM\0",
             Self::TP_ERR_DELTA_MISMATCH => b"TP_ERR_DELTA_MISMATCH\0",
             Self::TP_ERR_CHAIN_TOO_LONG => b"TP_ERR_CHAIN_TOO_LONG\0",
+            Self::TP_ERR_UNSIGNED => b"TP_ERR_UNSIGNED\0",
+            Self::TP_ERR_KEY_MISMATCH => b"TP_ERR_KEY_MISMATCH\0",
+            Self::TP_ERR_BAD_SIGNATURE => b"TP_ERR_BAD_SIGNATURE\0",
             Self::TP_ERR_IO => b"TP_ERR_IO\0",
             Self::TP_ERR_UNSUPPORTED_FORMAT => b"TP_ERR_UNSUPPORTED_FORMAT\0",
             Self::TP_ERR_UNSUPPORTED_OP => b"TP_ERR_UNSUPPORTED_OP\0",
@@ -136,7 +151,7 @@ impl tp_status {
     }
 }
 
-const ALL_STATUSES: [tp_status; 28] = [
+const ALL_STATUSES: [tp_status; 32] = [
     tp_status::TP_OK,
     tp_status::TP_ERR_PANIC,
     tp_status::TP_ERR_RUNTIME,
@@ -147,6 +162,7 @@ const ALL_STATUSES: [tp_status; 28] = [
     tp_status::TP_ERR_TOKEN_OUT_OF_RANGE,
     tp_status::TP_ERR_CONTEXT_FULL,
     tp_status::TP_ERR_TASK_KIND,
+    tp_status::TP_ERR_INVALID_KEY,
     tp_status::TP_ERR_NON_FINITE,
     tp_status::TP_ERR_NULL_ARGUMENT,
     tp_status::TP_ERR_STRUCT_SIZE,
@@ -162,6 +178,9 @@ const ALL_STATUSES: [tp_status; 28] = [
     tp_status::TP_ERR_INVALID_PROGRAM,
     tp_status::TP_ERR_DELTA_MISMATCH,
     tp_status::TP_ERR_CHAIN_TOO_LONG,
+    tp_status::TP_ERR_UNSIGNED,
+    tp_status::TP_ERR_KEY_MISMATCH,
+    tp_status::TP_ERR_BAD_SIGNATURE,
     tp_status::TP_ERR_IO,
     tp_status::TP_ERR_UNSUPPORTED_FORMAT,
     tp_status::TP_ERR_UNSUPPORTED_OP,
@@ -329,6 +348,7 @@ mod tests {
             ErrorCode::TokenOutOfRange,
             ErrorCode::ContextFull,
             ErrorCode::TaskKind,
+            ErrorCode::InvalidKey,
             ErrorCode::ArenaTooSmall,
             ErrorCode::ArenaMisaligned,
             ErrorCode::BudgetTooSmall,
@@ -336,6 +356,9 @@ mod tests {
             ErrorCode::InvalidProgram,
             ErrorCode::DeltaMismatch,
             ErrorCode::ChainTooLong,
+            ErrorCode::Unsigned,
+            ErrorCode::KeyMismatch,
+            ErrorCode::BadSignature,
             ErrorCode::Io,
             // Add new runtime codes here (and a tp_status of the same value);
             // until then they reach C as TP_ERR_RUNTIME.

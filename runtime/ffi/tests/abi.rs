@@ -1193,3 +1193,168 @@ fn last_error_is_never_null_and_status_names_are_static() {
     assert_eq!(name(TP_ERR_ARENA_TOO_SMALL), "TP_ERR_ARENA_TOO_SMALL");
     let _: *const c_char = tp_status_name(1234);
 }
+
+// ---------------------------------------------------------------- signatures
+
+/// Test keys (fixed seeds: tests only; `taskpath keygen` uses OS randomness).
+const SIGNER: [u8; 32] = [0x11; 32];
+const OTHER: [u8; 32] = [0x22; 32];
+
+fn signed(bytes: &[u8], secret: &[u8; 32]) -> AlignedArena {
+    AlignedArena::from_bytes(
+        &taskpath_runtime::format::signature::sign_package(bytes, secret).unwrap(),
+    )
+}
+
+#[test]
+fn open_verified_accepts_its_signer_and_refuses_each_other_case_with_its_own_status() {
+    use taskpath_runtime::format::signature::public_key;
+    let f = fixture();
+    let key = public_key(&SIGNER);
+    let base = signed(f.base.as_slice(), &SIGNER);
+    let delta = signed(f.delta.as_slice(), &SIGNER);
+    let other_delta = signed(f.delta.as_slice(), &OTHER);
+    let open = |pkg: &[u8], delta: Option<&[u8]>, key: &[u8; 32]| {
+        let d = delta.map(|d| tp_bytes {
+            data: d.as_ptr(),
+            len: d.len(),
+        });
+        let mut cfg = model_config();
+        if let Some(d) = &d {
+            cfg.deltas = d;
+            cfg.delta_count = 1;
+        }
+        let mut m = null_mut();
+        // SAFETY: valid bytes, key and config that outlive the call.
+        let s =
+            unsafe { tp_model_open_verified(pkg.as_ptr(), pkg.len(), key.as_ptr(), &cfg, &mut m) };
+        (s, m)
+    };
+    // Signed base + signed delta: opens, runs as the unsigned chain does.
+    let (s, m) = open(base.as_slice(), Some(delta.as_slice()), &key);
+    ok(s);
+    let i = info(m, 1);
+    let xs = inputs(&f.full, 1, 5);
+    let mut mem = arena(i.session_bytes);
+    let sess = create(m, 1, &mut mem);
+    let got = run(sess, &xs, i.outputs as usize);
+    let want = rust_outputs(f.base.as_slice(), &[f.delta.as_slice()], 1, &xs);
+    assert_eq!(bits(&got), bits(&want));
+    destroy(sess);
+    close(m);
+    // A signed package still opens without a key (the record is invisible).
+    close(common::open(base.as_slice()));
+
+    type Case<'a> = (&'a [u8], Option<&'a [u8]>, [u8; 32], tp_status, &'a str);
+    let cases: [Case<'_>; 4] = [
+        (
+            f.base.as_slice(),
+            None,
+            key,
+            TP_ERR_UNSIGNED,
+            "unsigned package",
+        ),
+        (
+            base.as_slice(),
+            None,
+            public_key(&OTHER),
+            TP_ERR_KEY_MISMATCH,
+            "signed by another key",
+        ),
+        (
+            base.as_slice(),
+            Some(other_delta.as_slice()),
+            key,
+            TP_ERR_KEY_MISMATCH,
+            "adding delta pack 0",
+        ),
+        (
+            base.as_slice(),
+            Some(f.delta.as_slice()),
+            key,
+            TP_ERR_UNSIGNED,
+            "adding delta pack 0",
+        ),
+    ];
+    for (pkg, d, k, want, needle) in cases {
+        let (s, m) = open(pkg, d, &k);
+        fails(s, want, "tp_model_open_verified", &[needle]);
+        assert!(m.is_null());
+    }
+    // A re-sealed edit of base_id (checksums recomputed by the packer's own
+    // header encoder): checksums pass, the signature does not.
+    let mut edited = delta.as_slice().to_vec();
+    let mut h = taskpath_runtime::format::Header::decode(edited[..128].try_into().unwrap());
+    h.base_id ^= 1;
+    edited[..128].copy_from_slice(&h.encode());
+    let edited = AlignedArena::from_bytes(&edited);
+    let (s, m) = open(base.as_slice(), Some(edited.as_slice()), &key);
+    fails(
+        s,
+        TP_ERR_BAD_SIGNATURE,
+        "tp_model_open_verified",
+        &["modified after it was signed"],
+    );
+    assert!(m.is_null());
+    // A NULL key, and a key that is no curve point.
+    let mut m = null_mut();
+    // SAFETY: the library checks NULLs.
+    let s = unsafe {
+        tp_model_open_verified(
+            base.as_slice().as_ptr(),
+            base.as_slice().len(),
+            null(),
+            null(),
+            &mut m,
+        )
+    };
+    fails(
+        s,
+        TP_ERR_NULL_ARGUMENT,
+        "tp_model_open_verified",
+        &["`public_key` is NULL"],
+    );
+    let mut bad = [0u8; 32];
+    bad[0] = 2;
+    bad[31] = 0x80;
+    let (s, m) = open(base.as_slice(), None, &bad);
+    fails(
+        s,
+        TP_ERR_INVALID_KEY,
+        "tp_model_open_verified",
+        &["not a valid ed25519 key"],
+    );
+    assert!(m.is_null());
+
+    // From files: the same checks, through the mapping.
+    let (bf, df, of) = (
+        tmp_file("signed.tpk", base.as_slice()),
+        tmp_file("signed.tpkd", delta.as_slice()),
+        tmp_file("other.tpkd", other_delta.as_slice()),
+    );
+    let (bc, dc, oc) = (cpath(&bf), cpath(&df), cpath(&of));
+    for (d, want) in [(&dc, TP_OK), (&oc, TP_ERR_KEY_MISMATCH)] {
+        let paths = [d.as_ptr()];
+        let mut cfg = model_config();
+        cfg.delta_paths = paths.as_ptr();
+        cfg.delta_path_count = 1;
+        let mut m = null_mut();
+        // SAFETY: NUL-terminated paths, a 32-byte key.
+        let s = unsafe { tp_model_open_file_verified(bc.as_ptr(), key.as_ptr(), &cfg, &mut m) };
+        if want == TP_OK {
+            ok(s);
+            close(m);
+        } else {
+            fails(
+                s,
+                want,
+                "tp_model_open_file_verified",
+                &["signed by another key"],
+            );
+            assert!(m.is_null());
+        }
+    }
+    for p in [bf, df, of] {
+        std::fs::remove_file(p).ok();
+    }
+}

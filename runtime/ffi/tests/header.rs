@@ -56,6 +56,8 @@ fn header_declares_every_entry_point_and_status() {
         "tp_status_name",
         "tp_model_open_memory",
         "tp_model_open_file",
+        "tp_model_open_verified",
+        "tp_model_open_file_verified",
         "tp_model_close",
         "tp_model_task_count",
         "tp_model_task_info",

@@ -5,7 +5,8 @@
 //! or allocating, so it runs on bare-metal firmware over bytes in flash. Blob
 //! checksums are checked on demand. [`Op`] is the typed op program (the only
 //! decoder of op records), [`weight`] the weight formats' ids and byte
-//! layouts. The `std` feature adds [`writer`].
+//! layouts, [`signature`] the optional ed25519 signature record (verified with
+//! the `signing` feature). The `std` feature adds [`writer`] and signing.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ mod error;
 mod op;
 mod package;
 pub mod records;
+pub mod signature;
 #[cfg(feature = "count-steps")]
 pub mod steps;
 #[cfg(not(feature = "count-steps"))]

@@ -42,6 +42,73 @@ pub fn write_atomic_with(
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Creates `path` with `bytes`, atomically and exclusively: as
+/// [`write_atomic`], but the temporary file is created with mode `mode`
+/// (unix permission bits, e.g. `0o600` for a secret key: never readable by
+/// others, not even for an instant) and it is *linked* to `path` rather
+/// than renamed over it, so an existing file (or symbolic link) at `path` is
+/// never replaced: the call fails naming it. The temporary is removed on
+/// every path.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_new_via(
+        path,
+        &mut std::iter::repeat_with(unpredictable),
+        bytes,
+        mode,
+    )
+    .with_context(|| format!("creating {}", path.display()))
+}
+
+fn write_new_via(
+    path: &Path,
+    salts: &mut dyn Iterator<Item = u64>,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<()> {
+    if path.symlink_metadata().is_ok() {
+        anyhow::bail!("{} already exists: not overwriting it", path.display());
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    for salt in salts.take(TEMP_ATTEMPTS) {
+        let tmp = dir.join(format!(".{}.{salt:016x}.tmp", name.to_string_lossy()));
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = match o.open(&tmp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", tmp.display())),
+        };
+        let _guard = Temp(Some(tmp.clone()));
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        // link(2) fails with EEXIST instead of replacing: no clobbering,
+        // even of a file created since the check above.
+        std::fs::hard_link(&tmp, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!("{} already exists: not overwriting it", path.display())
+            } else {
+                anyhow::Error::new(e).context(format!("linking {} into place", tmp.display()))
+            }
+        })?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        return Ok(());
+    }
+    anyhow::bail!("every temporary name tried was taken")
+}
+
 /// Temporary names to try before giving up: a clash means another writer
 /// (or an attacker) holds the name, and a fresh random name avoids it.
 const TEMP_ATTEMPTS: usize = 16;
@@ -219,5 +286,27 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(d.names(), ["blocked", "out.bin"]);
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn write_new_is_private_exclusive_and_leaves_no_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = Dir::new("write-new");
+        let p = d.0.join("secret.key");
+        write_new(&p, b"s3cret", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"s3cret");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // An existing file is never replaced, and nothing is left behind.
+        let e = write_new(&p, b"other", 0o600).unwrap_err();
+        assert!(format!("{e:#}").contains("already exists"), "{e:#}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"s3cret");
+        // Nor is a symbolic link (dangling or not) followed or replaced.
+        let l = d.0.join("link.key");
+        std::os::unix::fs::symlink(d.0.join("target"), &l).unwrap();
+        assert!(write_new(&l, b"x", 0o600).is_err());
+        assert!(!d.0.join("target").exists());
+        assert_eq!(d.names(), vec!["link.key", "secret.key"]);
     }
 }

@@ -121,11 +121,11 @@ pub fn main(a: &DemoArgs) -> Result<()> {
         }
     };
     let out = a.out.join("model.tpk");
-    let s = pack_dir(&model_dir, &out, &calib)?;
+    let s = pack_dir(&model_dir, &out, &calib, None)?;
     drop(ck);
 
     outln!("\n== 3/6 verify");
-    let v = verify::verify(&out, &[])?;
+    let v = verify::verify(&out, &[], None)?;
     outln!("ok: {} blobs, {} tasks verified", v.blobs, v.tasks);
 
     outln!("\n== 4/6 eval");
@@ -216,7 +216,7 @@ fn language_model(a: &DemoArgs) -> Result<()> {
         chunk: 64,
         dense_quant: None,
     };
-    pack_llm_file(&a.lm, &out, &calib, &llm)?;
+    pack_llm_file(&a.lm, &out, &calib, &llm, None)?;
     let mapped = open_model(&out, &[])?;
     let model = mapped.model()?;
     let corpus = CorpusArgs {

@@ -14,6 +14,7 @@ mod export_onnx;
 mod gen;
 mod generate;
 mod inspect;
+mod keys;
 mod lm;
 mod npy;
 mod pack;
@@ -47,13 +48,16 @@ struct Cli {
 enum Command {
     /// Write a seeded random checkpoint and random datasets for each task.
     GenRandom(gen::GenArgs),
+    /// Make an ed25519 key pair for signing packages (KEY.key, KEY.pub).
+    Keygen(keys::KeygenArgs),
     /// Pack a checkpoint directory into a .tpk package.
     Pack(pack::PackArgs),
     /// Pack what a later-stage checkpoint adds to a package as a delta pack.
     AddTask(pack::AddTaskArgs),
     /// Print a package's header, sections, architecture, tasks and blobs.
     Inspect(inspect::InspectArgs),
-    /// Check every blob checksum and every task's op program.
+    /// Check every blob checksum and every task's op program (and, with
+    /// --key, every package's signature).
     Verify(verify::VerifyArgs),
     /// Run one task on inputs from JSON, a dataset file or .npy files.
     Run(run::RunArgs),
@@ -88,6 +92,7 @@ struct DeltaArgs {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::GenRandom(a) => gen::main(&a),
+        Command::Keygen(a) => keys::keygen(&a),
         Command::Pack(a) => pack::main(&a),
         Command::AddTask(a) => pack::add_task(&a),
         Command::Inspect(a) => inspect::main(&a),

@@ -29,6 +29,9 @@ pub struct PackArgs {
     /// Language-model options.
     #[command(flatten)]
     pub llm: LlmArgs,
+    /// Signing.
+    #[command(flatten)]
+    pub sign: crate::keys::SignArgs,
 }
 
 /// Options of language-model packages (Hugging Face or GGUF input).
@@ -208,6 +211,9 @@ pub struct AddTaskArgs {
     /// Layout and calibration options.
     #[command(flatten)]
     pub calib: CalibArgs,
+    /// Signing.
+    #[command(flatten)]
+    pub sign: crate::keys::SignArgs,
 }
 
 /// What a pack produced.
@@ -338,14 +344,21 @@ fn check_names(bytes: &[u8]) -> Result<()> {
     crate::verify::unique_names(&model).context("refusing to write the package")
 }
 
-/// Packs `model_dir` into `output` and prints the one-line summary.
-pub fn pack_dir(model_dir: &Path, output: &Path, a: &CalibArgs) -> Result<PackSummary> {
+/// Packs `model_dir` into `output` (signed with `sign`, if given) and prints
+/// the one-line summary.
+pub fn pack_dir(
+    model_dir: &Path,
+    output: &Path,
+    a: &CalibArgs,
+    sign: Option<&[u8; 32]>,
+) -> Result<PackSummary> {
     let started = Instant::now();
     let ck = load_checkpoint(model_dir)?;
     let all: Vec<usize> = (0..ck.config.tasks.len()).collect();
     let opts = pack_options(&ck, a, &all)?;
     let bytes = pack(&ck, &opts).with_context(|| format!("packing {}", model_dir.display()))?;
     check_names(&bytes)?;
+    let bytes = crate::keys::maybe_sign(bytes, sign)?;
     write_output(output, &bytes)?;
     let (tasks, blobs) = counts(&bytes)?;
     let s = PackSummary {
@@ -369,9 +382,13 @@ pub fn pack_dir(model_dir: &Path, output: &Path, a: &CalibArgs) -> Result<PackSu
 
 /// Runs `pack`.
 pub fn main(a: &PackArgs) -> Result<()> {
+    // The key is read first: a bad key file fails before any packing.
+    let secret = a.sign.secret()?;
     match input_kind(&a.model_dir)? {
-        Input::Flame => pack_dir(&a.model_dir, &a.output, &a.calib).map(|_| ()),
-        Input::Llm => pack_llm_file(&a.model_dir, &a.output, &a.calib, &a.llm).map(|_| ()),
+        Input::Flame => pack_dir(&a.model_dir, &a.output, &a.calib, secret.as_ref()).map(|_| ()),
+        Input::Llm => {
+            pack_llm_file(&a.model_dir, &a.output, &a.calib, &a.llm, secret.as_ref()).map(|_| ())
+        }
     }
 }
 
@@ -381,6 +398,7 @@ pub fn pack_llm_file(
     output: &Path,
     a: &CalibArgs,
     l: &LlmArgs,
+    sign: Option<&[u8; 32]>,
 ) -> Result<PackSummary> {
     let started = Instant::now();
     check_coverage(a)?;
@@ -452,6 +470,7 @@ pub fn pack_llm_file(
         }
     }
     check_names(&bytes)?;
+    let bytes = crate::keys::maybe_sign(bytes, sign)?;
     write_output(output, &bytes)?;
     let (tasks, blobs) = counts(&bytes)?;
     let s = PackSummary {
@@ -573,6 +592,8 @@ fn domain_paths(
 /// Runs `add-task`.
 pub fn add_task(a: &AddTaskArgs) -> Result<()> {
     let started = Instant::now();
+    // The key is read first: a bad key file fails before any packing.
+    let secret = a.sign.secret()?;
     let mapped = open_model(&a.base, &a.deltas.deltas)?;
     let model = mapped.model()?;
     let ck = load_checkpoint(&a.stage_dir)?;
@@ -593,6 +614,7 @@ pub fn add_task(a: &AddTaskArgs) -> Result<()> {
             a.base.display()
         )
     })?;
+    let bytes = crate::keys::maybe_sign(bytes, secret.as_ref())?;
     write_output(&a.output, &bytes)?;
     let blobs = {
         let copy = AlignedArena::from_bytes(&bytes);

@@ -25,6 +25,15 @@ pub(crate) use outln;
 
 /// Maps and validates `base` and its delta packs.
 pub fn open_model(base: &Path, deltas: &[PathBuf]) -> Result<MappedModel> {
+    open_chain(base, deltas, None)
+}
+
+/// [`open_model`] where every package must be signed by `key`.
+pub fn open_model_verified(base: &Path, deltas: &[PathBuf], key: &[u8; 32]) -> Result<MappedModel> {
+    open_chain(base, deltas, Some(key))
+}
+
+fn open_chain(base: &Path, deltas: &[PathBuf], key: Option<&[u8; 32]>) -> Result<MappedModel> {
     let what = if deltas.is_empty() {
         format!("opening {}", base.display())
     } else {
@@ -36,9 +45,30 @@ pub fn open_model(base: &Path, deltas: &[PathBuf]) -> Result<MappedModel> {
             bail!("{what}: {} does not exist or is not a file", p.display());
         }
     }
-    // Opening checks every task's program (plan, dataflow, what the task
-    // needs): sessions rely on it.
-    MappedModel::open_with_deltas(base, deltas).context(what)
+    match key {
+        Some(k) => {
+            MappedModel::open_verified(base, deltas, k).map_err(|e| {
+                match failed_signature(base, deltas, k) {
+                    Some(file) => anyhow::Error::new(e).context(format!("{file}: signature check")),
+                    None => anyhow::Error::new(e),
+                }
+            })
+        }
+        None => MappedModel::open_with_deltas(base, deltas).map_err(anyhow::Error::new),
+    }
+    .context(what)
+}
+
+/// Which file of a chain failed its signature check, for the error message
+/// (only on the failure path: it reads the files again).
+fn failed_signature(base: &Path, deltas: &[PathBuf], key: &[u8; 32]) -> Option<String> {
+    std::iter::once(base)
+        .chain(deltas.iter().map(PathBuf::as_path))
+        .find(|p| {
+            std::fs::read(p)
+                .is_ok_and(|b| taskpath_format::signature::verify_package(&b, key).is_err())
+        })
+        .map(|p| p.display().to_string())
 }
 
 /// Bytes of every package of the chain together (what is mapped).

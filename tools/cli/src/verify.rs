@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use taskpath_runtime::{AlignedArena, Session, SessionOptions};
 
 use crate::inspect::kind_name;
-use crate::util::{open_model, outln};
+use crate::util::{open_model, open_model_verified, outln};
 use crate::DeltaArgs;
 
 /// Arguments of `verify`.
@@ -19,6 +19,12 @@ pub struct VerifyArgs {
     /// Delta packs applied on top of the base.
     #[command(flatten)]
     pub deltas: DeltaArgs,
+    /// Require every package of the chain (base and deltas) to be signed by
+    /// this public key (a `taskpath keygen` .pub file). Each package's
+    /// signature is checked before it is parsed; an unsigned package, one
+    /// signed by another key and one changed after signing are refused.
+    #[arg(long = "key", value_name = "PUB")]
+    pub key: Option<PathBuf>,
 }
 
 /// What [`verify`] checked.
@@ -28,14 +34,23 @@ pub struct Verified {
     pub blobs: usize,
     /// Tasks whose session was built.
     pub tasks: usize,
+    /// Packages whose signature was checked (0 without a key).
+    pub signed: usize,
 }
 
 /// Parses the chain, checks every blob checksum (in file order, naming the
 /// first bad blob), refuses NaN or infinite weights and scales (naming the
 /// tensor) and builds a session for every task (which checks each op
 /// of its program against the package).
-pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
-    let mapped = open_model(file, deltas)?;
+pub fn verify(
+    file: &std::path::Path,
+    deltas: &[PathBuf],
+    key: Option<&[u8; 32]>,
+) -> Result<Verified> {
+    let mapped = match key {
+        Some(k) => open_model_verified(file, deltas, k)?,
+        None => open_model(file, deltas)?,
+    };
     let model = mapped.model()?;
     let files: Vec<_> = std::iter::once(file)
         .chain(deltas.iter().map(PathBuf::as_path))
@@ -100,7 +115,12 @@ pub fn verify(file: &std::path::Path, deltas: &[PathBuf]) -> Result<Verified> {
         )
         .with_context(|| format!("task {} ({t}): its op program does not check", info.name))?;
     }
-    Ok(Verified { blobs, tasks })
+    let signed = if key.is_some() { model.chain_len() } else { 0 };
+    Ok(Verified {
+        blobs,
+        tasks,
+        signed,
+    })
 }
 
 /// Refuses a chain in which two tasks, or two modalities, share a name: the
@@ -134,7 +154,21 @@ pub fn unique_names(model: &taskpath_runtime::Model<'_>) -> Result<()> {
 
 /// Runs `verify`.
 pub fn main(a: &VerifyArgs) -> Result<()> {
-    let v = verify(&a.file, &a.deltas.deltas)?;
-    outln!("ok: {} blobs, {} tasks verified", v.blobs, v.tasks);
+    let key = a
+        .key
+        .as_deref()
+        .map(crate::keys::read_public_key)
+        .transpose()?;
+    let v = verify(&a.file, &a.deltas.deltas, key.as_ref())?;
+    match &key {
+        Some(k) => outln!(
+            "ok: {} packages signed by key {}, {} blobs, {} tasks verified",
+            v.signed,
+            crate::keys::fingerprint(k),
+            v.blobs,
+            v.tasks
+        ),
+        None => outln!("ok: {} blobs, {} tasks verified", v.blobs, v.tasks),
+    }
     Ok(())
 }

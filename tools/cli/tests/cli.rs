@@ -1185,3 +1185,110 @@ fn safetensors_headers_are_checked_before_the_data_is_read() {
     assert!(pack_limited().contains("header length"));
     assert!(!t.path("x.tpk").exists());
 }
+
+#[test]
+fn keygen_sign_and_verify_from_the_command_line() {
+    let t = packed("sign", &[]);
+    let out = ok(&["keygen", "-o", &t.s("keys/vendor")]);
+    assert!(out.contains("fingerprint"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.path("keys/vendor.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret key is private");
+    }
+    // Never over an existing key.
+    let before = std::fs::read(t.path("keys/vendor.key")).unwrap();
+    let err = fails(&["keygen", "-o", &t.s("keys/vendor")]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(t.path("keys/vendor.key")).unwrap(), before);
+    // Two keys from the OS random source differ.
+    std::fs::create_dir_all(t.path("other")).unwrap();
+    ok(&["keygen", "-o", &t.s("other")]);
+    assert_ne!(
+        std::fs::read(t.path("other/taskpath.pub")).unwrap(),
+        std::fs::read(t.path("keys/vendor.pub")).unwrap()
+    );
+    let (key, public) = (t.s("keys/vendor.key"), t.s("keys/vendor.pub"));
+    ok(&[
+        "pack",
+        &t.s("ck/stage0"),
+        "-o",
+        &t.s("base.tpk"),
+        "--sign",
+        &key,
+    ]);
+    ok(&[
+        "add-task",
+        &t.s("base.tpk"),
+        &t.s("ck/stage1"),
+        "-o",
+        &t.s("d1.tpkd"),
+        "--sign",
+        &key,
+    ]);
+    let v = ok(&[
+        "verify",
+        &t.s("base.tpk"),
+        "--deltas",
+        &t.s("d1.tpkd"),
+        "--key",
+        &public,
+    ]);
+    assert!(v.contains("ok: 2 packages signed by key"), "{v}");
+    // Signed packages run as before without a key.
+    let ds = t.s("ck/data/task0.test.json");
+    let signed = json(&["run", &t.s("base.tpk"), "--input", &ds, "--json"]);
+    ok(&["pack", &t.s("ck/stage0"), "-o", &t.s("plain.tpk")]);
+    let plain = json(&["run", &t.s("plain.tpk"), "--input", &ds, "--json"]);
+    assert_eq!(outputs(&signed), outputs(&plain));
+    // Unsigned, another key's delta, and a re-sealed edit: each refused with
+    // its own message naming the file.
+    let err = fails(&["verify", &t.s("plain.tpk"), "--key", &public]);
+    assert!(err.contains("unsigned package"), "{err}");
+    ok(&[
+        "add-task",
+        &t.s("base.tpk"),
+        &t.s("ck/stage1"),
+        "-o",
+        &t.s("other.tpkd"),
+        "--sign",
+        &t.s("other/taskpath.key"),
+    ]);
+    let err = fails(&[
+        "verify",
+        &t.s("base.tpk"),
+        "--deltas",
+        &t.s("other.tpkd"),
+        "--key",
+        &public,
+    ]);
+    assert!(
+        err.contains("signed by another key") && err.contains("other.tpkd"),
+        "{err}"
+    );
+    let mut b = std::fs::read(t.path("d1.tpkd")).unwrap();
+    b[72] ^= 1; // header.base_id
+    reseal(&mut b);
+    std::fs::write(t.path("tampered.tpkd"), &b).unwrap();
+    let err = fails(&[
+        "verify",
+        &t.s("base.tpk"),
+        "--deltas",
+        &t.s("tampered.tpkd"),
+        "--key",
+        &public,
+    ]);
+    assert!(err.contains("modified after it was signed"), "{err}");
+    // Keys swapped or missing are named before any work.
+    let err = fails(&["pack", &t.s("ck"), "-o", &t.s("x.tpk"), "--sign", &public]);
+    assert!(err.contains("holds a public key"), "{err}");
+    assert!(!t.path("x.tpk").exists());
+    let err = fails(&["verify", &t.s("base.tpk"), "--key", &key]);
+    assert!(err.contains("holds a secret key"), "{err}");
+    let err = fails(&["verify", &t.s("base.tpk"), "--key", &t.s("nope.pub")]);
+    assert!(err.contains("nope.pub"), "{err}");
+}
