@@ -1696,8 +1696,8 @@ pub fn check_all(model: &Model<'_>) -> Result<()> {
         let info = model.task(t)?;
         let mut b = PlanBuffers::new(&info);
         let plan = Plan::build(model, t, b.storage())?;
-        check_program(model, &plan)?;
         check_dataflow(model, &plan)?;
+        check_program(model, &plan)?;
     }
     Ok(())
 }
