@@ -582,3 +582,25 @@ fn rewritten_programs_are_refused() {
     }
     eprintln!("program rewrites: {} tried, all refused", mutants.len());
 }
+
+/// A package read whole (`Load::Read`, the CLI's `--no-mmap`) no longer
+/// depends on its file: truncated and then overwritten with other bytes
+/// after the open (which would be SIGBUS and garbage through a mapping),
+/// every task still computes what a fresh open of the pristine bytes does.
+#[test]
+fn a_package_read_whole_survives_its_file_being_truncated_and_rewritten() {
+    use taskpath_runtime::{Load, MappedModel};
+    let b = package();
+    let want = outputs(&b).expect("pristine package runs");
+    let dir = std::env::temp_dir().join(format!("taskpath-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.tpk");
+    std::fs::write(&path, &b).unwrap();
+    let read = MappedModel::open_with(&path, &[] as &[&std::path::Path], None, Load::Read).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(0).unwrap();
+    std::fs::write(&path, vec![0xA5u8; b.len()]).unwrap();
+    let got = outputs(read.bytes(0).unwrap()).expect("runs from its own copy");
+    assert_eq!(got, want);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -31,7 +31,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use exec::moe_scratch;
 #[cfg(feature = "std")]
 pub use mapped::{
-    AlignedArena, MappedModel, MmapPrefetch, PrefetchHints, PrefetchReader, PrefetchStats, ReadAt,
+    AlignedArena, Load, MappedModel, MmapPrefetch, PrefetchHints, PrefetchReader, PrefetchStats,
+    ReadAt,
 };
 pub use meter::{wrapping_delta, CallbackClock, CallbackMeter, Clock, EnergyMeter, MeterError};
 pub use model::{BlobView, ExpertTensors, Model, PathEntry, TaskInfo, TensorView, MAX_CHAIN};

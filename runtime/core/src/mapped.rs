@@ -22,7 +22,57 @@ use crate::residency::{BlobSource, Prefetch};
 /// in advance).
 #[derive(Debug)]
 pub struct MappedModel {
-    maps: Vec<(Mmap, Layout)>,
+    maps: Vec<(Backing, Layout)>,
+}
+
+/// How [`MappedModel::open_with`] brings a package's bytes into memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Load {
+    /// Map each file (private, read-only, `MADV_RANDOM`): only the pages
+    /// sessions touch are read. Truncating a file, or editing it in place,
+    /// while the process runs makes a later touch of a lost page fault
+    /// (SIGBUS) or read the new bytes; replacing it by rename is safe.
+    #[default]
+    Map,
+    /// Read each file whole into heap memory at open: every byte is
+    /// resident, and a file changed or truncated afterwards cannot affect
+    /// the process (a change while it is being read is an I/O error).
+    Read,
+}
+
+#[derive(Debug)]
+enum Backing {
+    Map(Mmap),
+    Read(AlignedArena),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Map(m) => m,
+            Self::Read(a) => a.as_slice(),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<AlignedArena> {
+    use std::io::Read as _;
+    let mut f = File::open(path).map_err(|_| Error::Io("cannot open package file"))?;
+    let len = f
+        .metadata()
+        .map_err(|_| Error::Io("cannot stat package file"))?
+        .len();
+    let len = usize::try_from(len).map_err(|_| Error::Io("package file too large"))?;
+    let mut lines = Vec::new();
+    lines
+        .try_reserve_exact(len.div_ceil(64))
+        .map_err(|_| Error::Io("not enough memory to read the package file"))?;
+    lines.resize(len.div_ceil(64), Line([0; 64]));
+    let mut a = AlignedArena { lines, len };
+    f.read_exact(a.as_mut_slice())
+        .map_err(|_| Error::Io("cannot read package file (truncated while read?)"))?;
+    Ok(a)
 }
 
 fn map(path: &Path) -> Result<Mmap> {
@@ -55,7 +105,7 @@ impl MappedModel {
     /// the chain, including every task's program ([`crate::plan::check_all`]);
     /// the base file is never written.
     pub fn open_with_deltas<P: AsRef<Path>>(base: impl AsRef<Path>, deltas: &[P]) -> Result<Self> {
-        Self::open_chain(base.as_ref(), deltas, None)
+        Self::open_with(base.as_ref(), deltas, None, Load::Map)
     }
 
     /// [`MappedModel::open_with_deltas`] where the base and every delta
@@ -67,17 +117,23 @@ impl MappedModel {
         deltas: &[P],
         key: &[u8; 32],
     ) -> Result<Self> {
-        Self::open_chain(base.as_ref(), deltas, Some(key))
+        Self::open_with(base.as_ref(), deltas, Some(key), Load::Map)
     }
 
-    fn open_chain<P: AsRef<Path>>(
+    /// Opens a base and its deltas, each checked against `key` when one is
+    /// given, mapped or read whole as `load` says.
+    pub fn open_with<P: AsRef<Path>>(
         base: &Path,
         deltas: &[P],
         key: Option<&[u8; 32]>,
+        load: Load,
     ) -> Result<Self> {
         let mut maps = Vec::new();
         for path in std::iter::once(base).chain(deltas.iter().map(AsRef::as_ref)) {
-            let m = map(path)?;
+            let m = match load {
+                Load::Map => Backing::Map(map(path)?),
+                Load::Read => Backing::Read(read(path)?),
+            };
             if let Some(key) = key {
                 taskpath_format::signature::verify_package(&m, key)?;
             }
@@ -92,7 +148,7 @@ impl MappedModel {
 
     /// The model view (chain checks are repeated; they read only metadata).
     pub fn model(&self) -> Result<Model<'_>> {
-        fn view((m, l): &(Mmap, Layout)) -> Result<Package<'_>> {
+        fn view((m, l): &(Backing, Layout)) -> Result<Package<'_>> {
             Package::view(m, *l).ok_or(Error::Io("mapping changed size"))
         }
         let mut model = Model::from_package(view(&self.maps[0])?)?;
@@ -151,6 +207,7 @@ impl Prefetch for MmapPrefetch<'_> {
     fn filled(&mut self, _blob: u32, bytes: &[u8]) {
         #[cfg(target_os = "linux")]
         for (m, _) in &self.0.maps {
+            let Backing::Map(m) = m else { continue };
             let (base, p) = (m.as_ptr() as usize, bytes.as_ptr() as usize);
             if p >= base && p + bytes.len() <= base + m.len() {
                 // Blobs start on a page boundary of the file and the mapping
@@ -178,6 +235,7 @@ impl Prefetch for MmapPrefetch<'_> {
     fn will_need(&mut self, _blob: u32, bytes: &[u8]) {
         let p = bytes.as_ptr() as usize;
         for (m, _) in &self.0.maps {
+            let Backing::Map(m) = m else { continue };
             let base = m.as_ptr() as usize;
             if p >= base && p + bytes.len() <= base + m.len() {
                 #[cfg(unix)]

@@ -40,6 +40,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "taskpath", version, about, propagate_version = true)]
 struct Cli {
+    /// Read packages whole into memory at open instead of memory-mapping
+    /// them: every byte is resident, and truncating or editing a package
+    /// file while the command runs cannot crash it (with a mapping that is
+    /// a SIGBUS). Replacing a file by rename is safe either way.
+    #[arg(long, global = true)]
+    no_mmap: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +124,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    util::set_no_mmap(cli.no_mmap);
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `taskpath inspect FILE | head`: the reader left, nothing to report.

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use taskpath_checkpoint::{Gating, ModalityConfig, ModelConfig, TaskConfig, CHECKPOINT_FORMAT};
 use taskpath_format::MetaValue;
-use taskpath_runtime::{MappedModel, Model, TaskInfo};
+use taskpath_runtime::{Load, MappedModel, Model, TaskInfo};
 
 /// `writeln!` to stdout that returns the I/O error (a closed pipe is an error
 /// message, not a panic as with `println!`), with control characters escaped
@@ -23,7 +23,23 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
-/// Maps and validates `base` and its delta packs.
+static READ_WHOLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--no-mmap`: packages are read into memory at open instead of mapped.
+pub fn set_no_mmap(on: bool) {
+    READ_WHOLE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn load() -> Load {
+    if READ_WHOLE.load(std::sync::atomic::Ordering::Relaxed) {
+        Load::Read
+    } else {
+        Load::Map
+    }
+}
+
+/// Maps (or, with `--no-mmap`, reads) and validates `base` and its delta
+/// packs.
 pub fn open_model(base: &Path, deltas: &[PathBuf]) -> Result<MappedModel> {
     open_chain(base, deltas, None)
 }
@@ -45,18 +61,14 @@ fn open_chain(base: &Path, deltas: &[PathBuf], key: Option<&[u8; 32]>) -> Result
             bail!("{what}: {} does not exist or is not a file", p.display());
         }
     }
-    match key {
-        Some(k) => {
-            MappedModel::open_verified(base, deltas, k).map_err(|e| {
-                match failed_signature(base, deltas, k) {
-                    Some(file) => anyhow::Error::new(e).context(format!("{file}: signature check")),
-                    None => anyhow::Error::new(e),
-                }
-            })
-        }
-        None => MappedModel::open_with_deltas(base, deltas).map_err(anyhow::Error::new),
-    }
-    .context(what)
+    MappedModel::open_with(base, deltas, key, load())
+        .map_err(
+            |e| match key.and_then(|k| failed_signature(base, deltas, k)) {
+                Some(file) => anyhow::Error::new(e).context(format!("{file}: signature check")),
+                None => anyhow::Error::new(e),
+            },
+        )
+        .context(what)
 }
 
 /// Which file of a chain failed its signature check, for the error message

@@ -389,6 +389,16 @@ fn json_and_npy_inputs_give_identical_outputs() {
     ]);
     assert_eq!(ds["task"], "task1");
     assert_eq!(outputs(&ds).len(), 6);
+    // Read whole instead of mapped: the same numbers.
+    let read = json(&[
+        "--no-mmap",
+        "run",
+        &tpk,
+        "--input",
+        &t.s("ck/data/task1.test.json"),
+        "--json",
+    ]);
+    assert_eq!(outputs(&read), outputs(&ds));
     assert_eq!(ds["runs"], 6);
     let text = ok(&[
         "run",
