@@ -114,3 +114,112 @@ fn anonymous_rss_grows_by_at_most_the_budget_plus_slack() {
     drop(copy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 17's load test: eight threads share one mapped model (the bundled
+/// stage-3 reference model, every task), each with its own sessions, for
+/// `TASKPATH_LOAD_INFERENCES` inferences in total (default 4,000 here; the
+/// recorded run is 10^6 in release, docs/RELIABILITY.md). Every output must
+/// be bit-identical to a serial run of the same sample, and the process's
+/// anonymous RSS must not grow after the warm-up (each thread has run every
+/// sample once) by more than the slack.
+#[test]
+fn eight_threads_share_one_mapped_model() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Barrier;
+    const THREADS: usize = 8;
+    let total: usize = std::env::var("TASKPATH_LOAD_INFERENCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/stage3");
+    let ck = taskpath_checkpoint::Checkpoint::load(&root).unwrap();
+    let dir = std::env::temp_dir().join(format!("taskpath-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.tpk");
+    std::fs::write(&path, pack(&ck, &PackOptions::default()).unwrap()).unwrap();
+    let mapped = Model::open(&path).unwrap();
+    let model = mapped.model().unwrap();
+    let tasks = model.task_count();
+    let mut rng = SplitMix64::new(17);
+    let samples: Vec<(usize, Vec<Vec<f32>>)> = (0..4 * tasks)
+        .map(|i| (i % tasks, random_inputs(&ck.config, i % tasks, &mut rng)))
+        .collect();
+    let run_one = |sessions: &mut [Session<'_, '_>], (t, x): &(usize, Vec<Vec<f32>>)| -> Vec<u32> {
+        let refs: Vec<&[f32]> = x.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0f32; model.task(*t).unwrap().outputs];
+        sessions[*t].run(&refs, &mut out).unwrap();
+        out.iter().map(|v| v.to_bits()).collect()
+    };
+    let arenas = |n: usize| -> Vec<AlignedArena> {
+        (0..n)
+            .map(|t| AlignedArena::new(model.task(t).unwrap().arena_bytes))
+            .collect()
+    };
+    let mut serial_mem = arenas(tasks);
+    let mut serial: Vec<Session<'_, '_>> = serial_mem
+        .iter_mut()
+        .enumerate()
+        .map(|(t, a)| Session::new(&model, t, a.as_mut_slice()).unwrap())
+        .collect();
+    let want: Vec<Vec<u32>> = samples.iter().map(|s| run_one(&mut serial, s)).collect();
+
+    let (mismatches, done) = (AtomicU64::new(0), AtomicU64::new(0));
+    let barrier = Barrier::new(THREADS + 1);
+    let (warm, t0) = std::thread::scope(|scope| {
+        for k in 0..THREADS {
+            let (want, samples, barrier) = (&want, &samples, &barrier);
+            let (mismatches, done, run_one) = (&mismatches, &done, &run_one);
+            let model = &model;
+            scope.spawn(move || {
+                let mut mem = arenas(tasks);
+                let mut sessions: Vec<Session<'_, '_>> = mem
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(t, a)| Session::new(model, t, a.as_mut_slice()).unwrap())
+                    .collect();
+                for s in samples {
+                    run_one(&mut sessions, s);
+                }
+                barrier.wait(); // warmed up
+                barrier.wait(); // RSS measured: go
+                let mut i = k;
+                while i < total {
+                    let j = i % samples.len();
+                    if run_one(&mut sessions, &samples[j]) != want[j] {
+                        mismatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += THREADS;
+                }
+            });
+        }
+        barrier.wait();
+        let warm = status().0;
+        let t0 = std::time::Instant::now();
+        barrier.wait();
+        // The scope joins the workers before returning; the RSS is read
+        // after that, in the caller.
+        (warm, t0)
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let after = status().0;
+    let n = done.load(Ordering::Relaxed);
+    let grew = after.saturating_sub(warm);
+    eprintln!(
+        "load: {THREADS} threads, {n} inferences over {tasks} tasks in {secs:.1} s ({:.0}/s), \
+         {} differing from the serial run; RssAnon {warm} B after warm-up, {after} B after (+{grew} B)",
+        n as f64 / secs,
+        mismatches.load(Ordering::Relaxed)
+    );
+    assert_eq!(n as usize, total);
+    assert_eq!(
+        mismatches.load(Ordering::Relaxed),
+        0,
+        "outputs differ from the serial run"
+    );
+    assert!(
+        grew <= SLACK,
+        "anonymous RSS grew by {grew} B after warm-up"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
