@@ -36,6 +36,12 @@ pub fn inputs(model: &Model<'_>, task: usize) -> Vec<Vec<f32>> {
 /// tasks ran to completion.
 pub fn exercise(model: &Model<'_>, verify_path: bool) -> usize {
     let mut ran = 0;
+    // The meaning check that every host open runs must not panic either;
+    // the sessions below run whatever it says, so a program it refuses
+    // still has to be memory-safe to execute.
+    if let Err(e) = taskpath_runtime::plan::check_all(model) {
+        let _ = e.to_string();
+    }
     let _ = format!("{:?}", model.arch());
     for p in model.parts() {
         for (k, v) in p.meta_entries() {

@@ -17,6 +17,9 @@ pub struct Field {
     pub width: usize,
     /// Section kind it belongs to (0 = header, 255 = section table).
     pub table: u32,
+    /// Offset of the record (header, section entry, table record) that
+    /// holds it, and that record's size.
+    pub record: (usize, usize),
 }
 
 fn rd(b: &[u8], at: usize, width: usize) -> u64 {
@@ -86,6 +89,7 @@ pub fn fields(pkg: &[u8]) -> Vec<Field> {
             at,
             width,
             table: 0,
+            record: (0, 128),
         })
         .collect();
     let (st, n) = (rd(pkg, 32, 8) as usize, rd(pkg, 40, 4) as usize);
@@ -99,6 +103,7 @@ pub fn fields(pkg: &[u8]) -> Vec<Field> {
                 at: e + off,
                 width,
                 table: 255,
+                record: (e, 24),
             });
         }
         let kind = rd(pkg, e, 4) as u32;
@@ -112,6 +117,7 @@ pub fn fields(pkg: &[u8]) -> Vec<Field> {
                 at,
                 width: 1,
                 table: kind,
+                record: (at, 1),
             }));
             continue;
         }
@@ -127,6 +133,7 @@ pub fn fields(pkg: &[u8]) -> Vec<Field> {
                     at,
                     width,
                     table: kind,
+                    record: (off + r * size, size),
                 });
                 at += width;
             }
@@ -196,7 +203,19 @@ pub fn apply(pkg: &[u8], fields: &[Field], input: &[u8]) -> Vec<u8> {
         };
         let old = rd(&out, f.at, f.width);
         let op = r.u8();
-        let new = match op % 12 {
+        if op % 13 == 12 {
+            // A semantic edit: the whole record replaced by another record
+            // of the same table (an op by another op, as a `Moe` became a
+            // `Copy`; a slot, task or path entry by another one).
+            let g = fields[r.u32() as usize % fields.len()];
+            if g.table == f.table && g.record.1 == f.record.1 && g.record != f.record {
+                let (from, to, n) = (g.record.0, f.record.0, f.record.1);
+                let src = out[from..from + n].to_vec();
+                out[to..to + n].copy_from_slice(&src);
+            }
+            continue;
+        }
+        let new = match op % 13 {
             0 => 0,
             1 => u64::MAX,
             2 => old.wrapping_add(i64::from(r.u8() as i8) as u64),

@@ -368,3 +368,78 @@ fn names_cannot_multiply_the_string_table() {
     }));
     assert_eq!(parse(a.as_slice()).unwrap(), 4);
 }
+
+/// A package whose one task has `n` ops, each copying a state slot into a
+/// slot of its own: `n + 1` slots, all used, never live at once.
+fn many_slots(n: u32) -> Vec<u8> {
+    let mut w = common::one_head_writer();
+    let (no, nl) = w.string("t");
+    w.tasks.push(TaskRec {
+        name_off: no,
+        name_len: nl,
+        outputs: 2,
+        modality_mask: 1,
+        program_len: n,
+        slot_count: n + 1,
+        path_len: 1,
+        output_slot: 1,
+        program_start: 1,
+        slot_bytes: 16 * (u64::from(n) + 1),
+        ..Default::default()
+    });
+    for k in 0..=n {
+        w.slots.push(SlotRec {
+            offset: 4 * k,
+            len: 4,
+            kind: u32::from(k == 0),
+        });
+    }
+    w.paths.push(common::one_expert_path(0));
+    for k in 1..=n {
+        w.program.push(
+            taskpath_format::Op::Copy {
+                src: taskpath_format::SlotId(0),
+                src_offset: 0,
+                dst: taskpath_format::SlotId(k),
+                dst_offset: 0,
+                len: 4,
+            }
+            .encode(),
+        );
+    }
+    w.finish(12, 0)
+}
+
+/// The meaning check (`check_all`: plan, dataflow, what the task needs) on
+/// a task with many slots grows like n log n, not n² (the overlap test
+/// compared every pair of slots: a package listing a million slots made
+/// `verify` hang). Timed at two sizes 8x apart in one process, best of 3:
+/// quadratic work would take about 64x longer at the larger size.
+#[test]
+fn the_meaning_check_is_not_quadratic_in_the_slot_count() {
+    let time = |n: u32| {
+        let b = AlignedArena::from_bytes(&many_slots(n));
+        let m = Model::from_bytes(b.as_slice()).unwrap();
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let r = taskpath_runtime::plan::check_all(&m);
+                // Refused for what the task lacks (its input is never read),
+                // after the dataflow and overlap checks passed.
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("a task input no op reads"), "{e}");
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (small, large) = (time(20_000), time(160_000));
+    eprintln!(
+        "check_all: 20k slots {small:.3} s, 160k slots {large:.3} s ({:.1}x)",
+        large / small
+    );
+    assert!(
+        large / small < 30.0,
+        "{:.1}x for 8x the slots",
+        large / small
+    );
+}

@@ -1711,10 +1711,13 @@ pub fn check_all(model: &Model<'_>) -> Result<()> {
 pub fn check_program(model: &Model<'_>, plan: &Plan<'_, '_>) -> Result<()> {
     let task = plan.task();
     let mut read = std::vec![false; task.modalities().count()];
-    let paths: std::vec::Vec<(u32, u32)> = model.paths(task).map(|e| (e.group, e.router)).collect();
+    let mut paths: std::vec::Vec<(u32, u32)> =
+        model.paths(task).map(|e| (e.group, e.router)).collect();
+    paths.sort_unstable();
+    paths.dedup();
     let (mut routed, mut mixed) = (std::vec![false; paths.len()], std::vec![false; paths.len()]);
     let mark = |seen: &mut [bool], gr: (u32, u32)| {
-        if let Some(k) = paths.iter().position(|&p| p == gr) {
+        if let Ok(k) = paths.binary_search(&gr) {
             seen[k] = true;
         }
     };
@@ -1822,17 +1825,35 @@ pub fn check_dataflow(model: &Model<'_>, plan: &Plan<'_, '_>) -> Result<()> {
             *l = Some((0, steps));
         }
     }
-    for a in 0..n {
-        let Some((a0, a1)) = live[a] else { continue };
-        for (b, lb) in live.iter().enumerate().skip(a + 1) {
-            let Some((b0, b1)) = *lb else { continue };
-            if a0 <= b1 && b0 <= a1 && overlap(&plan.slots[a], &plan.slots[b]) {
+    // A sweep over op indices keeps this O(n log n) in the slot count (a
+    // hostile package may list millions): the byte ranges of the slots live
+    // at once are disjoint, so a new one overlaps one of them exactly when
+    // it overlaps the live range that starts last before its end.
+    let mut by_start: std::vec::Vec<(usize, usize, usize)> = live
+        .iter()
+        .enumerate()
+        .filter_map(|(k, l)| l.map(|(a0, a1)| (a0, a1, k)))
+        .filter(|&(_, _, k)| !plan.slots[k].is_empty())
+        .collect();
+    by_start.sort_unstable();
+    let mut by_end = by_start.clone();
+    by_end.sort_unstable_by_key(|&(_, a1, _)| a1);
+    let mut active = std::collections::BTreeMap::<usize, usize>::new();
+    let mut ended = by_end.iter().peekable();
+    for &(a0, _, k) in &by_start {
+        while let Some(&(_, _, j)) = ended.next_if(|&&(_, b1, _)| b1 < a0) {
+            active.remove(&plan.slots[j].start);
+        }
+        let r = &plan.slots[k];
+        if let Some((_, &end)) = active.range(..r.end).next_back() {
+            if end > r.start {
                 return Err(bad(
-                    a0.max(b0) as u32,
+                    a0 as u32,
                     "two slots that are live at once share bytes",
                 ));
             }
         }
+        active.insert(r.start, r.end);
     }
     Ok(())
 }
