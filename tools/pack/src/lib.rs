@@ -835,16 +835,23 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
         None => {
             let m = Model::from_bytes(check.as_slice())
                 .context("internal: packed model does not validate")?;
-            taskpath_runtime::plan::check_all(&m)
-                .context("internal: a packed task's program does not check")?;
+            self_check(&m)?;
         }
         Some(b) => {
             let m = b
                 .with_delta(check.as_slice())
                 .context("internal: delta pack does not validate")?;
-            taskpath_runtime::plan::check_all(&m)
-                .context("internal: a packed task's program does not check")?;
+            self_check(&m)?;
         }
     }
     Ok(bytes)
+}
+
+/// What `taskpath verify` checks, run by the packer on its own output before
+/// it is written: every blob checksum, every stored number finite, every
+/// task's program (plan, dataflow, what the task needs).
+pub(crate) fn self_check(m: &Model<'_>) -> Result<()> {
+    m.verify()
+        .context("internal: a packed blob does not verify")?;
+    taskpath_runtime::plan::check_all(m).context("internal: a packed task's program does not check")
 }

@@ -699,8 +699,7 @@ pub fn pack_llm_report(ck: &Checkpoint, opts: &LlmPackOptions) -> Result<(Vec<u8
     let check = taskpath_runtime::AlignedArena::from_bytes(&bytes);
     let m = taskpath_runtime::Model::from_bytes(check.as_slice())
         .context("internal: packed model does not validate")?;
-    taskpath_runtime::plan::check_all(&m)
-        .context("internal: a packed task's program does not check")?;
+    crate::self_check(&m)?;
     Ok((bytes, report))
 }
 
