@@ -27,6 +27,15 @@ use crate::gguf::{GgufHeader, Metadata};
 /// experts, has about 47,000).
 pub const MAX_TENSORS: usize = 1 << 22;
 
+/// Largest width, layer count or head count a configuration may state: the
+/// package's op fields are 32-bit and hold products of two of these
+/// (released models stay below 2^15).
+pub const MAX_DIM: usize = 1 << 20;
+
+/// Most experts per layer: a task path's expert mask has 256 bits
+/// (`taskpath_format::records::MASK_WORDS` words of 64).
+pub const MAX_EXPERTS: usize = 256;
+
 /// The supported architectures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
@@ -307,6 +316,17 @@ impl LlmConfig {
         ] {
             if v == 0 {
                 return Err(bad(k, "must be positive".into()));
+            }
+            let max = match k {
+                "vocab_size" => crate::tokenizer::MAX_VOCAB,
+                "num_experts" => MAX_EXPERTS,
+                _ => MAX_DIM,
+            };
+            if v > max {
+                return Err(bad(
+                    k,
+                    format!("{v} is beyond the package format's limit of {max}"),
+                ));
             }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
@@ -975,6 +995,26 @@ mod tests {
             e.contains("c.json: config key `hidden_size`: missing"),
             "{e}"
         );
+        let base: serde_json::Value = serde_json::from_slice(include_bytes!(
+            "../../../models/llm-tiny/mixtral/config.json"
+        ))
+        .unwrap();
+        for (key, value, named, limit) in [
+            ("num_local_experts", 257, "num_experts", MAX_EXPERTS),
+            ("hidden_size", 2 * MAX_DIM, "hidden_size", MAX_DIM),
+        ] {
+            let mut j = base.clone();
+            j[key] = value.into();
+            let e = LlmConfig::from_hf_json(&serde_json::to_vec(&j).unwrap(), "c.json")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(named) && e.contains(&format!("limit of {limit}")),
+                "{e}"
+            );
+        }
+        LlmConfig::from_hf_json(&serde_json::to_vec(&base).unwrap(), "c.json")
+            .expect("the unedited config is valid");
         let e = LlmConfig::from_hf_json(b"{", "c.json")
             .unwrap_err()
             .to_string();
