@@ -158,20 +158,7 @@ fn f32_tensor_size_overflow_is_an_error() {
 #[test]
 fn miri_aligned_arena_model_and_session_on_a_written_package() {
     let mut w = common::one_head_writer();
-    let (no, nl) = w.string("t");
-    w.tasks.push(TaskRec {
-        name_off: no,
-        name_len: nl,
-        outputs: 2,
-        modality_mask: 1,
-        program_len: 1,
-        slot_count: 2,
-        path_len: 1,
-        output_slot: 1,
-        program_start: 1,
-        slot_bytes: 32,
-        ..Default::default()
-    });
+    common::one_task(&mut w, 1, 2, 32);
     w.slots.push(SlotRec {
         offset: 0,
         len: 4,
@@ -182,7 +169,6 @@ fn miri_aligned_arena_model_and_session_on_a_written_package() {
         len: 4,
         kind: 0,
     });
-    w.paths.push(common::one_expert_path(0));
     // Copy 2 values from slot 0 (offset 0) to slot 1 (offset 0).
     w.program.push(
         taskpath_format::Op::Copy {

@@ -373,20 +373,7 @@ fn names_cannot_multiply_the_string_table() {
 /// slot of its own: `n + 1` slots, all used, never live at once.
 fn many_slots(n: u32) -> Vec<u8> {
     let mut w = common::one_head_writer();
-    let (no, nl) = w.string("t");
-    w.tasks.push(TaskRec {
-        name_off: no,
-        name_len: nl,
-        outputs: 2,
-        modality_mask: 1,
-        program_len: n,
-        slot_count: n + 1,
-        path_len: 1,
-        output_slot: 1,
-        program_start: 1,
-        slot_bytes: 16 * (u64::from(n) + 1),
-        ..Default::default()
-    });
+    common::one_task(&mut w, n, n + 1, 16 * (u64::from(n) + 1));
     for k in 0..=n {
         w.slots.push(SlotRec {
             offset: 4 * k,
@@ -394,7 +381,6 @@ fn many_slots(n: u32) -> Vec<u8> {
             kind: u32::from(k == 0),
         });
     }
-    w.paths.push(common::one_expert_path(0));
     for k in 1..=n {
         w.program.push(
             taskpath_format::Op::Copy {

@@ -61,3 +61,24 @@ pub fn one_expert_path(task: u32) -> PathRec {
         ..Default::default()
     }
 }
+
+/// Adds task "t" (one modality, two outputs, one path entry, output slot 1)
+/// whose program is the `program_len` ops from index 1 and whose slots are
+/// the first `slot_count` records.
+pub fn one_task(w: &mut PackageWriter, program_len: u32, slot_count: u32, slot_bytes: u64) {
+    let (no, nl) = w.string("t");
+    w.tasks.push(TaskRec {
+        name_off: no,
+        name_len: nl,
+        outputs: 2,
+        modality_mask: 1,
+        program_len,
+        slot_count,
+        path_len: 1,
+        output_slot: 1,
+        program_start: 1,
+        slot_bytes,
+        ..Default::default()
+    });
+    w.paths.push(one_expert_path(0));
+}

@@ -68,15 +68,8 @@ fn write_new_via(
     if path.symlink_metadata().is_ok() {
         anyhow::bail!("{} already exists: not overwriting it", path.display());
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
     for salt in salts.take(TEMP_ATTEMPTS) {
-        let tmp = dir.join(format!(".{}.{salt:016x}.tmp", name.to_string_lossy()));
+        let tmp = temp_name(path, salt)?;
         let mut o = OpenOptions::new();
         o.write(true).create_new(true);
         #[cfg(unix)]
@@ -101,7 +94,7 @@ fn write_new_via(
                 anyhow::Error::new(e).context(format!("linking {} into place", tmp.display()))
             }
         })?;
-        if let Ok(d) = File::open(dir) {
+        if let Ok(d) = File::open(parent_dir(path)) {
             let _ = d.sync_all();
         }
         return Ok(());
@@ -139,22 +132,32 @@ impl Drop for Temp {
     }
 }
 
+/// The directory `path` is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The temporary file next to `path` for one attempt: hidden, in the same
+/// directory (so the final rename or link never crosses file systems).
+fn temp_name(path: &Path, salt: u64) -> Result<PathBuf> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    Ok(dir.join(format!(".{}.{salt:016x}.tmp", name.to_string_lossy())))
+}
+
 /// [`write_atomic_with`] with the temporary names drawn from `salts`.
 fn write_via(
     path: &Path,
     salts: &mut dyn Iterator<Item = u64>,
     fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
     let mut last = None;
     for salt in salts.take(TEMP_ATTEMPTS) {
-        let tmp = dir.join(format!(".{}.{salt:016x}.tmp", name.to_string_lossy()));
+        let tmp = temp_name(path, salt)?;
         let mut f = match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -171,7 +174,7 @@ fn write_via(
         guard.0 = None;
         // The rename is durable once the directory is; failing to sync it
         // (some file systems refuse) does not undo the write.
-        if let Ok(d) = File::open(dir) {
+        if let Ok(d) = File::open(parent_dir(path)) {
             let _ = d.sync_all();
         }
         return Ok(());
