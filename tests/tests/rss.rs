@@ -17,6 +17,15 @@ use taskpath_runtime::{AlignedArena, Model, ResidencyCache, Session, SessionOpti
 /// (output vectors, stdio buffers): far below one expert blob here.
 const SLACK: usize = 256 * 1024;
 
+/// Both tests measure the whole process's RSS, so neither may run while the
+/// other allocates: the test harness runs tests of one binary on parallel
+/// threads.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn measuring_alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// (RssAnon, RssFile, VmHWM) in bytes.
 fn status() -> (usize, usize, usize) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -32,6 +41,7 @@ fn status() -> (usize, usize, usize) {
 
 #[test]
 fn anonymous_rss_grows_by_at_most_the_budget_plus_slack() {
+    let _alone = measuring_alone();
     // A wider pool than the bundled model, so expert bytes dwarf the noise.
     let mut spec = RandomSpec::reference();
     spec.experts = 16;
@@ -124,6 +134,7 @@ fn anonymous_rss_grows_by_at_most_the_budget_plus_slack() {
 /// sample once) by more than the slack.
 #[test]
 fn eight_threads_share_one_mapped_model() {
+    let _alone = measuring_alone();
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Barrier;
     const THREADS: usize = 8;
