@@ -42,6 +42,10 @@ pub struct PackOptions {
     pub quant: Option<WeightFormat>,
     /// Per `(expert, component)` format, overriding `quant` (mixed precision).
     pub expert_formats: BTreeMap<(usize, usize), WeightFormat>,
+    /// Lower every op as the model is written, without the exact rewrites
+    /// (docs/FORMAT.md, "Exact rewrites"): the reference the rewrite tests
+    /// compare against.
+    pub literal: bool,
 }
 
 impl PackOptions {
@@ -326,30 +330,41 @@ fn lower_task(
         lw.op(norm(x, x, "ln0", (d as f32).sqrt(), l)?);
         let t1 = lw.buf(l * d);
         lw.op(norm(x, t1, "ln1", 1.0, l)?);
-        let mut qkv = [SlotId(0); 3];
-        for (i, p) in ["q", "k", "v"].iter().enumerate() {
-            qkv[i] = lw.buf(l * d);
+        let single = l == 1 && !opts.literal;
+        let proj = |lw: &mut Lowering, p: &str| -> Result<SlotId> {
+            let y = lw.buf(l * d);
             lw.op(Op::Linear {
                 x: t1,
-                y: qkv[i],
+                y,
                 w: id(format!("blk.{nm}.attn.{p}.w"))?,
                 b: Some(id(format!("blk.{nm}.attn.{p}.b"))?),
                 rows: l as u32,
                 tmp: None,
             });
-        }
-        let att = lw.buf(l * d);
-        let scr = lw.buf(l);
-        lw.op(Op::Attention {
-            q: qkv[0],
-            k: qkv[1],
-            v: qkv[2],
-            out: att,
-            tokens: l as u32,
-            width: d as u32,
-            heads: c.heads as u32,
-            scratch: scr,
-        });
+            Ok(y)
+        };
+        // One token: the softmax over a single key is exactly 1, so the
+        // attention core returns v unchanged and q, k are dead.
+        let att = if single {
+            proj(&mut lw, "v")?
+        } else {
+            let q = proj(&mut lw, "q")?;
+            let k = proj(&mut lw, "k")?;
+            let v = proj(&mut lw, "v")?;
+            let att = lw.buf(l * d);
+            let scr = lw.buf(l);
+            lw.op(Op::Attention {
+                q,
+                k,
+                v,
+                out: att,
+                tokens: l as u32,
+                width: d as u32,
+                heads: c.heads as u32,
+                scratch: scr,
+            });
+            att
+        };
         let a = lw.buf(l * d);
         lw.op(Op::Linear {
             x: att,
@@ -361,19 +376,26 @@ fn lower_task(
         });
         let u = lw.buf(l * d);
         lw.op(norm(a, u, "ln2", 1.0, l)?);
-        let p = lw.buf(d);
+        // One token: attention pooling weighs it by exactly 1, so every
+        // router head reads u itself.
+        let (p, pscr) = if single {
+            (u, None)
+        } else {
+            (lw.buf(d), Some(lw.buf(l)))
+        };
         let logits = lw.buf(n);
         let gtmp = lw.buf(n);
-        let pscr = lw.buf(l);
         let scale = 1.0 / (stage as f32 + 1.0);
         for h in 0..=stage {
-            lw.op(Op::AttnPool {
-                u,
-                tokens: l as u32,
-                query: id(format!("router.{nm}.{h}.query"))?,
-                out: p,
-                scratch: pscr,
-            });
+            if let Some(scratch) = pscr {
+                lw.op(Op::AttnPool {
+                    u,
+                    tokens: l as u32,
+                    query: id(format!("router.{nm}.{h}.query"))?,
+                    out: p,
+                    scratch,
+                });
+            }
             lw.op(Op::Gate {
                 p,
                 gate: id(format!("router.{nm}.{h}.gate"))?,
