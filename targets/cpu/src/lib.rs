@@ -16,11 +16,16 @@
 //! - [`qmatvec`]: matrix-vector kernels over packed weights behind one trait,
 //!   a generic reference per format plus AVX2 (x86-64) and NEON (aarch64)
 //!   kernels, chosen at run time through the [`qmatvec::Kernels`] table.
+//! - `gemm` (feature `gemm`): register-blocked small-M f32 GEMM kernels for
+//!   the dense f32 linear layers (generic, AVX2, AVX-512F, NEON), bit-identical
+//!   to [`f32::matmul_rows`], chosen through the same table
+//!   ([`qmatvec::Kernels::matmul_f32`]).
 //!
 //! Features: `std` (off by default) enables run-time CPU feature detection and
 //! the `TASKPATH_FORCE_GENERIC` environment variable; without it kernels are
 //! chosen from the compile-time target features. `unsafe` code lives only in
-//! the architecture modules (`qmatvec::x86_64`, `qmatvec::aarch64`).
+//! the architecture modules (`qmatvec::x86_64`, `qmatvec::aarch64`,
+//! `gemm::x86_64`, `gemm::aarch64`).
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -29,6 +34,8 @@
 extern crate std;
 
 pub mod f32;
+#[cfg(feature = "gemm")]
+pub mod gemm;
 pub mod qmatvec;
 /// The weight formats the kernels run: ids, byte layouts and quantisation
 /// are the package format's (`taskpath_format::weight`).

@@ -66,6 +66,8 @@ pub enum Feature {
     /// x86-64 AVX-512 F + BW + VNNI (512-bit integer SIMD with `vpdpbusd`),
     /// detected together: the kernels that need it use all three.
     Avx512Vnni,
+    /// x86-64 AVX-512 F (512-bit float SIMD), the f32 GEMM kernel.
+    Avx512F,
 }
 
 impl Feature {
@@ -76,6 +78,7 @@ impl Feature {
             Self::F16c => "f16c",
             Self::Neon => "neon",
             Self::Avx512Vnni => "avx512vnni",
+            Self::Avx512F => "avx512f",
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct CpuFeatures {
     pub neon: bool,
     /// AVX-512 F, BW and VNNI, all three (x86-64).
     pub avx512vnni: bool,
+    /// AVX-512 F (x86-64).
+    pub avx512f: bool,
 }
 
 impl CpuFeatures {
@@ -100,6 +105,7 @@ impl CpuFeatures {
         f16c: false,
         neon: false,
         avx512vnni: false,
+        avx512f: false,
     };
 
     /// The features this build was compiled for (`cfg(target_feature)`), which
@@ -116,6 +122,7 @@ impl CpuFeatures {
                 target_feature = "avx512bw",
                 target_feature = "avx512vnni"
             )),
+            avx512f: cfg!(all(target_arch = "x86_64", target_feature = "avx512f")),
         }
     }
 
@@ -131,6 +138,7 @@ impl CpuFeatures {
             f.avx512vnni |= std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vnni");
+            f.avx512f |= std::arch::is_x86_feature_detected!("avx512f");
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -160,6 +168,7 @@ impl CpuFeatures {
             Feature::F16c => self.f16c,
             Feature::Neon => self.neon,
             Feature::Avx512Vnni => self.avx512vnni,
+            Feature::Avx512F => self.avx512f,
         }
     }
 
@@ -175,6 +184,7 @@ impl CpuFeatures {
             f16c: self.f16c && other.f16c,
             neon: self.neon && other.neon,
             avx512vnni: self.avx512vnni && other.avx512vnni,
+            avx512f: self.avx512f && other.avx512f,
         }
     }
 }
@@ -332,11 +342,15 @@ struct Slot {
 
 /// The kernel table: one kernel per format. Without the `quant` feature it
 /// is empty and refuses every format with [`NOT_BUILT`] (the runtime never
-/// asks it for f32, which has its own kernels in [`crate::f32`]).
+/// asks it for f32, which has its own kernels in [`crate::f32`]). With the
+/// `gemm` feature it also holds the dense f32 GEMM kernel
+/// ([`Kernels::matmul_f32`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
     #[cfg(feature = "quant")]
     slots: [Slot; ALL.len()],
+    #[cfg(feature = "gemm")]
+    gemm: crate::gemm::F32Gemm,
 }
 
 /// Name of the environment variable that makes [`Kernels::best`] return the
@@ -394,7 +408,10 @@ impl Kernels {
     /// The empty table: this build has no quantized kernels.
     #[cfg(not(feature = "quant"))]
     pub fn generic() -> Self {
-        Self {}
+        Self {
+            #[cfg(feature = "gemm")]
+            gemm: crate::gemm::GENERIC,
+        }
     }
 
     /// Every slot holds the generic (reference) kernel.
@@ -408,7 +425,11 @@ impl Kernels {
         for (s, k) in slots.iter_mut().zip(&generic::KERNELS) {
             s.kernel = k;
         }
-        Self { slots }
+        Self {
+            slots,
+            #[cfg(feature = "gemm")]
+            gemm: crate::gemm::GENERIC,
+        }
     }
 
     /// Generic, then every architecture kernel whose features are in both
@@ -416,14 +437,41 @@ impl Kernels {
     /// features away, e.g. to test fallbacks, never claim absent ones).
     pub fn for_features(features: CpuFeatures) -> Self {
         #[cfg(not(feature = "quant"))]
-        {
-            let _ = features;
-            Self::generic()
-        }
+        #[allow(unused_mut)]
+        let mut k = Self::generic();
         #[cfg(feature = "quant")]
+        #[allow(unused_mut)]
+        let mut k = Self::for_features_quant(features);
+        #[cfg(feature = "gemm")]
         {
-            Self::for_features_quant(features)
+            k.gemm = crate::gemm::for_features(features);
         }
+        let _ = features;
+        k
+    }
+
+    /// The dense f32 GEMM kernel of this table (generic in
+    /// [`Self::generic`], the fastest the features allow otherwise).
+    #[cfg(feature = "gemm")]
+    pub fn f32_gemm(&self) -> crate::gemm::F32Gemm {
+        self.gemm
+    }
+
+    /// `y[r] = W x[r] (+ bias)` for `rows` rows with the contract and the
+    /// bits of [`crate::f32::matmul_rows`]: through [`Self::f32_gemm`] with
+    /// the `gemm` feature, [`crate::f32::matmul_rows`] itself without it.
+    pub fn matmul_f32(
+        &self,
+        w: &[f32],
+        x: &[f32],
+        bias: Option<&[f32]>,
+        rows: usize,
+        y: &mut [f32],
+    ) {
+        #[cfg(feature = "gemm")]
+        self.gemm.matmul_rows(w, x, bias, rows, y);
+        #[cfg(not(feature = "gemm"))]
+        crate::f32::matmul_rows(w, x, bias, rows, y);
     }
 
     #[cfg(feature = "quant")]
@@ -533,7 +581,9 @@ impl Kernels {
 }
 
 impl fmt::Display for Kernels {
-    /// One `format: kernel` line per format (what the runtime logs at start-up).
+    /// One `format: kernel` line per format (what the runtime logs at
+    /// start-up). The f32 GEMM kernel is not listed: it computes the same
+    /// bits whichever variant runs ([`crate::gemm`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (format, k) in self.iter() {
             match k {
