@@ -7,13 +7,21 @@
 # graph, and every graph on every dumped input, within the manifest's bounds
 # (f32: 1e-5 relative, int8: the bound documented in docs/NPU.md).
 #
-# usage: scripts/onnx-check.sh [SAMPLES]      (work files in target/onnx-check;
-#        the venv in .venv-onnx, reused when present; ONNX_VENV overrides it)
+# With --whole it checks the whole-task graphs instead (`export-onnx --whole`):
+# the model packed as f32 and as i4g32 (--quant int4), every task exported as
+# one graph, onnx.checker on each and its logits on the dumped test samples
+# within 1e-4 of the runtime's, relative to their max magnitude.
+#
+# usage: scripts/onnx-check.sh [--whole] [SAMPLES]   (work files in
+#        target/onnx-check; the venv in .venv-onnx, reused when present;
+#        ONNX_VENV overrides it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${ONNX_CHECK_OUT:-$ROOT/target/onnx-check}
 VENV=${ONNX_VENV:-$ROOT/.venv-onnx}
+WHOLE=0
+if [ "${1:-}" = --whole ]; then WHOLE=1; shift; fi
 SAMPLES=${1:-8}
 DATA=$ROOT/models/reference/data
 
@@ -33,6 +41,22 @@ TP=${CARGO_TARGET_DIR:-$ROOT/target}/release/taskpath
 step "pack the bundled model"
 rm -rf "$OUT"
 mkdir -p "$OUT"
+if [ $WHOLE = 1 ]; then
+    for q in f32:f32 i4g32:int4; do
+        name=${q%%:*}
+        q=${q#*:}
+        "$TP" pack models/reference/stage3 -o "$OUT/$name/model.tpk" --calibration "$DATA" --quant $q >/dev/null
+        TASKS=$("$TP" inspect "$OUT/$name/model.tpk" --json | "$VENV/bin/python" -c \
+            "import json,sys; print(' '.join(t['name'] for t in json.load(sys.stdin)['tasks']))")
+        for t in $TASKS; do
+            step "export-onnx --whole --task $t ($name package)"
+            "$TP" export-onnx "$OUT/$name/model.tpk" --task "$t" -o "$OUT/$name/$t" --whole \
+                --dump-reference "$DATA" --dump-samples "$SAMPLES"
+        done
+    done
+    step "onnxruntime + onnx.checker (whole graphs)"
+    exec "$VENV/bin/python" scripts/onnx_check.py --whole "$OUT"/*/*/*.whole.onnx
+fi
 "$TP" pack models/reference/stage3 -o "$OUT/model.tpk" --calibration "$DATA" >/dev/null
 
 TASKS=$("$TP" inspect "$OUT/model.tpk" --json | "$VENV/bin/python" -c \

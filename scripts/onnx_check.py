@@ -7,6 +7,11 @@ input under reference/<graph>/<k>/, compared with the CPU runtime's outputs
 dumped beside it: max|ort - cpu| <= tol * max|cpu| per output, with `tol`
 from the graph's manifest entry (f32: 1e-5; int8: by graph kind, docs/NPU.md). Prints one
 row per (graph kind, precision) and exits non-zero on any failure.
+
+With `--whole FILE.whole.onnx ...` it checks whole-task graphs
+(`export-onnx --whole`) instead: onnx.checker, inputs named and shaped as
+the dumped inputs under reference/<TASK>.whole/<k>/, and the output `logits`
+within WHOLE_REL_BOUND of the runtime's (docs/NPU.md, "--whole").
 """
 import json
 import pathlib
@@ -25,6 +30,56 @@ def rel_error(got, want):
     if scale == 0.0:
         return 0.0 if diff == 0.0 else float("inf")
     return diff / scale
+
+
+# Relative bound of a whole graph's logits against the runtime's: the graph
+# sums every path expert (zero gates included) in another order than the
+# runtime, and weights are the dequantized values the runtime multiplies by.
+WHOLE_REL_BOUND = 1e-4
+
+
+def main_whole(files):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    failures = []
+    rows = []
+    for path in map(pathlib.Path, files):
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        name = path.name[: -len(".onnx")]
+        refs = sorted((path.parent / "reference" / name).glob("*"), key=lambda p: int(p.name))
+        if not refs:
+            failures.append(f"{path}: no reference values (export with --dump-reference)")
+            continue
+        names_out = [o.name for o in model.graph.output]
+        assert names_out == ["logits"], (path, names_out)
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        worst, agree = 0.0, 0
+        for r in refs:
+            feeds = {}
+            for i in model.graph.input:
+                x = np.load(r / f"in.{i.name}.npy")
+                dims = tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
+                assert x.shape == dims, (path, i.name, x.shape, dims)
+                feeds[i.name] = x
+            assert len(feeds) == len(list(r.glob("in.*.npy"))), (path, "inputs differ from the dump")
+            (got,) = sess.run(None, feeds)
+            want = np.load(r / "out.logits.npy")
+            assert got.shape == want.shape, (path, got.shape, want.shape)
+            e = rel_error(got, want)
+            worst = max(worst, e)
+            agree += int(np.argmax(got) == np.argmax(want))
+            if e > WHOLE_REL_BOUND:
+                failures.append(f"{path} sample {r.name}: relative error {e:.3e} > {WHOLE_REL_BOUND:.0e}")
+        rows.append((str(path.parent.parent.name), name, len(model.graph.node), worst, agree, len(refs)))
+    print(f"onnx.checker: {len(rows)} whole graphs OK; onnxruntime {ort.__version__}; bound {WHOLE_REL_BOUND:.0e}")
+    print("| package | graph | nodes | max relative error vs runtime | argmax equal |")
+    print("|---|---|---|---|---|")
+    for pkg, name, nodes, e, a, n in rows:
+        print(f"| {pkg} | {name} | {nodes} | {e:.2e} | {a}/{n} |")
+    for f in failures:
+        print("FAIL:", f, file=sys.stderr)
+    return 1 if failures or not rows else 0
 
 
 def main(manifests):
@@ -78,5 +133,7 @@ def main(manifests):
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: onnx_check.py DIR/manifest.json ...")
+        sys.exit("usage: onnx_check.py DIR/manifest.json ... | onnx_check.py --whole DIR/T.whole.onnx ...")
+    if sys.argv[1] == "--whole":
+        sys.exit(main_whole(sys.argv[2:]))
     sys.exit(main(sys.argv[1:]))

@@ -17,7 +17,7 @@ use taskpath_runtime::plan::{expert_views, Step as PlanStep};
 use taskpath_runtime::{Model, TensorView};
 
 use crate::error::{Error, Result};
-use crate::plan::{Segment, SegmentKind, SegmentPlan, Source, Step};
+use crate::plan::{OpInfo, Port, Segment, SegmentKind, SegmentPlan, Source, Step};
 use crate::proto::{self, dtype, Attr, Msg};
 
 /// The ONNX opset the graphs use: the first with `LayerNormalization`, and
@@ -79,7 +79,8 @@ fn decimal(x: f32) -> f64 {
 pub struct Graph {
     /// Segment name, e.g. `trunk.img_rows`.
     pub name: String,
-    /// Index of the segment in the plan.
+    /// Index of the segment in the plan (`usize::MAX` for a whole-task
+    /// graph, [`whole_graph`]).
     pub segment: usize,
     /// Precision of its weights.
     pub precision: Precision,
@@ -109,6 +110,11 @@ struct Builder<'m, 'a> {
     init_names: Vec<String>,
     tensors: Vec<Value>,
     n: usize,
+    /// Initializer of each dense vector already added (tensor id, dims), so a
+    /// tensor read twice (an expert two modalities route to) is stored once.
+    vectors: HashMap<(u32, Vec<usize>), String>,
+    /// Weight value(s) of each matrix already added: `(V, U)` or `(None, W)`.
+    matrices: HashMap<u32, (Option<String>, String)>,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -126,6 +132,8 @@ impl<'m, 'a> Builder<'m, 'a> {
             init_names: Vec::new(),
             tensors: Vec::new(),
             n: 0,
+            vectors: HashMap::new(),
+            matrices: HashMap::new(),
         }
     }
 
@@ -148,6 +156,16 @@ impl<'m, 'a> Builder<'m, 'a> {
         self.nodes
             .push(proto::node(&name, op, inputs, &[&out], attrs));
         out
+    }
+
+    /// A node with `n` outputs; returns their names.
+    fn node_n(&mut self, op: &str, inputs: &[&str], n: usize, attrs: &[Attr]) -> Vec<String> {
+        let outs: Vec<String> = (0..n).map(|_| self.fresh(&op.to_lowercase())).collect();
+        let name = format!("n{}_{op}", self.n);
+        let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+        self.nodes
+            .push(proto::node(&name, op, inputs, &refs, attrs));
+        outs
     }
 
     fn unique(&self, name: &str) -> String {
@@ -221,9 +239,13 @@ impl<'m, 'a> Builder<'m, 'a> {
         if t.a.len() != dims.iter().product::<usize>() {
             return Err(self.err(format!("{} has the wrong size", self.tensor_name(id))));
         }
+        if let Some(n) = self.vectors.get(&(id, dims.to_vec())) {
+            return Ok(n.clone());
+        }
         let name = self.tensor_name(id);
         let n = self.init(&name, dims, dtype::FLOAT, &f32_bytes(t.a));
         self.record(id, t, &[&n]);
+        self.vectors.insert((id, dims.to_vec()), n.clone());
         Ok(n)
     }
 
@@ -277,26 +299,39 @@ impl<'m, 'a> Builder<'m, 'a> {
             Some(b) if b != taskpath_format::NONE => Some(self.vector(b, &[w.rows])?),
             _ => None,
         };
-        let (a, v) = dense_factors(w).map_err(|e| self.err(format!("{name}: {e}")))?;
         let gemm = |s: &mut Self, x: &str, wn: &str, b: Option<&str>| {
             let mut ins = vec![x, wn];
             ins.extend(b);
             s.node("Gemm", &ins, &[Attr::Int("transB", 1)])
         };
-        if let Some(v) = v {
-            let (vn, mut inits) = self.weight(&format!("{name}.V"), w.rank, w.cols, &v);
-            let (un, more) = self.weight(&format!("{name}.U"), w.rows, w.rank, &a);
-            inits.extend(more);
-            let refs: Vec<&str> = inits.iter().map(String::as_str).collect();
-            self.record(id, w, &refs);
-            let t = gemm(self, x, &vn, None);
-            Ok(gemm(self, &t, &un, b.as_deref()))
-        } else {
-            let (wn, inits) = self.weight(&name, w.rows, w.cols, &a);
-            let refs: Vec<&str> = inits.iter().map(String::as_str).collect();
-            self.record(id, w, &refs);
-            Ok(gemm(self, x, &wn, b.as_deref()))
-        }
+        let (vn, un) = match self.matrices.get(&id) {
+            Some(m) => m.clone(),
+            None => {
+                let (a, v) = dense_factors(w).map_err(|e| self.err(format!("{name}: {e}")))?;
+                let m = if let Some(v) = v {
+                    let (vn, mut inits) = self.weight(&format!("{name}.V"), w.rank, w.cols, &v);
+                    let (un, more) = self.weight(&format!("{name}.U"), w.rows, w.rank, &a);
+                    inits.extend(more);
+                    let refs: Vec<&str> = inits.iter().map(String::as_str).collect();
+                    self.record(id, w, &refs);
+                    (Some(vn), un)
+                } else {
+                    let (wn, inits) = self.weight(&name, w.rows, w.cols, &a);
+                    let refs: Vec<&str> = inits.iter().map(String::as_str).collect();
+                    self.record(id, w, &refs);
+                    (None, wn)
+                };
+                self.matrices.insert(id, m.clone());
+                m
+            }
+        };
+        Ok(match vn {
+            Some(vn) => {
+                let t = gemm(self, x, &vn, None);
+                gemm(self, &t, &un, b.as_deref())
+            }
+            None => gemm(self, x, &un, b.as_deref()),
+        })
     }
 
     fn layernorm(&mut self, x: &str, g: &str, b: &str, eps: f32, scale: f32) -> String {
@@ -337,8 +372,29 @@ impl<'m, 'a> Builder<'m, 'a> {
         outputs: &[(String, [usize; 2])],
         task: &str,
     ) -> Graph {
+        let doc = format!(
+            "taskpath segment {} of task {task} ({} weights)",
+            seg.name,
+            self.precision.name()
+        );
+        self.finish_ports(&seg.name, si, &seg.inputs, &seg.outputs, outputs, task, doc)
+    }
+
+    /// The `ModelProto` of graph `name`: declared inputs `inputs`, each of
+    /// `outputs` named by the matching `ports` entry (an `Identity` each).
+    #[allow(clippy::too_many_arguments)]
+    fn finish_ports(
+        self,
+        name: &str,
+        si: usize,
+        inputs: &[Port],
+        ports: &[Port],
+        outputs: &[(String, [usize; 2])],
+        task: &str,
+        doc: String,
+    ) -> Graph {
         let mut nodes = self.nodes;
-        for (p, (val, _)) in seg.outputs.iter().zip(outputs) {
+        for (p, (val, _)) in ports.iter().zip(outputs) {
             nodes.push(proto::node(
                 &format!("out_{}", p.name),
                 "Identity",
@@ -347,41 +403,25 @@ impl<'m, 'a> Builder<'m, 'a> {
                 &[],
             ));
         }
-        let ins: Vec<Msg> = seg
-            .inputs
+        let ins: Vec<Msg> = inputs
             .iter()
             .map(|p| proto::value_info(&p.name, &p.shape))
             .collect();
-        let outs: Vec<Msg> = seg
-            .outputs
+        let outs: Vec<Msg> = ports
             .iter()
             .map(|p| proto::value_info(&p.name, &p.shape))
             .collect();
-        let doc = format!(
-            "taskpath segment {} of task {task} ({} weights)",
-            seg.name,
-            self.precision.name()
-        );
         let meta = vec![
-            ("taskpath.segment".to_string(), seg.name.clone()),
+            ("taskpath.segment".to_string(), name.to_string()),
             ("taskpath.task".to_string(), task.to_string()),
             (
                 "taskpath.precision".to_string(),
                 self.precision.name().to_string(),
             ),
         ];
-        let bytes = proto::model(
-            &seg.name,
-            &doc,
-            &nodes,
-            &self.inits,
-            &ins,
-            &outs,
-            OPSET,
-            &meta,
-        );
+        let bytes = proto::model(name, &doc, &nodes, &self.inits, &ins, &outs, OPSET, &meta);
         Graph {
-            name: seg.name.clone(),
+            name: name.to_string(),
             segment: si,
             precision: self.precision,
             bytes,
@@ -438,20 +478,18 @@ struct Slots {
     pieces: HashMap<u32, Vec<(usize, String, usize)>>,
 }
 
-fn dense_graph(
-    model: &Model<'_>,
-    plan: &SegmentPlan,
-    si: usize,
-    precision: Precision,
-) -> Result<Graph> {
-    let seg = &plan.segments[si];
-    let mut b = Builder::new(model, &seg.name, precision);
-    let mut st = Slots::default();
-    let read = |b: &mut Builder<'_, '_>,
-                st: &mut Slots,
-                src: Source,
-                shape: [usize; 2]|
-     -> Result<String> {
+impl Slots {
+    /// The ONNX value of `src` viewed as `shape`: a slot's current value
+    /// (its `Copy` pieces concatenated first, reshaped when the view
+    /// differs), else the graph input in `inputs` that `src` names.
+    fn read(
+        &mut self,
+        b: &mut Builder<'_, '_>,
+        inputs: &[Port],
+        src: Source,
+        shape: [usize; 2],
+    ) -> Result<String> {
+        let st = self;
         if let Source::Slot(s) = src {
             if let Some(mut pieces) = st.pieces.remove(&s) {
                 pieces.sort_by_key(|p| p.0);
@@ -476,8 +514,7 @@ fn dense_graph(
                 return Ok(b.reshape(&name, shape));
             }
         }
-        let p = seg
-            .inputs
+        let p = inputs
             .iter()
             .find(|p| p.source == src)
             .ok_or_else(|| b.err(format!("{src:?} read before it is written")))?;
@@ -485,178 +522,265 @@ fn dense_graph(
             return Err(b.err(format!("input {} read with another shape", p.name)));
         }
         Ok(p.name.clone())
+    }
+}
+
+/// Translates dense op `i` (task-local) of a plan into `b`, its inputs read
+/// from `st` or the graph inputs `inputs`, its outputs recorded in `st`.
+fn dense_op(
+    model: &Model<'_>,
+    b: &mut Builder<'_, '_>,
+    st: &mut Slots,
+    inputs: &[Port],
+    i: u32,
+    info: &OpInfo,
+) -> Result<()> {
+    let read = |b: &mut Builder<'_, '_>, st: &mut Slots, src: Source, shape: [usize; 2]| {
+        st.read(b, inputs, src, shape)
     };
-    for &i in &seg.ops {
-        let info = &plan.ops[i as usize];
-        let tensor = |b: &Builder<'_, '_>, id: TensorId| {
-            model
-                .tensor(id.0)
-                .ok_or_else(|| b.err(format!("op {i}: tensor {} does not exist", id.0)))
-        };
-        match info.op {
-            Op::Encode {
-                out,
-                w,
-                b: bias,
-                pos,
-                ..
-            } => {
-                let (src, shape) = info.reads[0];
-                let x = read(&mut b, &mut st, src, shape)?;
-                let wv = tensor(&b, w)?;
-                let pv = tensor(&b, pos)?;
-                let y = b.linear(&x, w.0, &wv, Some(bias.0))?;
-                let pn = b.vector_view(pos.0, &pv, &[pv.rows, pv.cols])?;
-                let y = b.node("Add", &[&y, &pn], &[]);
-                st.cur.insert(out.0, (y, info.writes[0].1));
-            }
-            Op::LayerNorm {
-                y,
-                g,
-                b: bias,
-                scale,
-                eps,
-                ..
-            } => {
-                let (src, shape) = info.reads[0];
-                let x = read(&mut b, &mut st, src, shape)?;
-                let c = shape[1];
-                let gn = b.vector(g.0, &[c])?;
-                let bn = b.vector(bias.0, &[c])?;
-                let out = b.layernorm(&x, &gn, &bn, eps, scale);
-                st.cur.insert(y.0, (out, shape));
-            }
-            Op::Linear { y, w, b: bias, .. } => {
-                let (src, shape) = info.reads[0];
-                let x = read(&mut b, &mut st, src, shape)?;
-                let wv = tensor(&b, w)?;
-                let out = b.linear(&x, w.0, &wv, bias.map(|t| t.0))?;
-                st.cur.insert(y.0, (out, info.writes[0].1));
-            }
-            Op::Attention {
-                out,
-                tokens,
-                width,
-                heads,
-                ..
-            } => {
-                let (l, d, heads) = (tokens as usize, width as usize, heads as usize);
-                if heads == 0 || d % heads != 0 {
-                    return Err(b.err("heads must divide the width"));
-                }
-                let dh = d / heads;
-                let mut qkv = Vec::new();
-                for &(src, shape) in &info.reads {
-                    qkv.push(read(&mut b, &mut st, src, shape)?);
-                }
-                let s3 = b.const_i64("shape", &[l as i64, heads as i64, dh as i64]);
-                let split = |b: &mut Builder<'_, '_>, x: &str, perm: Vec<i64>| {
-                    let t = b.node("Reshape", &[x, &s3], &[]);
-                    b.node("Transpose", &[&t], &[Attr::Ints("perm", perm)])
-                };
-                let q = split(&mut b, &qkv[0], vec![1, 0, 2]); // [H, L, dh]
-                let kt = split(&mut b, &qkv[1], vec![1, 2, 0]); // [H, dh, L]
-                let v = split(&mut b, &qkv[2], vec![1, 0, 2]); // [H, L, dh]
-                let s = b.node("MatMul", &[&q, &kt], &[]);
-                let c = b.const_f32("inv_sqrt_dh", &[], &[1.0 / (dh as f32).sqrt()]);
-                let s = b.node("Mul", &[&s, &c], &[]);
-                let s = b.node("Softmax", &[&s], &[Attr::Int("axis", -1)]);
-                let o = b.node("MatMul", &[&s, &v], &[]);
-                let o = b.node("Transpose", &[&o], &[Attr::Ints("perm", vec![1, 0, 2])]);
-                let o = b.reshape(&o, [l, d]);
-                st.cur.insert(out.0, (o, [l, d]));
-            }
-            Op::AttnPool { query, out, .. } => {
-                let (src, shape) = info.reads[0];
-                let d = shape[1];
-                let u = read(&mut b, &mut st, src, shape)?;
-                let q = b.vector(query.0, &[1, d])?;
-                let s = b.node("Gemm", &[&u, &q], &[Attr::Int("transB", 1)]); // [L, 1]
-                let c = b.const_f32("inv_sqrt_d", &[], &[1.0 / (d as f32).sqrt()]);
-                let s = b.node("Mul", &[&s, &c], &[]);
-                let s = b.node("Softmax", &[&s], &[Attr::Int("axis", 0)]);
-                let p = b.node("Gemm", &[&s, &u], &[Attr::Int("transA", 1)]); // [1, D]
-                st.cur.insert(out.0, (p, [1, d]));
-            }
-            Op::Gate {
-                gate,
-                logits,
-                accumulate,
-                scale,
-                function,
-                ..
-            } => {
-                let gv = tensor(&b, gate)?;
-                let (n, d) = (gv.rows, gv.cols);
-                let (src, shape) = info.reads[0];
-                let p = read(&mut b, &mut st, src, shape)?;
-                // Gate vectors stay f32 in both precisions: top-k routing is
-                // the part of the model least tolerant of weight error.
-                let g = b.vector(gate.0, &[n, d])?;
-                let t = if function == GateFn::Dot {
-                    b.node("Gemm", &[&p, &g], &[Attr::Int("transB", 1)])
-                } else {
-                    let diff = b.node("Sub", &[&p, &g], &[]); // [N, D]
-                    let ss = b.node(
-                        "ReduceSumSquare",
-                        &[&diff],
-                        &[Attr::Ints("axes", vec![1]), Attr::Int("keepdims", 0)],
-                    );
-                    let dist = b.node("Sqrt", &[&ss], &[]);
-                    let neg = b.node("Neg", &[&dist], &[]);
-                    b.reshape(&neg, [1, n])
-                };
-                let t = if scale == 1.0 {
-                    t
-                } else {
-                    let c = b.const_f32("router_scale", &[], &[scale]);
-                    b.node("Mul", &[&t, &c], &[])
-                };
-                let y = if accumulate {
-                    let prev = read(&mut b, &mut st, Source::Slot(logits.0), [1, n])?;
-                    b.node("Add", &[&prev, &t], &[])
-                } else {
-                    t
-                };
-                st.cur.insert(logits.0, (y, [1, n]));
-            }
-            Op::Copy {
-                src_offset,
-                dst,
-                dst_offset,
-                len,
-                ..
-            } => {
-                let (src, shape) = info.reads[0];
-                if src_offset != 0 {
-                    return Err(b.err(format!(
-                        "op {i}: a copy from inside a value is not exported"
-                    )));
-                }
-                let x = read(&mut b, &mut st, src, shape)?;
-                st.cur.remove(&dst.0);
-                st.pieces
-                    .entry(dst.0)
-                    .or_default()
-                    .push((dst_offset as usize, x, len as usize));
-            }
-            Op::Route { .. } | Op::Moe { .. } => {
-                return Err(b.err(format!("op {i}: glue op inside a dense segment")))
-            }
-            other => {
-                return Err(b.err(format!(
-                    "op {i}: {} has no ONNX export yet (language-model tasks are not segmented)",
-                    other.name()
-                )))
-            }
+    let tensor = |b: &Builder<'_, '_>, id: TensorId| {
+        model
+            .tensor(id.0)
+            .ok_or_else(|| b.err(format!("op {i}: tensor {} does not exist", id.0)))
+    };
+    match info.op {
+        Op::Encode {
+            out,
+            w,
+            b: bias,
+            pos,
+            ..
+        } => {
+            let (src, shape) = info.reads[0];
+            let x = read(b, st, src, shape)?;
+            let wv = tensor(b, w)?;
+            let pv = tensor(b, pos)?;
+            let y = b.linear(&x, w.0, &wv, Some(bias.0))?;
+            let pn = b.vector_view(pos.0, &pv, &[pv.rows, pv.cols])?;
+            let y = b.node("Add", &[&y, &pn], &[]);
+            st.cur.insert(out.0, (y, info.writes[0].1));
         }
+        Op::LayerNorm {
+            y,
+            g,
+            b: bias,
+            scale,
+            eps,
+            ..
+        } => {
+            let (src, shape) = info.reads[0];
+            let x = read(b, st, src, shape)?;
+            let c = shape[1];
+            let gn = b.vector(g.0, &[c])?;
+            let bn = b.vector(bias.0, &[c])?;
+            let out = b.layernorm(&x, &gn, &bn, eps, scale);
+            st.cur.insert(y.0, (out, shape));
+        }
+        Op::Linear { y, w, b: bias, .. } => {
+            let (src, shape) = info.reads[0];
+            let x = read(b, st, src, shape)?;
+            let wv = tensor(b, w)?;
+            let out = b.linear(&x, w.0, &wv, bias.map(|t| t.0))?;
+            st.cur.insert(y.0, (out, info.writes[0].1));
+        }
+        Op::Attention {
+            out,
+            tokens,
+            width,
+            heads,
+            ..
+        } => {
+            let (l, d, heads) = (tokens as usize, width as usize, heads as usize);
+            if heads == 0 || d % heads != 0 {
+                return Err(b.err("heads must divide the width"));
+            }
+            let dh = d / heads;
+            let mut qkv = Vec::new();
+            for &(src, shape) in &info.reads {
+                qkv.push(read(b, st, src, shape)?);
+            }
+            let s3 = b.const_i64("shape", &[l as i64, heads as i64, dh as i64]);
+            let split = |b: &mut Builder<'_, '_>, x: &str, perm: Vec<i64>| {
+                let t = b.node("Reshape", &[x, &s3], &[]);
+                b.node("Transpose", &[&t], &[Attr::Ints("perm", perm)])
+            };
+            let q = split(b, &qkv[0], vec![1, 0, 2]); // [H, L, dh]
+            let kt = split(b, &qkv[1], vec![1, 2, 0]); // [H, dh, L]
+            let v = split(b, &qkv[2], vec![1, 0, 2]); // [H, L, dh]
+            let s = b.node("MatMul", &[&q, &kt], &[]);
+            let c = b.const_f32("inv_sqrt_dh", &[], &[1.0 / (dh as f32).sqrt()]);
+            let s = b.node("Mul", &[&s, &c], &[]);
+            let s = b.node("Softmax", &[&s], &[Attr::Int("axis", -1)]);
+            let o = b.node("MatMul", &[&s, &v], &[]);
+            let o = b.node("Transpose", &[&o], &[Attr::Ints("perm", vec![1, 0, 2])]);
+            let o = b.reshape(&o, [l, d]);
+            st.cur.insert(out.0, (o, [l, d]));
+        }
+        Op::AttnPool { query, out, .. } => {
+            let (src, shape) = info.reads[0];
+            let d = shape[1];
+            let u = read(b, st, src, shape)?;
+            let q = b.vector(query.0, &[1, d])?;
+            let s = b.node("Gemm", &[&u, &q], &[Attr::Int("transB", 1)]); // [L, 1]
+            let c = b.const_f32("inv_sqrt_d", &[], &[1.0 / (d as f32).sqrt()]);
+            let s = b.node("Mul", &[&s, &c], &[]);
+            let s = b.node("Softmax", &[&s], &[Attr::Int("axis", 0)]);
+            let p = b.node("Gemm", &[&s, &u], &[Attr::Int("transA", 1)]); // [1, D]
+            st.cur.insert(out.0, (p, [1, d]));
+        }
+        Op::Gate {
+            gate,
+            logits,
+            accumulate,
+            scale,
+            function,
+            ..
+        } => {
+            let gv = tensor(b, gate)?;
+            let (n, d) = (gv.rows, gv.cols);
+            let (src, shape) = info.reads[0];
+            let p = read(b, st, src, shape)?;
+            // Gate vectors stay f32 in both precisions: top-k routing is
+            // the part of the model least tolerant of weight error.
+            let g = b.vector(gate.0, &[n, d])?;
+            let t = if function == GateFn::Dot {
+                b.node("Gemm", &[&p, &g], &[Attr::Int("transB", 1)])
+            } else {
+                let diff = b.node("Sub", &[&p, &g], &[]); // [N, D]
+                let ss = b.node(
+                    "ReduceSumSquare",
+                    &[&diff],
+                    &[Attr::Ints("axes", vec![1]), Attr::Int("keepdims", 0)],
+                );
+                let dist = b.node("Sqrt", &[&ss], &[]);
+                let neg = b.node("Neg", &[&dist], &[]);
+                b.reshape(&neg, [1, n])
+            };
+            let t = if scale == 1.0 {
+                t
+            } else {
+                let c = b.const_f32("router_scale", &[], &[scale]);
+                b.node("Mul", &[&t, &c], &[])
+            };
+            let y = if accumulate {
+                let prev = read(b, st, Source::Slot(logits.0), [1, n])?;
+                b.node("Add", &[&prev, &t], &[])
+            } else {
+                t
+            };
+            st.cur.insert(logits.0, (y, [1, n]));
+        }
+        Op::Copy {
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+            ..
+        } => {
+            let (src, shape) = info.reads[0];
+            if src_offset != 0 {
+                return Err(b.err(format!(
+                    "op {i}: a copy from inside a value is not exported"
+                )));
+            }
+            let x = read(b, st, src, shape)?;
+            st.cur.remove(&dst.0);
+            st.pieces
+                .entry(dst.0)
+                .or_default()
+                .push((dst_offset as usize, x, len as usize));
+        }
+        Op::Route { .. } | Op::Moe { .. } => {
+            return Err(b.err(format!("op {i}: glue op inside a dense segment")))
+        }
+        other => {
+            return Err(b.err(format!(
+                "op {i}: {} has no ONNX export yet (language-model tasks are not segmented)",
+                other.name()
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn dense_graph(
+    model: &Model<'_>,
+    plan: &SegmentPlan,
+    si: usize,
+    precision: Precision,
+) -> Result<Graph> {
+    let seg = &plan.segments[si];
+    let mut b = Builder::new(model, &seg.name, precision);
+    let mut st = Slots::default();
+    for &i in &seg.ops {
+        dense_op(
+            model,
+            &mut b,
+            &mut st,
+            &seg.inputs,
+            i,
+            &plan.ops[i as usize],
+        )?;
     }
     let mut outs = Vec::new();
     for p in &seg.outputs {
-        let v = read(&mut b, &mut st, p.source, p.shape)?;
+        let v = st.read(&mut b, &seg.inputs, p.source, p.shape)?;
         outs.push((v, p.shape));
     }
     Ok(b.finish(seg, si, &outs, &plan.task_name))
+}
+
+impl Builder<'_, '_> {
+    /// One expert component over its conv window `x` (`[1, 3D]`, zero rows
+    /// past the sequence): `fc2(GELU(fc1(LN(u_t + GELU(conv(x))))))`, the
+    /// runtime's `conv_ffn`, before its gate. Returns the `[1, D]` output.
+    fn expert_component(&mut self, x: &str, c: &ExpertComponent<'_>) -> Result<String> {
+        let (e, ids, eps) = (&c.views, &c.ids, c.eps);
+        let d = e.conv_w.rows;
+        let h = e.fc1_w.rows;
+        if e.conv_w.cols != 3 * d {
+            return Err(self.err("conv weight is not [D, 3D]"));
+        }
+        let hb = self.linear(x, ids[0], &e.conv_w, Some(ids[1]))?;
+        let hb = self.gelu(&hb);
+        let starts = self.const_i64("starts", &[d as i64]);
+        let ends = self.const_i64("ends", &[2 * d as i64]);
+        let axes = self.const_i64("axes", &[1]);
+        let ut = self.node("Slice", &[x, &starts, &ends, &axes], &[]);
+        let hb = self.node("Add", &[&hb, &ut], &[]);
+        let g = self.vector(ids[2], &[d])?;
+        let bb = self.vector(ids[3], &[d])?;
+        let hb = self.layernorm(&hb, &g, &bb, eps, 1.0);
+        if e.fc1_w.cols != d || e.fc2_w.rows != d || e.fc2_w.cols != h {
+            return Err(self.err("fc1/fc2 shapes do not match the model's widths"));
+        }
+        let m = self.linear(&hb, ids[4], &e.fc1_w, Some(ids[5]))?;
+        let m = self.gelu(&m);
+        self.linear(&m, ids[6], &e.fc2_w, Some(ids[7]))
+    }
+}
+
+/// The tensors of one expert component as the graphs read them.
+struct ExpertComponent<'a> {
+    views: taskpath_runtime::ExpertTensors<TensorView<'a>>,
+    /// Tensor ids: conv w, b; LN g, b; fc1 w, b; fc2 w, b.
+    ids: [u32; 8],
+    /// LayerNorm epsilon of the group's experts.
+    eps: f32,
+}
+
+/// Component `component` of expert slot `expert` of expert group `group`.
+fn expert_component<'a>(
+    model: &Model<'a>,
+    group: u32,
+    expert: usize,
+    component: usize,
+    eps: f32,
+) -> Option<ExpertComponent<'a>> {
+    let rec = model.expert(group, expert, component)?;
+    let views = expert_views(model, group, expert, component)?;
+    let ids: [u32; 8] = core::array::from_fn(|k| rec.tensor_start + k as u32);
+    Some(ExpertComponent { views, ids, eps })
 }
 
 /// The graph of one expert component over its conv window: `x [1, 3D] ->
@@ -665,35 +789,13 @@ fn expert_graph(
     model: &Model<'_>,
     plan: &SegmentPlan,
     si: usize,
-    e: &taskpath_runtime::ExpertTensors<TensorView<'_>>,
-    ids: &[u32; 8],
-    eps: f32,
+    c: &ExpertComponent<'_>,
     precision: Precision,
 ) -> Result<Graph> {
     let seg = &plan.segments[si];
-    let d = e.conv_w.rows;
-    let h = e.fc1_w.rows;
+    let d = c.views.conv_w.rows;
     let mut b = Builder::new(model, &seg.name, precision);
-    let x = "x";
-    if e.conv_w.cols != 3 * d {
-        return Err(b.err("conv weight is not [D, 3D]"));
-    }
-    let hb = b.linear(x, ids[0], &e.conv_w, Some(ids[1]))?;
-    let hb = b.gelu(&hb);
-    let starts = b.const_i64("starts", &[d as i64]);
-    let ends = b.const_i64("ends", &[2 * d as i64]);
-    let axes = b.const_i64("axes", &[1]);
-    let ut = b.node("Slice", &[x, &starts, &ends, &axes], &[]);
-    let hb = b.node("Add", &[&hb, &ut], &[]);
-    let g = b.vector(ids[2], &[d])?;
-    let bb = b.vector(ids[3], &[d])?;
-    let hb = b.layernorm(&hb, &g, &bb, eps, 1.0);
-    if e.fc1_w.cols != d || e.fc2_w.rows != d || e.fc2_w.cols != h {
-        return Err(b.err("fc1/fc2 shapes do not match the model's widths"));
-    }
-    let m = b.linear(&hb, ids[4], &e.fc1_w, Some(ids[5]))?;
-    let m = b.gelu(&m);
-    let y = b.linear(&m, ids[6], &e.fc2_w, Some(ids[7]))?;
+    let y = b.expert_component("x", c)?;
     Ok(b.finish(seg, si, &[(y, [1, d])], &plan.task_name))
 }
 
@@ -721,13 +823,207 @@ pub fn segment_graph(
                     _ => None,
                 })
                 .ok_or_else(missing)?;
-            let rec = model.expert(group, expert, component).ok_or_else(missing)?;
-            let e = expert_views(model, group, expert, component).ok_or_else(missing)?;
-            let ids: [u32; 8] = core::array::from_fn(|k| rec.tensor_start + k as u32);
-            expert_graph(model, plan, si, &e, &ids, eps, precision)
+            let c = expert_component(model, group, expert, component, eps).ok_or_else(missing)?;
+            expert_graph(model, plan, si, &c, precision)
         }
         _ => dense_graph(model, plan, si, precision),
     }
+}
+
+/// The name of a task's whole graph: `<TASK>.whole` (file `<TASK>.whole.onnx`).
+pub fn whole_name(task: &str) -> String {
+    format!("{task}.whole")
+}
+
+/// The routing of one `Route` op in a whole graph: the experts it may pick
+/// (its path mask, ascending) and the `[1, experts.len()]` gate vector, zero
+/// outside the kept top-k.
+struct Gates {
+    experts: Vec<usize>,
+    gates: String,
+}
+
+/// The whole task as ONE dense graph, the form a PyTorch export of the model
+/// gives: inputs are the task's inputs (named by modality, `[tokens,
+/// features]`), the output `logits` `[1, outputs]` the task's outputs.
+///
+/// Dense ops are translated as in the segment graphs. Each `Route` becomes
+/// `Gather` (the logits of the path mask's experts) -> `TopK` -> `Softmax`
+/// over the kept logits -> `ScatterElements` into a zero vector; each `Moe`
+/// computes EVERY expert of the mask (every component, over the conv window
+/// at its token, as the expert graphs do) and sums them weighted by that
+/// gate vector (`MatMul` of the gates with the stacked expert outputs). No
+/// control flow depends on the data. The summation order differs from the
+/// runtime's (which adds only the kept experts, in top-k order, component by
+/// component), so outputs agree to rounding (docs/NPU.md, "--whole").
+pub fn whole_graph(model: &Model<'_>, plan: &SegmentPlan, precision: Precision) -> Result<Graph> {
+    let name = whole_name(&plan.task_name);
+    let mut b = Builder::new(model, &name, precision);
+    let info = model.task(plan.task)?;
+    let mods: Vec<usize> = info.modalities().collect();
+    // The task inputs, with the views the segments read them as.
+    let mut inputs: Vec<Port> = Vec::new();
+    for p in plan.segments.iter().flat_map(|s| &s.inputs) {
+        if let Source::TaskInput(k) = p.source {
+            if inputs.iter().any(|q| q.source == p.source) {
+                continue;
+            }
+            let mname = mods
+                .get(k)
+                .and_then(|&m| model.modality(m))
+                .map_or_else(|| format!("x{k}"), |(n, _, _)| n.to_string());
+            inputs.push(Port {
+                name: mname,
+                shape: p.shape,
+                source: p.source,
+            });
+        }
+    }
+    inputs.sort_by_key(|p| match p.source {
+        Source::TaskInput(k) => k,
+        _ => usize::MAX,
+    });
+    let mut st = Slots::default();
+    let mut routes: HashMap<u32, Gates> = HashMap::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let i = i as u32;
+        match (op.op, op.step) {
+            (
+                Op::Route { route, .. },
+                PlanStep::Route {
+                    mask,
+                    top_k,
+                    logits,
+                    ..
+                },
+            ) => {
+                let (src, shape) = op.reads[0];
+                let n = logits.len();
+                let l = st.read(&mut b, &inputs, src, shape)?;
+                let l = b.reshape(&l, [1, n]);
+                let experts: Vec<usize> = (0..n).filter(|&j| mask.contains(j)).collect();
+                let k = top_k.min(experts.len());
+                if k == 0 {
+                    return Err(b.err(format!("op {i}: the route keeps no expert")));
+                }
+                let idx: Vec<i64> = experts.iter().map(|&j| j as i64).collect();
+                let idx = b.const_i64("path", &idx);
+                let lm = b.node("Gather", &[&l, &idx], &[Attr::Int("axis", 1)]);
+                let kc = b.const_i64("k", &[k as i64]);
+                // Ties keep the lower index first, as the runtime's top-k.
+                let top = b.node_n(
+                    "TopK",
+                    &[&lm, &kc],
+                    2,
+                    &[
+                        Attr::Int("axis", -1),
+                        Attr::Int("largest", 1),
+                        Attr::Int("sorted", 1),
+                    ],
+                );
+                let sm = b.node("Softmax", &[&top[0]], &[Attr::Int("axis", -1)]);
+                let zeros = b.const_f32("zeros", &[1, experts.len()], &vec![0.0; experts.len()]);
+                let gates = b.node(
+                    "ScatterElements",
+                    &[&zeros, &top[1], &sm],
+                    &[Attr::Int("axis", 1)],
+                );
+                routes.insert(route.0, Gates { experts, gates });
+            }
+            (
+                Op::Moe {
+                    u,
+                    route,
+                    out,
+                    token,
+                    ..
+                },
+                PlanStep::Moe {
+                    group,
+                    mask,
+                    components,
+                    width: d,
+                    eps,
+                    ..
+                },
+            ) => {
+                let g = routes
+                    .get(&route.0)
+                    .ok_or_else(|| b.err(format!("op {i}: no Route op writes its route")))?;
+                let (experts, gates) = (g.experts.clone(), g.gates.clone());
+                let (_, ushape) = op
+                    .reads
+                    .iter()
+                    .copied()
+                    .find(|r| r.0 == Source::Slot(u.0))
+                    .ok_or_else(|| b.err(format!("op {i}: Moe does not read u")))?;
+                let l = ushape[0];
+                let t = token as usize;
+                if ushape[1] != d || t >= l {
+                    return Err(b.err(format!("op {i}: u is not [L, D] with the token inside")));
+                }
+                let uu = st.read(&mut b, &inputs, Source::Slot(u.0), ushape)?;
+                // The window [u_{t-1}; u_t; u_{t+1}], zero rows past the sequence.
+                let axes = b.const_i64("axes", &[0]);
+                let mut rows = Vec::new();
+                for r in [t as i64 - 1, t as i64, t as i64 + 1] {
+                    if r < 0 || r >= l as i64 {
+                        rows.push(b.const_f32("zero_row", &[1, d], &vec![0.0; d]));
+                    } else {
+                        let s0 = b.const_i64("starts", &[r]);
+                        let s1 = b.const_i64("ends", &[r + 1]);
+                        rows.push(b.node("Slice", &[&uu, &s0, &s1, &axes], &[]));
+                    }
+                }
+                let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+                let win = b.node("Concat", &refs, &[Attr::Int("axis", 1)]); // [1, 3D]
+                let mut ys = Vec::new();
+                for &j in &experts {
+                    if !mask.contains(j) {
+                        return Err(b.err(format!("op {i}: expert {j} is outside the Moe's mask")));
+                    }
+                    let mut y: Option<String> = None;
+                    for c in 0..components {
+                        let comp = expert_component(model, group, j, c, eps).ok_or_else(|| {
+                            b.err(format!("op {i}: expert {j} component {c} missing"))
+                        })?;
+                        let yc = b.expert_component(&win, &comp)?;
+                        y = Some(match y {
+                            None => yc,
+                            Some(prev) => b.node("Add", &[&prev, &yc], &[]),
+                        });
+                    }
+                    ys.push(y.ok_or_else(|| b.err(format!("op {i}: no components")))?);
+                }
+                let refs: Vec<&str> = ys.iter().map(String::as_str).collect();
+                let stack = b.node("Concat", &refs, &[Attr::Int("axis", 0)]); // [M, D]
+                let y = b.node("MatMul", &[&gates, &stack], &[]); // [1, D]
+                st.cur.insert(out.0, (y, [1, d]));
+            }
+            _ => dense_op(model, &mut b, &mut st, &inputs, i, op)?,
+        }
+    }
+    let outputs = [Port {
+        name: "logits".into(),
+        shape: [1, plan.output.1],
+        source: Source::Slot(plan.output.0),
+    }];
+    let y = st.read(&mut b, &inputs, outputs[0].source, outputs[0].shape)?;
+    let doc = format!(
+        "taskpath task {} as one dense graph, every path expert computed ({} weights)",
+        plan.task_name,
+        precision.name()
+    );
+    let task = plan.task_name.clone();
+    Ok(b.finish_ports(
+        &name,
+        usize::MAX,
+        &inputs,
+        &outputs,
+        &[(y, outputs[0].shape)],
+        &task,
+        doc,
+    ))
 }
 
 /// Every graph of a task, in plan order, for each requested precision.

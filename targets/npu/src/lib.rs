@@ -30,8 +30,8 @@ pub use backend::NpuBackend;
 pub use delegate::{is_expert, window, CpuOnly, Delegate, ExecStats, Executor, Observer};
 pub use error::{Error, Result};
 pub use export::{
-    export_task, manifest, segment_graph, Graph, Precision, F32_REL_BOUND, INT8_BODY_REL_BOUND,
-    INT8_REL_BOUND, OPSET,
+    export_task, manifest, segment_graph, whole_graph, whole_name, Graph, Precision, F32_REL_BOUND,
+    INT8_BODY_REL_BOUND, INT8_REL_BOUND, OPSET,
 };
 pub use plan::{OpInfo, Port, Segment, SegmentKind, SegmentPlan, Source, Step};
 

@@ -406,3 +406,174 @@ fn the_npu_backend_runs_through_the_runtime_backend_trait() {
         assert_eq!(&out, w);
     }
 }
+
+/// A minimal protobuf reader for the whole-graph test: the fields of one
+/// message as `(field, wire value)`, length-delimited ones as bytes.
+fn pb_fields(mut b: &[u8]) -> Vec<(u32, PbVal<'_>)> {
+    fn varint(b: &mut &[u8]) -> u64 {
+        let mut v = 0u64;
+        for s in 0.. {
+            let byte = b[0];
+            *b = &b[1..];
+            v |= u64::from(byte & 0x7f) << (7 * s);
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b);
+        let (field, wire) = ((key >> 3) as u32, key & 7);
+        let v = match wire {
+            0 => PbVal::Int(varint(&mut b)),
+            2 => {
+                let n = varint(&mut b) as usize;
+                let (x, rest) = b.split_at(n);
+                b = rest;
+                PbVal::Bytes(x)
+            }
+            5 => {
+                b = &b[4..];
+                PbVal::Int(0)
+            }
+            1 => {
+                b = &b[8..];
+                PbVal::Int(0)
+            }
+            w => panic!("wire type {w}"),
+        };
+        out.push((field, v));
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum PbVal<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+}
+
+fn pb_msgs(b: &[u8], field: u32) -> Vec<&[u8]> {
+    pb_fields(b)
+        .into_iter()
+        .filter_map(|(f, v)| match v {
+            PbVal::Bytes(x) if f == field => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pb_str(b: &[u8], field: u32) -> String {
+    pb_msgs(b, field)
+        .first()
+        .map(|x| String::from_utf8(x.to_vec()).unwrap())
+        .unwrap_or_default()
+}
+
+/// Name and static dims of a `ValueInfoProto`.
+fn pb_value_info(v: &[u8]) -> (String, Vec<u64>) {
+    let ty = pb_msgs(v, 2)[0];
+    let tt = pb_msgs(ty, 1)[0];
+    let shape = pb_msgs(tt, 2)[0];
+    let dims = pb_msgs(shape, 1)
+        .into_iter()
+        .map(|d| match pb_fields(d)[0].1 {
+            PbVal::Int(x) => x,
+            PbVal::Bytes(_) => panic!("symbolic dim"),
+        })
+        .collect();
+    (pb_str(v, 1), dims)
+}
+
+/// `export-onnx --whole` for every task of the bundled model (f32 and i4g32
+/// experts): the graph reads back with the task's inputs (one per modality,
+/// `[tokens, features]`) and one output `logits` `[1, outputs]`, every node
+/// input is defined before it is used, routing is TopK + ScatterElements and
+/// there is no control flow; every path expert is computed. The values are
+/// checked by onnxruntime (scripts/onnx-check.sh --whole).
+#[test]
+fn whole_task_graphs_have_the_task_interface_and_no_control_flow() {
+    let ck = checkpoint();
+    for quant in [None, Some(WeightFormat::I4G32)] {
+        let pkg = package(&ck, quant, false);
+        let model = Model::from_bytes(pkg.as_slice()).unwrap();
+        for t in 0..model.task_count() {
+            let plan = SegmentPlan::new(&model, t).unwrap();
+            let info = model.task(t).unwrap();
+            let g = taskpath_npu::whole_graph(&model, &plan, Precision::F32).unwrap();
+            assert_eq!(g.file_name(), format!("{}.whole.onnx", info.name));
+            let graph = pb_msgs(&g.bytes, 7)[0];
+            let inputs: Vec<_> = pb_msgs(graph, 11).into_iter().map(pb_value_info).collect();
+            let want: Vec<_> = info
+                .modalities()
+                .map(|m| {
+                    let (n, l, f) = model.modality(m).unwrap();
+                    (n.to_string(), vec![l as u64, f as u64])
+                })
+                .collect();
+            assert_eq!(inputs, want, "{}", info.name);
+            let outputs: Vec<_> = pb_msgs(graph, 12).into_iter().map(pb_value_info).collect();
+            assert_eq!(
+                outputs,
+                vec![("logits".to_string(), vec![1, info.outputs as u64])]
+            );
+            let mut defined: std::collections::HashSet<String> =
+                inputs.into_iter().map(|(n, _)| n).collect();
+            defined.extend(pb_msgs(graph, 5).into_iter().map(|t| pb_str(t, 8)));
+            let mut ops = std::collections::BTreeMap::<String, usize>::new();
+            for n in pb_msgs(graph, 1) {
+                for i in pb_msgs(n, 1) {
+                    let i = String::from_utf8(i.to_vec()).unwrap();
+                    assert!(
+                        defined.contains(&i),
+                        "{}: {i} used before it is defined",
+                        info.name
+                    );
+                }
+                defined.extend(
+                    pb_msgs(n, 2)
+                        .into_iter()
+                        .map(|o| String::from_utf8(o.to_vec()).unwrap()),
+                );
+                *ops.entry(pb_str(n, 4)).or_default() += 1;
+            }
+            assert!(defined.contains("logits"));
+            for cf in ["If", "Loop", "Scan", "Where", "NonZero"] {
+                assert!(!ops.contains_key(cf), "{}: {cf} in the graph", info.name);
+            }
+            let routes = plan
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::Route(_)))
+                .count();
+            assert_eq!(ops.get("TopK"), Some(&routes), "{}", info.name);
+            assert_eq!(ops.get("ScatterElements"), Some(&routes), "{}", info.name);
+            // Every expert of each modality's path, every component: three
+            // Gemms (conv, fc1, fc2) per component of a dense expert.
+            let path_components: usize = plan
+                .ops
+                .iter()
+                .map(|o| match o.step {
+                    taskpath_runtime::plan::Step::Moe {
+                        mask, components, ..
+                    } => (0..64).filter(|&j| mask.contains(j)).count() * components,
+                    _ => 0,
+                })
+                .sum();
+            assert!(path_components > 0);
+            assert_eq!(
+                ops.get("LayerNormalization").copied().unwrap_or(0)
+                    - plan
+                        .ops
+                        .iter()
+                        .filter(|o| matches!(o.op, taskpath_format::Op::LayerNorm { .. }))
+                        .count(),
+                path_components,
+                "{}: one expert LayerNorm per path component",
+                info.name
+            );
+        }
+    }
+}

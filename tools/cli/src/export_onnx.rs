@@ -1,12 +1,13 @@
 //! `taskpath export-onnx`: a task's dense parts and path experts as
-//! standalone static-shape ONNX graphs plus a manifest (docs/NPU.md).
+//! standalone static-shape ONNX graphs plus a manifest (docs/NPU.md), or with
+//! `--whole` the task as one dense graph (`<TASK>.whole.onnx`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use taskpath_checkpoint::{write_atomic, Dataset};
-use taskpath_npu::{export_task, manifest, CpuOnly, Executor, Precision, SegmentPlan};
+use taskpath_npu::{export_task, manifest, whole_graph, CpuOnly, Executor, Precision, SegmentPlan};
 
 use crate::util::{config_of, hex, open_model, outln, task_by_name};
 use crate::DeltaArgs;
@@ -27,8 +28,13 @@ pub struct Args {
     #[command(flatten)]
     pub deltas: DeltaArgs,
     /// Also write int8 weight-QDQ graphs (`<name>.int8.onnx`) beside the f32 ones.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "whole")]
     pub int8: bool,
+    /// Write the task as ONE dense graph instead (`<TASK>.whole.onnx`, f32):
+    /// task inputs in, task outputs out, every expert of the path computed
+    /// and weighted by the scattered top-k gates (no manifest, no segments).
+    #[arg(long)]
+    pub whole: bool,
     /// Dataset directory: run the task's test set (`{TASK}.test.json`) on the
     /// CPU and write each graph's inputs and the runtime's outputs as .npy
     /// under DIR/reference/ (for scripts/onnx-check.sh).
@@ -46,6 +52,9 @@ pub fn main(a: &Args) -> Result<()> {
     let task = task_by_name(&model, &a.task)?;
     let plan = SegmentPlan::new(&model, task.index)
         .with_context(|| format!("splitting task {} into segments", task.name))?;
+    if a.whole {
+        return whole(a, &model, &plan);
+    }
     let precisions: &[Precision] = if a.int8 {
         &[Precision::F32, Precision::Int8]
     } else {
@@ -100,16 +109,58 @@ pub fn main(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Runs up to `samples` test samples through the CPU executor and writes,
-/// for each graph, up to `samples` executions as
-/// `reference/<graph>/<k>/{in,out}.<port>.npy`.
-fn dump_reference(
+/// `export-onnx --whole`: the task's dense graph, and with
+/// `--dump-reference` the runtime's outputs on test samples as
+/// `reference/<TASK>.whole/<k>/{in.<modality>,out.logits}.npy`.
+fn whole(a: &Args, model: &taskpath_runtime::Model<'_>, plan: &SegmentPlan) -> Result<()> {
+    let g = whole_graph(model, plan, Precision::F32)
+        .with_context(|| format!("exporting task {} as one graph", plan.task_name))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    write_atomic(&a.out.join(g.file_name()), &g.bytes)?;
+    outln!(
+        "{}: 1 whole graph, {} bytes, opset {} -> {}",
+        plan.task_name,
+        g.bytes.len(),
+        taskpath_npu::OPSET,
+        a.out.join(g.file_name()).display()
+    );
+    let Some(data) = &a.dump_reference else {
+        return Ok(());
+    };
+    let ds = test_set(model, plan, data)?;
+    let mut ex = Executor::new(model, plan.task, CpuOnly, |_| Ok(None))?;
+    let info = model.task(plan.task)?;
+    let names: Vec<(String, [usize; 2])> = info
+        .modalities()
+        .map(|m| {
+            let (n, l, f) = model.modality(m).unwrap_or(("?", 0, 0));
+            (n.to_string(), [l, f])
+        })
+        .collect();
+    let dir = a.out.join("reference").join(&g.name);
+    let mut n = 0;
+    for (k, x) in ds.samples.iter().take(a.dump_samples).enumerate() {
+        let refs: Vec<&[f32]> = x.inputs.iter().map(Vec::as_slice).collect();
+        let mut logits = vec![0f32; info.outputs];
+        ex.run(&refs, &mut logits)?;
+        let d = dir.join(k.to_string());
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        for ((name, shape), v) in names.iter().zip(&x.inputs) {
+            write_atomic(&d.join(format!("in.{name}.npy")), &npy(shape, v))?;
+        }
+        write_atomic(&d.join("out.logits.npy"), &npy(&[1, info.outputs], &logits))?;
+        n += 1;
+    }
+    outln!("reference values of {n} samples -> {}", dir.display());
+    Ok(())
+}
+
+/// The task's bundled test set `DATA_DIR/{TASK}.test.json`, checked against the model.
+fn test_set(
     model: &taskpath_runtime::Model<'_>,
     plan: &SegmentPlan,
     data: &Path,
-    samples: usize,
-    out: &Path,
-) -> Result<usize> {
+) -> Result<Dataset> {
     let path = data.join(format!("{}.test.json", plan.task_name));
     let ds = Dataset::load(&path).with_context(|| format!("reading {}", path.display()))?;
     ds.validate_against(&config_of(model)?)
@@ -121,6 +172,20 @@ fn dump_reference(
         ds.task,
         plan.task_name
     );
+    Ok(ds)
+}
+
+/// Runs up to `samples` test samples through the CPU executor and writes,
+/// for each graph, up to `samples` executions as
+/// `reference/<graph>/<k>/{in,out}.<port>.npy`.
+fn dump_reference(
+    model: &taskpath_runtime::Model<'_>,
+    plan: &SegmentPlan,
+    data: &Path,
+    samples: usize,
+    out: &Path,
+) -> Result<usize> {
+    let ds = test_set(model, plan, data)?;
     let mut ex = Executor::new(model, plan.task, CpuOnly, |_| Ok(None))?;
     let outputs = model.task(plan.task)?.outputs;
     let mut count = vec![0usize; plan.segments.len()];
