@@ -272,8 +272,9 @@ impl Primitives for CpuPrims<'_, '_> {
         token: usize,
         out: &Buf,
     ) -> Result<()> {
+        let kernels = self.kernels;
         let [u, out] = self.carve([u, out])?;
-        k::conv3_at(w.a, b.a, u, width, token, out);
+        kernels.conv3_f32(w.a, b.a, u, width, token, out);
         Ok(())
     }
 
@@ -524,10 +525,10 @@ pub fn linear(
     if w.is_f32() {
         if w.is_low_rank() {
             let tmp = tmp.get_mut(..rows * w.rank)?;
-            k::matmul_rows(w.b, x, None, rows, tmp);
-            k::matmul_rows(w.a, tmp, b, rows, y);
+            kernels.matmul_f32(w.b, x, None, rows, tmp);
+            kernels.matmul_f32(w.a, tmp, b, rows, y);
         } else {
-            k::matmul_rows(w.a, x, b, rows, y);
+            kernels.matmul_f32(w.a, x, b, rows, y);
         }
         return Some(());
     }

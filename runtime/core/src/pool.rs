@@ -342,7 +342,7 @@ pub(crate) fn linear_parallel(
                 let bias = b.map(|b| &b[r0..r1]);
                 match kern {
                     None => {
-                        taskpath_cpu::f32::matmul_rows(&w.a[r0 * n_in..r1 * n_in], x, bias, 1, y);
+                        kernels.matmul_f32(&w.a[r0 * n_in..r1 * n_in], x, bias, 1, y);
                         true
                     }
                     Some(k) => {

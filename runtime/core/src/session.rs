@@ -539,6 +539,7 @@ impl<'m, 'a> Session<'m, 'a> {
                     slots: prims.slots(),
                     rows: n,
                     k,
+                    kernels,
                 };
                 spec.hint(i, experts.source.as_deref(), pf, &mut *tracer);
             }
@@ -596,6 +597,8 @@ struct Speculation<'s, 'a, 'p> {
     rows: usize,
     /// Experts per token to hint.
     k: usize,
+    /// The session's kernels (the router's dense f32 product).
+    kernels: &'s Kernels,
 }
 
 #[cfg(feature = "decoder")]
@@ -664,7 +667,7 @@ impl Speculation<'_, '_, '_> {
         let mut scores = [0f32; MAX_EXPERTS as usize];
         let mut predicted = ExpertMask::default();
         for xr in xs.chunks_exact(w.cols.max(1)) {
-            taskpath_cpu::f32::matmul_rows(w.a, xr, None, 1, &mut scores[..n]);
+            self.kernels.matmul_f32(w.a, xr, None, 1, &mut scores[..n]);
             // Top-k of the logits is top-k of the router's probabilities
             // whatever the route mode (softmax is monotonic).
             let mut taken = ExpertMask::default();

@@ -280,3 +280,29 @@ fn empty_shapes() {
     g.matmul_rows(&[], &[], None, 0, &mut y);
     g.gemm(3, 0, 5, &[], 5, &[0.0; 15], 5, None, &mut y, 0);
 }
+
+/// `Kernels::conv3_f32` has the bits of `f32::conv3_at` for every token
+/// (first and last tokens have two taps), for every table.
+#[test]
+fn conv3_equals_reference() {
+    let tables = [Kernels::generic(), Kernels::best()];
+    for (l, d, n) in [(1, 8, 5), (2, 3, 7), (5, 128, 128), (7, 13, 33), (4, 1, 2)] {
+        let mut rng = Rng((l * 100 + d * 10 + n) as u64);
+        let w = rng.vec(n * 3 * d);
+        let b = rng.vec(n);
+        let u = rng.vec(l * d);
+        for t in 0..l {
+            let mut want = vec![0.0; n];
+            reference::conv3_at(&w, &b, &u, d, t, &mut want);
+            for tab in &tables {
+                let mut got = vec![f32::NAN; n];
+                tab.conv3_f32(&w, &b, &u, d, t, &mut got);
+                let (g, wv): (Vec<u32>, Vec<u32>) = (
+                    got.iter().map(|v| v.to_bits()).collect(),
+                    want.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(g, wv, "l={l} d={d} n={n} t={t}");
+            }
+        }
+    }
+}

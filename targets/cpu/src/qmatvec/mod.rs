@@ -474,6 +474,29 @@ impl Kernels {
         crate::f32::matmul_rows(w, x, bias, rows, y);
     }
 
+    /// [`crate::f32::conv3_at`] (same contract, same bits): through
+    /// [`Self::f32_gemm`] with the `gemm` feature (one row, the taps' weight
+    /// columns at row stride `3 d`), the scalar loop without it.
+    pub fn conv3_f32(&self, w: &[f32], b: &[f32], u: &[f32], d: usize, t: usize, y: &mut [f32]) {
+        #[cfg(feature = "gemm")]
+        {
+            let n = y.len();
+            let l = u.len().checked_div(d).unwrap_or(0);
+            if d == 0 || t >= l {
+                return crate::f32::conv3_at(w, b, u, d, t, y);
+            }
+            // Taps k0..k1 are present; tap k reads token t + k - 1.
+            let k0 = if t == 0 { 1 } else { 0 };
+            let k1 = if t + 1 >= l { 2 } else { 3 };
+            let window = &u[(t + k0 - 1) * d..(t + k1 - 1) * d];
+            let k = (k1 - k0) * d;
+            self.gemm
+                .gemm(1, n, k, &w[k0 * d..], 3 * d, window, k, Some(b), y, n);
+        }
+        #[cfg(not(feature = "gemm"))]
+        crate::f32::conv3_at(w, b, u, d, t, y);
+    }
+
     #[cfg(feature = "quant")]
     fn for_features_quant(features: CpuFeatures) -> Self {
         let mut k = Self::generic();
