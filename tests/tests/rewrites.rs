@@ -30,8 +30,8 @@ fn run_all(model: &Model<'_>) -> Vec<(String, usize, Vec<u32>)> {
         .map(|t| {
             let info = model.task(t).unwrap();
             let ops = model.ops(&info).count();
-            let ds = Dataset::load(&reference().join(format!("data/{}.test.json", info.name)))
-                .unwrap();
+            let ds =
+                Dataset::load(&reference().join(format!("data/{}.test.json", info.name))).unwrap();
             let mut arena = AlignedArena::new(info.arena_bytes);
             let mut s = Session::new(model, t, arena.as_mut_slice()).unwrap();
             let mut out = vec![0f32; info.outputs];
@@ -76,11 +76,15 @@ fn compare(delta_chain: bool, quant: Option<WeightFormat>) {
     for ((name, ops_lit, bits_lit), (_, ops_rw, bits_rw)) in want.iter().zip(&got) {
         let differing = bits_lit.iter().zip(bits_rw).filter(|(a, b)| a != b).count();
         assert_eq!(
-            differing, 0,
+            differing,
+            0,
             "{name}: {differing} of {} output values differ from the literal lowering",
             bits_lit.len()
         );
-        assert!(ops_rw <= ops_lit, "{name}: {ops_rw} ops > literal {ops_lit}");
+        assert!(
+            ops_rw <= ops_lit,
+            "{name}: {ops_rw} ops > literal {ops_lit}"
+        );
         if ops_rw < ops_lit {
             fewer.push(name.as_str());
         }

@@ -102,6 +102,7 @@ pub fn main(a: &DemoArgs) -> Result<()> {
         );
         CalibArgs {
             align_log2: 12,
+            literal: false,
             calibration: Some(data_dir.clone()),
             path_coverage: Some(0.99),
             quant: None,
@@ -114,6 +115,7 @@ pub fn main(a: &DemoArgs) -> Result<()> {
         );
         CalibArgs {
             align_log2: 12,
+            literal: false,
             calibration: None,
             path_coverage: None,
             quant: None,
@@ -206,6 +208,7 @@ fn language_model(a: &DemoArgs) -> Result<()> {
     );
     let calib = CalibArgs {
         align_log2: 12,
+        literal: false,
         calibration: Some(a.lm_corpus.clone()),
         path_coverage: Some(coverage),
         quant: None,

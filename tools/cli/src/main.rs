@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_llm;
+mod bound;
 mod demo;
 mod eval;
 mod eval_llm;
@@ -81,6 +82,9 @@ enum Command {
     Profile(profile::Args),
     /// Benchmark matrix (packages x tasks x threads), llama-bench style.
     Bench(bench::Args),
+    /// Each task's p50 latency against a compute lower bound measured in
+    /// the same run (FLOPs / the dense f32 linear rate on cached operands).
+    Bound(bound::Args),
     /// Export a task's dense parts and experts as ONNX graphs for NPU compilers.
     ExportOnnx(export_onnx::Args),
     /// Generate text from a language-model package.
@@ -110,6 +114,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Routes(a) => routes::main(&a),
         Command::Profile(a) => profile::main(&a),
         Command::Bench(a) => bench::main(&a),
+        Command::Bound(a) => bound::main(&a),
         Command::ExportOnnx(a) => export_onnx::main(&a),
         Command::Generate(a) => generate::main(&a),
     }

@@ -88,6 +88,10 @@ pub struct CalibArgs {
     /// log2 of the blob alignment (12 = 4 KiB pages; 12..=24).
     #[arg(long, default_value_t = 12, value_name = "N", value_parser = crate::util::within(MIN_ALIGN_LOG2..=MAX_ALIGN_LOG2))]
     pub align_log2: u32,
+    /// Lower every op as written, without the exact rewrites (docs/FORMAT.md,
+    /// "Exact rewrites"): for measuring what they save.
+    #[arg(long, hide = true)]
+    pub literal: bool,
     /// Directory of `{TASK}.train.json` datasets: route every task's samples
     /// and store the routing statistics (hot experts are laid out first).
     /// For a language model: a corpus directory of `<domain>/calib.txt`
@@ -258,6 +262,7 @@ fn routed_options(
     );
     let mut opts = PackOptions {
         align_log2: a.align_log2,
+        literal: a.literal,
         ..Default::default()
     };
     check_coverage(a)?;
