@@ -7,7 +7,7 @@
 use core::arch::aarch64::*;
 
 use super::{row_tiles, F32Gemm, Problem, LANES};
-use crate::qmatvec::{CpuFeatures, Feature};
+use crate::qmatvec::Feature;
 
 /// NEON.
 pub const NEON: F32Gemm = F32Gemm {
@@ -19,11 +19,9 @@ pub const NEON: F32Gemm = F32Gemm {
 /// The aarch64 kernels.
 pub const KERNELS: [F32Gemm; 1] = [NEON];
 
+/// `F32Gemm::gemm` asserted NEON before calling this (the only way to reach
+/// it: the `run` field is private).
 fn run_neon(p: &mut Problem<'_>) {
-    assert!(
-        CpuFeatures::host().has(Feature::Neon),
-        "aarch64_neon_f32gemm needs NEON"
-    );
     let k8 = p.k - p.k % LANES;
     for (r0, mr) in row_tiles(p.m) {
         let nr = 8 / mr;
@@ -33,7 +31,7 @@ fn run_neon(p: &mut Problem<'_>) {
             let ws: [*const f32; 8] =
                 core::array::from_fn(|j| p.w_row((o0 + j).min(p.n - 1)).as_ptr());
             let mut lanes = [[0.0f32; LANES]; 8];
-            // SAFETY: NEON is present (asserted above). Each pointer starts a
+            // SAFETY: NEON is present (asserted by `F32Gemm::gemm`). Each pointer starts a
             // row of `p.k >= k8` floats inside its slice (`Problem` rows are
             // checked by `F32Gemm::gemm`; row indices are clamped to `< m`,
             // `< n`), and the kernel reads `[c, c + 8)` with `c + 8 <= k8`.
@@ -45,7 +43,7 @@ fn run_neon(p: &mut Problem<'_>) {
                 }
             }
             let sums: [f32; 8] = core::array::from_fn(|a| lanes[a].iter().fold(0.0, |s, &v| s + v));
-            p.finish(r0, o0, &sums, |l| (l / nr, l % nr));
+            p.finish(r0, o0, &sums, |l| Some((l / nr, l % nr)));
             o0 += nr;
         }
     }

@@ -34,6 +34,6 @@ fn tile<const MR: usize>(p: &mut Problem<'_>, r0: usize) {
             }
         }
         let sums: [f32; MR] = core::array::from_fn(|i| acc[i].iter().fold(0.0, |s, &a| s + a));
-        p.finish(r0, o, &sums, |l| (l, 0));
+        p.finish(r0, o, &sums, |l| Some((l, 0)));
     }
 }

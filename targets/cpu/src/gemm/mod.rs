@@ -106,32 +106,52 @@ impl Problem<'_> {
     }
 
     /// `Y[r, o] = (s + tail(r, o)) + b[o]` for every tile output `(r0 + dr,
-    /// o0 + do)` with `r < m`, `o < n`, where `map(l) = (dr, do)` says which
-    /// output the lane sum `sums[l]` belongs to. The shared scalar epilogue.
+    /// o0 + do)` with `r < m`, `o < n`, where `map(l) = Some((dr, do))` says
+    /// which output the lane sum `sums[l]` belongs to (`None`: no output, a
+    /// padding lane). The shared scalar epilogue.
     #[inline(always)]
     fn finish(
         &mut self,
         r0: usize,
         o0: usize,
         sums: &[f32],
-        map: impl Fn(usize) -> (usize, usize),
+        map: impl Fn(usize) -> Option<(usize, usize)>,
     ) {
         let k8 = self.k - self.k % LANES;
+        let has_tail = k8 < self.k;
         for (l, &s) in sums.iter().enumerate() {
-            let (dr, d_o) = map(l);
+            let Some((dr, d_o)) = map(l) else { continue };
             let (r, o) = (r0 + dr, o0 + d_o);
             if r >= self.m || o >= self.n {
                 continue;
             }
-            let wt = &self.w_row(o)[k8..];
-            let xt = &self.x_row(r)[k8..];
             let mut tail = 0.0f32;
-            for (&a, &b) in wt.iter().zip(xt) {
-                tail += a * b;
+            if has_tail {
+                let wt = &self.w_row(o)[k8..];
+                let xt = &self.x_row(r)[k8..];
+                for (&a, &b) in wt.iter().zip(xt) {
+                    tail += a * b;
+                }
             }
             let b = self.bias.map_or(0.0, |b| b[o]);
             self.y[r * self.ldy + o] = (s + tail) + b;
         }
+    }
+
+    /// Start of row `r` of X as a pointer (`wrapping_add`: safe to form; it
+    /// lies inside `x` for `r < m`, which `F32Gemm::gemm` checked).
+    #[inline(always)]
+    #[allow(dead_code)]
+    fn x_ptr(&self, r: usize) -> *const f32 {
+        self.x.as_ptr().wrapping_add(r * self.ldx)
+    }
+
+    /// Start of row `min(o, n - 1)` of W as a pointer (clamped: an N tail
+    /// reads the last row again; inside `w`, which `F32Gemm::gemm` checked).
+    #[inline(always)]
+    #[allow(dead_code)]
+    fn w_ptr(&self, o: usize) -> *const f32 {
+        self.w.as_ptr().wrapping_add(o.min(self.n - 1) * self.ldw)
     }
 }
 
@@ -225,6 +245,8 @@ impl F32Gemm {
             bias.is_none_or(|b| b.len() >= n),
             "F32Gemm: bias must be [n]"
         );
+        // The architecture kernels rely on this check for the safety of
+        // their intrinsics (`run` is private: this is its only caller).
         assert!(
             self.is_supported_here(),
             "F32Gemm: {} needs CPU features this CPU lacks",

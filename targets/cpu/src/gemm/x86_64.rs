@@ -7,7 +7,7 @@
 use core::arch::x86_64::*;
 
 use super::{row_tiles, F32Gemm, Problem, LANES};
-use crate::qmatvec::{CpuFeatures, Feature};
+use crate::qmatvec::Feature;
 
 /// AVX2 (8 accumulators of one output each, tiles 4 x 2, 2 x 4, 1 x 8).
 pub const AVX2: F32Gemm = F32Gemm {
@@ -16,10 +16,12 @@ pub const AVX2: F32Gemm = F32Gemm {
     run: run_avx2,
 };
 
-/// AVX-512F (16 accumulators of two outputs each, tiles 4 x 8, 2 x 16, 1 x 32).
+/// AVX-512F (up to 16 accumulators of two outputs each, tiles 4 x 8, 2 x 16,
+/// 1 x 32 and narrower ones for N tails) for `M >= 4` and `K >= 64`, the AVX2
+/// tiles for smaller problems (where they measured faster; same bits).
 pub const AVX512F: F32Gemm = F32Gemm {
     name: "x86_64_avx512f_f32gemm",
-    requires: &[Feature::Avx512F],
+    requires: &[Feature::Avx2, Feature::Avx512F],
     run: run_avx512,
 };
 
@@ -28,60 +30,64 @@ pub const KERNELS: [F32Gemm; 2] = [AVX2, AVX512F];
 
 // ---------------------------------------------------------------- AVX2
 
+/// `F32Gemm::gemm` asserted the kernel's `requires` before calling this
+/// (the only way to reach it: the `run` field is private).
 fn run_avx2(p: &mut Problem<'_>) {
-    assert!(
-        CpuFeatures::host().has(Feature::Avx2),
-        "x86_64_avx2_f32gemm needs AVX2"
-    );
-    let k8 = p.k - p.k % LANES;
     for (r0, mr) in row_tiles(p.m) {
-        let nr = 8 / mr;
-        let xs: [*const f32; 4] = core::array::from_fn(|i| p.x_row(r0 + i.min(mr - 1)).as_ptr());
         let mut o0 = 0;
         while o0 < p.n {
-            let ws: [*const f32; 8] =
-                core::array::from_fn(|j| p.w_row((o0 + j).min(p.n - 1)).as_ptr());
-            let mut sums = [0.0f32; 8];
-            // SAFETY: AVX2 is present (asserted above). Each pointer starts a
-            // row of `p.k >= k8` floats inside its slice (`Problem` rows are
-            // checked by `F32Gemm::gemm`; row indices are clamped to `< m`,
-            // `< n`), and the kernel reads `[c, c + 8)` with `c + 8 <= k8`.
-            unsafe {
-                match mr {
-                    4 => tile256::<4, 2>(k8, &xs, &ws, &mut sums),
-                    2 => tile256::<2, 4>(k8, &xs, &ws, &mut sums),
-                    _ => tile256::<1, 8>(k8, &xs, &ws, &mut sums),
-                }
-            }
-            p.finish(r0, o0, &sums, |l| (l / nr, l % nr));
-            o0 += nr;
+            let rem = p.n - o0;
+            o0 += match mr {
+                4 => block256::<4, 2>(p, r0, o0),
+                2 if rem > 2 => block256::<2, 4>(p, r0, o0),
+                2 => block256::<2, 2>(p, r0, o0),
+                _ if rem > 4 => block256::<1, 8>(p, r0, o0),
+                _ if rem > 2 => block256::<1, 4>(p, r0, o0),
+                _ => block256::<1, 2>(p, r0, o0),
+            };
         }
     }
+}
+
+/// Rows `r0..r0 + MR` (all `< m`) times outputs `o0..o0 + NR`; returns `NR`.
+#[inline(always)]
+fn block256<const MR: usize, const NR: usize>(p: &mut Problem<'_>, r0: usize, o0: usize) -> usize {
+    let k8 = p.k - p.k % LANES;
+    let xs: [*const f32; MR] = core::array::from_fn(|i| p.x_ptr(r0 + i));
+    let ws: [*const f32; NR] = core::array::from_fn(|j| p.w_ptr(o0 + j));
+    let mut sums = [0.0f32; 8];
+    // SAFETY: AVX2 is present (asserted by `F32Gemm::gemm`, see `run_avx2`). Each pointer starts
+    // a row of `p.k >= k8` floats inside its slice (`F32Gemm::gemm` checked
+    // rows `< m` of X and `< n` of W; `r0 + MR <= m` by `row_tiles`, W rows
+    // are clamped by `w_ptr`), and the kernel reads `[c, c + 8)`, `c + 8 <= k8`.
+    unsafe { tile256::<MR, NR>(k8, &xs, &ws, &mut sums) };
+    p.finish(r0, o0, &sums[..MR * NR], |l| Some((l / NR, l % NR)));
+    NR
 }
 
 /// Lane sums of outputs `(i, j)`, `i < MR`, `j < NR`, at `sums[i * NR + j]`.
 ///
 /// # Safety
-/// AVX2 must be present; `xs[i]` (`i < MR`) and `ws[j]` (`j < NR`) must be
-/// readable for `k8` floats; `MR * NR == 8`.
+/// AVX2 must be present; `xs[i]` and `ws[j]` must be readable for `k8`
+/// floats; `MR * NR <= 8`.
 #[target_feature(enable = "avx2")]
 unsafe fn tile256<const MR: usize, const NR: usize>(
     k8: usize,
-    xs: &[*const f32; 4],
-    ws: &[*const f32; 8],
+    xs: &[*const f32; MR],
+    ws: &[*const f32; NR],
     sums: &mut [f32; 8],
 ) {
     let mut acc = [_mm256_setzero_ps(); 8];
     let mut c = 0;
     while c < k8 {
         let mut xv = [_mm256_setzero_ps(); MR];
-        for (i, v) in xv.iter_mut().enumerate() {
-            // SAFETY: `c + 8 <= k8` and `xs[i]` is readable for k8 floats (caller).
-            *v = unsafe { _mm256_loadu_ps(xs[i].add(c)) };
+        for (v, &xp) in xv.iter_mut().zip(xs) {
+            // SAFETY: `c + 8 <= k8` and `xp` is readable for k8 floats (caller).
+            *v = unsafe { _mm256_loadu_ps(xp.add(c)) };
         }
-        for j in 0..NR {
-            // SAFETY: as above, for `ws[j]`.
-            let wv = unsafe { _mm256_loadu_ps(ws[j].add(c)) };
+        for (j, &wp) in ws.iter().enumerate() {
+            // SAFETY: as above, for `wp`.
+            let wv = unsafe { _mm256_loadu_ps(wp.add(c)) };
             for (i, &x) in xv.iter().enumerate() {
                 let a = &mut acc[i * NR + j];
                 *a = _mm256_add_ps(*a, _mm256_mul_ps(wv, x));
@@ -131,76 +137,85 @@ fn reduce256(v: &[__m256; 8]) -> __m256 {
 
 // ---------------------------------------------------------------- AVX-512F
 
+/// `F32Gemm::gemm` asserted AVX2 and AVX-512F before calling this (the only
+/// way to reach it: the `run` field is private).
 fn run_avx512(p: &mut Problem<'_>) {
-    assert!(
-        CpuFeatures::host().has(Feature::Avx512F),
-        "x86_64_avx512f_f32gemm needs AVX-512F"
-    );
-    let k8 = p.k - p.k % LANES;
+    if p.m < 4 || p.k < 64 {
+        return run_avx2(p);
+    }
     for (r0, mr) in row_tiles(p.m) {
-        // Pairs of weight rows per activation row; 16 accumulators in all.
-        let np = 16 / mr;
-        let xs: [*const f32; 4] = core::array::from_fn(|i| p.x_row(r0 + i.min(mr - 1)).as_ptr());
         let mut o0 = 0;
         while o0 < p.n {
-            let ws: [*const f32; 32] =
-                core::array::from_fn(|j| p.w_row((o0 + j).min(p.n - 1)).as_ptr());
-            let mut sums = [0.0f32; 32];
-            // SAFETY: AVX-512F is present (asserted above). Each pointer
-            // starts a row of `p.k >= k8` floats inside its slice (`Problem`
-            // rows are checked by `F32Gemm::gemm`; row indices are clamped to
-            // `< m`, `< n`), and the kernel reads `[c, c + 8)` with `c + 8 <= k8`.
-            unsafe {
-                match mr {
-                    4 => tile512::<4, 4>(k8, &xs, &ws, &mut sums),
-                    2 => tile512::<2, 8>(k8, &xs, &ws, &mut sums),
-                    _ => tile512::<1, 16>(k8, &xs, &ws, &mut sums),
-                }
-            }
-            // Lane l: group g = l / 16 of eight accumulators, half h, lane i
-            // of the transposed group = accumulator a = 8 g + i = i_row * NP + pair,
-            // output 2 pair + h.
-            p.finish(r0, o0, &sums, |l| {
-                let a = 8 * (l / 16) + l % 8;
-                (a / np, 2 * (a % np) + (l % 16) / 8)
-            });
-            o0 += 2 * np;
+            let rem = p.n - o0;
+            // The widest tile of at most 16 accumulators that the remaining
+            // outputs fill (2 NP outputs per activation row).
+            o0 += match mr {
+                4 if rem > 4 => block512::<4, 4>(p, r0, o0),
+                4 => block512::<4, 2>(p, r0, o0),
+                2 if rem > 8 => block512::<2, 8>(p, r0, o0),
+                2 if rem > 4 => block512::<2, 4>(p, r0, o0),
+                2 => block512::<2, 2>(p, r0, o0),
+                _ if rem > 16 => block512::<1, 16>(p, r0, o0),
+                _ if rem > 8 => block512::<1, 8>(p, r0, o0),
+                _ if rem > 4 => block512::<1, 4>(p, r0, o0),
+                _ if rem > 2 => block512::<1, 2>(p, r0, o0),
+                _ => block512::<1, 1>(p, r0, o0),
+            };
         }
     }
+}
+
+/// Rows `r0..r0 + MR` (all `< m`) times outputs `o0..o0 + 2 NP`; returns `2 NP`.
+#[inline(always)]
+fn block512<const MR: usize, const NP: usize>(p: &mut Problem<'_>, r0: usize, o0: usize) -> usize {
+    let k8 = p.k - p.k % LANES;
+    let xs: [*const f32; MR] = core::array::from_fn(|i| p.x_ptr(r0 + i));
+    let ws: [[*const f32; 2]; NP] =
+        core::array::from_fn(|q| [p.w_ptr(o0 + 2 * q), p.w_ptr(o0 + 2 * q + 1)]);
+    let mut sums = [0.0f32; 32];
+    // SAFETY: AVX-512F is present (asserted by `F32Gemm::gemm`, see `run_avx512`). Each pointer
+    // starts a row of `p.k >= k8` floats inside its slice (`F32Gemm::gemm`
+    // checked rows `< m` of X and `< n` of W; `r0 + MR <= m` by `row_tiles`,
+    // W rows are clamped by `w_ptr`), and the kernel reads `[c, c + 8)`, `c + 8 <= k8`.
+    unsafe { tile512::<MR, NP>(k8, &xs, &ws, &mut sums) };
+    // Lane l: group l / 16 of eight accumulators, half h = (l % 16) / 8,
+    // lane t = l % 8 of the transposed group = accumulator a = 8 (l / 16) + t
+    // = row * NP + pair, output 2 pair + h.
+    let groups = (MR * NP).div_ceil(8);
+    p.finish(r0, o0, &sums[..16 * groups], |l| {
+        let a = 8 * (l / 16) + l % 8;
+        (a < MR * NP).then_some((a / NP, 2 * (a % NP) + (l % 16) / 8))
+    });
+    2 * NP
 }
 
 /// Lane sums of the outputs `(i, 2 q + h)` (`i < MR`, `q < NP`, `h < 2`):
 /// accumulator `a = i * NP + q` holds output `2 q` in its low half and
 /// `2 q + 1` in its high half; `sums[16 g + 8 h + t]` is half `h` of
-/// accumulator `8 g + t`.
+/// accumulator `8 g + t` (accumulators past `MR * NP` are zero).
 ///
 /// # Safety
-/// AVX-512F must be present; `xs[i]` (`i < MR`) and `ws[j]` (`j < 2 NP`) must
-/// be readable for `k8` floats; `MR * NP == 16`.
+/// AVX-512F must be present; `xs[i]` and `ws[q][h]` must be readable for
+/// `k8` floats; `MR * NP <= 16`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile512<const MR: usize, const NP: usize>(
     k8: usize,
-    xs: &[*const f32; 4],
-    ws: &[*const f32; 32],
+    xs: &[*const f32; MR],
+    ws: &[[*const f32; 2]; NP],
     sums: &mut [f32; 32],
 ) {
     let mut acc = [_mm512_setzero_ps(); 16];
     let mut c = 0;
     while c < k8 {
         let mut xv = [_mm512_setzero_ps(); MR];
-        for (i, v) in xv.iter_mut().enumerate() {
-            // SAFETY: `c + 8 <= k8` and `xs[i]` is readable for k8 floats (caller).
-            let h = unsafe { _mm256_loadu_ps(xs[i].add(c)) };
+        for (v, &xp) in xv.iter_mut().zip(xs) {
+            // SAFETY: `c + 8 <= k8` and `xp` is readable for k8 floats (caller).
+            let h = unsafe { _mm256_loadu_ps(xp.add(c)) };
             *v = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(h)));
         }
-        for q in 0..NP {
-            // SAFETY: as above, for `ws[2 q]` and `ws[2 q + 1]` (`2 q + 1 < 2 NP <= 32`).
-            let (lo, hi) = unsafe {
-                (
-                    _mm256_loadu_ps(ws[2 * q].add(c)),
-                    _mm256_loadu_ps(ws[2 * q + 1].add(c)),
-                )
-            };
+        for (q, &[w0, w1]) in ws.iter().enumerate() {
+            // SAFETY: as above, for `w0` and `w1`.
+            let (lo, hi) = unsafe { (_mm256_loadu_ps(w0.add(c)), _mm256_loadu_ps(w1.add(c))) };
             let wv = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
                 _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
                 _mm256_castps_pd(hi),
@@ -212,10 +227,10 @@ unsafe fn tile512<const MR: usize, const NP: usize>(
         }
         c += LANES;
     }
-    for g in 0..2 {
+    for g in 0..(MR * NP).div_ceil(8) {
         let v: &[__m512; 8] = acc[8 * g..8 * g + 8].try_into().unwrap();
         let s = reduce512(v);
-        // SAFETY: `sums` is 32 floats and `16 g + 16 <= 32`.
+        // SAFETY: `sums` is 32 floats and `16 g + 16 <= 32` (`g < 2`).
         unsafe { _mm512_storeu_ps(sums.as_mut_ptr().add(16 * g), s) };
     }
 }
