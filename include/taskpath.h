@@ -839,6 +839,18 @@ tp_status tp_session_arena_size_budgeted(const struct tp_model *model, uint32_t 
 tp_status tp_model_min_expert_budget(const struct tp_model *model, size_t *size);
 
 /*
+ The smallest expert budget `tp_session_create_budgeted` accepts for task
+ `task` into `*size`: at least `tp_model_min_expert_budget`, and for a
+ language-model task enough for one token's active experts of every MoE
+ layer at once (its top-k largest expert blobs), below which every token
+ would re-read its layers' experts.
+
+ # Safety
+ `model` is NULL or a live model handle; `size` is NULL or writable.
+ */
+tp_status tp_task_min_expert_budget(const struct tp_model *model, uint32_t task, size_t *size);
+
+/*
  Copies a budgeted session's cache counters into `*stats`. The caller
  sets `stats->struct_size = sizeof(tp_cache_stats)` first. A session made
  by `tp_session_create` (no budget) gives `TP_ERR_INVALID_ARGUMENT`.

@@ -473,6 +473,44 @@ impl<'a> Model<'a> {
             .map(|e| e.mask)
     }
 
+    /// The smallest expert budget at which one token's active experts of
+    /// every MoE layer of `task` fit at once: over its `MoeTokens` ops, the
+    /// largest sum of the group's `top_k` largest expert blobs (cache
+    /// footprints) that op's path allows; 0 for a task without them.
+    /// Sessions refuse a smaller budget ([`crate::Session::with_blob_source`]).
+    #[cfg(feature = "decoder")]
+    pub fn layer_expert_budget(&self, task: &TaskInfo<'a>) -> usize {
+        let mut need = 0;
+        for op in self.ops(task) {
+            let Op::MoeTokens { group, router, .. } = op else {
+                continue;
+            };
+            let (Some(g), Some(mask)) = (self.group(group), self.path_mask(task, group, router))
+            else {
+                continue;
+            };
+            let size = |j: usize| {
+                self.expert(group, j, 0)
+                    .and_then(|e| self.blob(e.blob))
+                    .map_or(0, |b| crate::residency::cache_footprint(b.bytes.len()))
+            };
+            let (mut taken, mut sum) = (ExpertMask::default(), 0);
+            for _ in 0..g.top_k {
+                let Some(j) = mask
+                    .iter()
+                    .filter(|&j| !taken.contains(j))
+                    .max_by_key(|&j| size(j))
+                else {
+                    break;
+                };
+                taken.insert(j);
+                sum += size(j);
+            }
+            need = need.max(sum);
+        }
+        need
+    }
+
     /// Number of expert groups across the chain.
     pub fn group_count(&self) -> usize {
         self.parts().map(|p| p.groups().len()).sum()

@@ -217,6 +217,18 @@ impl<'m, 'a> Session<'m, 'a> {
                 });
             }
         }
+        // A token's experts of one layer are used together: a budget that
+        // cannot hold them re-reads the layer's experts for every token.
+        #[cfg(feature = "decoder")]
+        {
+            let need = self.layer_expert_budget();
+            if source.capacity() < need {
+                return Err(Error::BudgetTooSmall {
+                    need,
+                    have: source.capacity(),
+                });
+            }
+        }
         self.source = Some(source);
         Ok(self)
     }
@@ -264,43 +276,11 @@ impl<'m, 'a> Session<'m, 'a> {
         self
     }
 
-    /// The smallest expert budget at which one token's active experts of
-    /// every MoE layer fit at once: over the task's `MoeTokens` ops, the
-    /// largest sum of the `top_k` largest expert blobs (cache footprints)
-    /// its path allows; 0 for a task without them. A smaller budget still
-    /// runs (experts are fetched one at a time) but re-reads a layer's
-    /// experts for every token, so tools refuse it up front.
+    /// [`Model::layer_expert_budget`] of this session's task: the smallest
+    /// expert budget [`Session::with_blob_source`] accepts for it.
     #[cfg(feature = "decoder")]
     pub fn layer_expert_budget(&self) -> usize {
-        let mut need = 0;
-        for ps in self.plan.steps() {
-            let Step::MoeTokens {
-                block, top_k, mask, ..
-            } = &ps.step
-            else {
-                continue;
-            };
-            let size = |e: usize| {
-                self.model
-                    .expert_at(block.saturating_add(e as u32))
-                    .and_then(|r| self.model.blob(r.blob))
-                    .map_or(0, |b| crate::residency::cache_footprint(b.bytes.len()))
-            };
-            let (mut taken, mut sum) = (ExpertMask::default(), 0);
-            for _ in 0..*top_k {
-                let Some(e) = mask
-                    .iter()
-                    .filter(|&e| !taken.contains(e))
-                    .max_by_key(|&e| size(e))
-                else {
-                    break;
-                };
-                taken.insert(e);
-                sum += size(e);
-            }
-            need = need.max(sum);
-        }
-        need
+        self.model.layer_expert_budget(self.plan.task())
     }
 
     /// The expert blobs a session hints when it starts input `input`: those

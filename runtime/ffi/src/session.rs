@@ -605,6 +605,37 @@ pub unsafe extern "C" fn tp_model_min_expert_budget(
     })
 }
 
+/// The smallest expert budget `tp_session_create_budgeted` accepts for task
+/// `task` into `*size`: at least `tp_model_min_expert_budget`, and for a
+/// language-model task enough for one token's active experts of every MoE
+/// layer at once (its top-k largest expert blobs), below which every token
+/// would re-read its layers' experts.
+///
+/// # Safety
+/// `model` is NULL or a live model handle; `size` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tp_task_min_expert_budget(
+    model: *const tp_model,
+    task: u32,
+    size: *mut usize,
+) -> tp_status {
+    guard("tp_task_min_expert_budget", || {
+        // SAFETY: NULL or a live model handle, by contract.
+        let m = unsafe { model_ref(model, "model")? };
+        if size.is_null() {
+            return Err(Fail::null("size"));
+        }
+        let model = m.model();
+        let info = model
+            .task(task as usize)
+            .map_err(|_| m.unknown_task(task))?;
+        let need = ResidencyCache::min_budget(model).max(model.layer_expert_budget(&info));
+        // SAFETY: non-null and writable by contract.
+        unsafe { write_out(size, need) };
+        Ok(())
+    })
+}
+
 /// Copies a budgeted session's cache counters into `*stats`. The caller
 /// sets `stats->struct_size = sizeof(tp_cache_stats)` first. A session made
 /// by `tp_session_create` (no budget) gives `TP_ERR_INVALID_ARGUMENT`.

@@ -164,7 +164,37 @@ fn budgeted_steps_are_bit_identical() {
     let (want, _) = run(None);
     let mut min = 0usize;
     // SAFETY: live model, writable size.
-    ok(unsafe { tp_model_min_expert_budget(m, &mut min) });
+    ok(unsafe { tp_task_min_expert_budget(m, 0, &mut min) });
+    let mut largest = 0usize;
+    // SAFETY: live model, writable size.
+    ok(unsafe { tp_model_min_expert_budget(m, &mut largest) });
+    assert!(min > largest, "a layer's active experts exceed one blob");
+    // One byte short of a layer's active experts: refused at creation.
+    let mut size = 0usize;
+    // SAFETY: live model, writable size.
+    ok(unsafe { tp_session_arena_size_budgeted(m, 0, &mut size) });
+    let mut mem = AlignedArena::new(size);
+    let mut cache = AlignedArena::new(min - 1);
+    let (a, c) = (mem.as_mut_slice(), cache.as_mut_slice());
+    let mut s = null_mut();
+    fails(
+        // SAFETY: live model; disjoint aligned memories of the stated sizes.
+        unsafe {
+            tp_session_create_budgeted(
+                m,
+                0,
+                a.as_mut_ptr().cast(),
+                a.len(),
+                null(),
+                c.as_mut_ptr().cast(),
+                c.len(),
+                &mut s,
+            )
+        },
+        TP_ERR_BUDGET_TOO_SMALL,
+        "tp_session_create_budgeted",
+        &[&min.to_string()],
+    );
     for budget in [min, 3 * min] {
         let (got, st) = run(Some(budget));
         assert_eq!(got, want, "budget {budget}");
