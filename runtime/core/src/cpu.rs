@@ -249,18 +249,8 @@ impl Primitives for CpuPrims<'_, '_> {
         gates: &mut [f32],
     ) -> Result<usize> {
         let [route] = self.carve([route])?;
-        let got = route[0];
-        if !(got >= 0.0 && got <= kk as f32) {
-            return Err(bad(0, "route slot holds more than top_k experts"));
-        }
-        let got = got as usize;
-        for j in 0..got {
-            let e = route[1 + j];
-            // NaN and negatives name no expert (a cast would make them 0).
-            experts[j] = if e >= 0.0 { e as u32 } else { u32::MAX };
-            gates[j] = route[1 + kk + j];
-        }
-        Ok(got)
+        crate::exec::decode_route(route, kk, experts, gates)
+            .ok_or(bad(0, "route slot holds more than top_k experts"))
     }
 
     fn conv3(

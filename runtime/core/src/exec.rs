@@ -880,6 +880,30 @@ fn moe<P: Primitives + ?Sized, X: ExpertSource<P> + ?Sized, T: Tracer + ?Sized>(
     Ok(())
 }
 
+/// Decodes a route slot `[count, k expert indices (f32), k gates]` as
+/// [`Primitives::route`] writes it into `experts` and `gates`; returns the
+/// count, or `None` when it is not in `0..=k` (or the slot is shorter than
+/// `1 + 2k`). NaN and negative indices name no expert (`u32::MAX`): a cast
+/// would make them expert 0. Every backend's `read_route` ends here.
+pub fn decode_route(
+    route: &[f32],
+    k: usize,
+    experts: &mut [u32],
+    gates: &mut [f32],
+) -> Option<usize> {
+    let got = *route.first()?;
+    if !(got >= 0.0 && got <= k as f32) || route.len() < 1 + 2 * k {
+        return None;
+    }
+    let got = got as usize;
+    for j in 0..got {
+        let e = route[1 + j];
+        *experts.get_mut(j)? = if e >= 0.0 { e as u32 } else { u32::MAX };
+        *gates.get_mut(j)? = route[1 + k + j];
+    }
+    Some(got)
+}
+
 /// FLAME's expert component `fc2(GELU(fc1(LN(u_t + GELU(conv(u)_t)))))` at
 /// token `token` of `u` (`[l, d]`), in the pieces of `s`; returns where the
 /// output (`[d]`) is.

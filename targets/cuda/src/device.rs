@@ -7,7 +7,9 @@ use std::sync::Arc;
 use cudarc::driver::{
     result, sys, CudaContext, CudaEvent, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
-use taskpath_runtime::exec::{run_step, ExpertSource, Meter, Operand, Primitives, RunCtx};
+use taskpath_runtime::exec::{
+    decode_route, run_step, ExpertSource, Meter, Operand, Primitives, RunCtx,
+};
 use taskpath_runtime::format::records::blob_kind;
 use taskpath_runtime::format::{ExpertMask, GateFn};
 use taskpath_runtime::plan::{self, Buf, Plan, PlanBuffers, PlanStep, Step};
@@ -964,18 +966,7 @@ impl Primitives for DevPrims<'_> {
         self.stream
             .synchronize()
             .map_err(drv("cuStreamSynchronize"))?;
-        let r = &self.host_route[..n];
-        let got = r[0];
-        if !(got >= 0.0 && got <= k as f32) {
-            return Err(E_ROUTE_COUNT);
-        }
-        let got = got as usize;
-        for j in 0..got {
-            let e = r[1 + j];
-            experts[j] = if e >= 0.0 { e as u32 } else { u32::MAX };
-            gates[j] = r[1 + k + j];
-        }
-        Ok(got)
+        decode_route(&self.host_route[..n], k, experts, gates).ok_or(E_ROUTE_COUNT)
     }
 
     fn conv3(

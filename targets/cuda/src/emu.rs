@@ -24,7 +24,7 @@
 //! Loops index by thread number on purpose, mirroring the CUDA code.
 #![allow(clippy::needless_range_loop)]
 
-use taskpath_runtime::exec::{Operand, Primitives, MAX_TOP_K};
+use taskpath_runtime::exec::{decode_route, Operand, Primitives, MAX_TOP_K};
 use taskpath_runtime::format::{ExpertMask, GateFn};
 use taskpath_runtime::plan::Buf;
 use taskpath_runtime::{TensorView, WeightFormat};
@@ -879,17 +879,8 @@ impl Primitives for EmuPrims<'_, '_> {
             return Err(invalid("route slot shorter than 1 + 2 top_k"));
         }
         let r = self.get(&Buf::at(route.start, n))?;
-        let got = r[0];
-        if !(got >= 0.0 && got <= k as f32) {
-            return Err(invalid("route slot holds more than top_k experts"));
-        }
-        let got = got as usize;
-        for j in 0..got {
-            let e = r[1 + j];
-            experts[j] = if e >= 0.0 { e as u32 } else { u32::MAX };
-            gates[j] = r[1 + k + j];
-        }
-        Ok(got)
+        decode_route(&r, k, experts, gates)
+            .ok_or_else(|| invalid("route slot holds more than top_k experts"))
     }
 
     fn conv3(
