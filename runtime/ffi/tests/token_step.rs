@@ -117,25 +117,8 @@ fn budgeted_steps_are_bit_identical() {
         let s = match budget {
             None => session(m, &mut mem),
             Some(_) => {
-                let mut size = 0usize;
-                // SAFETY: live model, writable size.
-                ok(unsafe { tp_session_arena_size_budgeted(m, 0, &mut size) });
-                mem = AlignedArena::new(size);
-                let (a, c) = (mem.as_mut_slice(), cache.as_mut_slice());
-                let mut s = null_mut();
-                // SAFETY: live model; disjoint aligned memories kept for the session.
-                ok(unsafe {
-                    tp_session_create_budgeted(
-                        m,
-                        0,
-                        a.as_mut_ptr().cast(),
-                        a.len(),
-                        null(),
-                        c.as_mut_ptr().cast(),
-                        c.len(),
-                        &mut s,
-                    )
-                });
+                let (st, s) = create_budgeted(m, &mut mem, &mut cache);
+                ok(st);
                 s
             }
         };
@@ -170,27 +153,9 @@ fn budgeted_steps_are_bit_identical() {
     ok(unsafe { tp_model_min_expert_budget(m, &mut largest) });
     assert!(min > largest, "a layer's active experts exceed one blob");
     // One byte short of a layer's active experts: refused at creation.
-    let mut size = 0usize;
-    // SAFETY: live model, writable size.
-    ok(unsafe { tp_session_arena_size_budgeted(m, 0, &mut size) });
-    let mut mem = AlignedArena::new(size);
-    let mut cache = AlignedArena::new(min - 1);
-    let (a, c) = (mem.as_mut_slice(), cache.as_mut_slice());
-    let mut s = null_mut();
+    let (mut mem, mut cache) = (AlignedArena::new(0), AlignedArena::new(min - 1));
     fails(
-        // SAFETY: live model; disjoint aligned memories of the stated sizes.
-        unsafe {
-            tp_session_create_budgeted(
-                m,
-                0,
-                a.as_mut_ptr().cast(),
-                a.len(),
-                null(),
-                c.as_mut_ptr().cast(),
-                c.len(),
-                &mut s,
-            )
-        },
+        create_budgeted(m, &mut mem, &mut cache).0,
         TP_ERR_BUDGET_TOO_SMALL,
         "tp_session_create_budgeted",
         &[&min.to_string()],
@@ -203,6 +168,35 @@ fn budgeted_steps_are_bit_identical() {
         assert!(st.misses > 0 && st.bytes_copied > 0, "{st:?}");
     }
     close(m);
+}
+
+/// Task 0 of `m` with the expert budget `cache`; `mem` is replaced by an
+/// arena of `tp_session_arena_size_budgeted` bytes. The status and session.
+fn create_budgeted(
+    m: *const tp_model,
+    mem: &mut AlignedArena,
+    cache: &mut AlignedArena,
+) -> (tp_status, *mut tp_session) {
+    let mut size = 0usize;
+    // SAFETY: live model, writable size.
+    ok(unsafe { tp_session_arena_size_budgeted(m, 0, &mut size) });
+    *mem = AlignedArena::new(size);
+    let (a, c) = (mem.as_mut_slice(), cache.as_mut_slice());
+    let mut s = null_mut();
+    // SAFETY: live model; disjoint aligned memories the caller keeps for the session.
+    let st = unsafe {
+        tp_session_create_budgeted(
+            m,
+            0,
+            a.as_mut_ptr().cast(),
+            a.len(),
+            null(),
+            c.as_mut_ptr().cast(),
+            c.len(),
+            &mut s,
+        )
+    };
+    (st, s)
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
