@@ -1,4 +1,5 @@
-//! The portable kernel: per weight row, `[f32; 8]` accumulators for up to four
+//! The portable kernel: `f32::matvec` per row for contiguous W; for strided
+//! W (`conv3`), per weight row, `[f32; 8]` accumulators for up to four
 //! activation rows, so each weight chunk is loaded once for the whole row
 //! tile (LLVM vectorises the lane loop). Same bits as [`crate::f32::matmul_rows`].
 
@@ -6,6 +7,17 @@ use super::{row_tiles, Problem, LANES};
 
 /// Runs a checked problem.
 pub(super) fn run(p: &mut Problem<'_>) {
+    // Contiguous W: one `f32::matvec` per row, which LLVM vectorises better
+    // than the row tiles below (measured: docs/BENCHMARKS.md); same bits.
+    if p.ldw == p.k {
+        let (n, k) = (p.n, p.k);
+        for r in 0..p.m {
+            let x = &p.x[r * p.ldx..r * p.ldx + k];
+            let y = &mut p.y[r * p.ldy..r * p.ldy + n];
+            crate::f32::matvec(&p.w[..n * k], x, p.bias.map(|b| &b[..n]), y);
+        }
+        return;
+    }
     for (r0, mr) in row_tiles(p.m) {
         match mr {
             4 => tile::<4>(p, r0),
