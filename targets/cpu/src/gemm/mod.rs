@@ -38,8 +38,11 @@
 //!   one 8 x 8 transpose per tile.
 //! - NEON: two q registers (lanes 0-3, 4-7) per output, 16 per tile (2 x 4,
 //!   1 x 8), the eight lanes summed in order on the stack.
-//! - generic: `[f32; 8]` accumulators for four rows per weight row (LLVM
-//!   vectorises the lane loop).
+//! - generic: `f32::matvec` per row for contiguous W; for strided W,
+//!   `[f32; 8]` accumulators for four rows per weight row.
+//!
+//! The AVX-512F kernel runs the AVX2 tiles for M < 4 or K < 64, where they
+//! measured faster (docs/BENCHMARKS.md); the bits are the same either way.
 //!
 //! The tail columns, the final adds and the bias are one shared scalar
 //! epilogue (`finish`). M is split into tiles of 4, then 2, then 1 rows; an
