@@ -10,7 +10,8 @@
 # With --whole it checks the whole-task graphs instead (`export-onnx --whole`):
 # the model packed as f32 and as i4g32 (--quant int4), every task exported as
 # one graph, onnx.checker on each and its logits on the dumped test samples
-# within 1e-4 of the runtime's, relative to their max magnitude.
+# within 1e-4 of the runtime's, relative to their max magnitude (0.25 for the
+# i4g32 package, whose LUT kernels also quantize activations; docs/NPU.md).
 #
 # usage: scripts/onnx-check.sh [--whole] [SAMPLES]   (work files in
 #        target/onnx-check; the venv in .venv-onnx, reused when present;

@@ -11,7 +11,9 @@ row per (graph kind, precision) and exits non-zero on any failure.
 With `--whole FILE.whole.onnx ...` it checks whole-task graphs
 (`export-onnx --whole`) instead: onnx.checker, inputs named and shaped as
 the dumped inputs under reference/<TASK>.whole/<k>/, and the output `logits`
-within WHOLE_REL_BOUND of the runtime's (docs/NPU.md, "--whole").
+within WHOLE_REL_BOUND of the runtime's (WHOLE_QUANT_REL_BOUND when the
+graph's metadata says its package stored quantized matrices; docs/NPU.md,
+"--whole").
 """
 import json
 import pathlib
@@ -36,6 +38,12 @@ def rel_error(got, want):
 # sums every path expert (zero gates included) in another order than the
 # runtime, and weights are the dequantized values the runtime multiplies by.
 WHOLE_REL_BOUND = 1e-4
+# The same for a package with quantized expert matrices (metadata
+# taskpath.package_weights = dequantized): the graph holds the exact
+# dequantized weights, but the runtime's int4/int2 LUT kernels also quantize
+# the activations to int8, which the graph does not (measured worst: 1.1e-1,
+# GSE-MET's small logits; argmax equal on every sample).
+WHOLE_QUANT_REL_BOUND = 0.25
 
 
 def main_whole(files):
@@ -53,6 +61,8 @@ def main_whole(files):
             continue
         names_out = [o.name for o in model.graph.output]
         assert names_out == ["logits"], (path, names_out)
+        meta = {p.key: p.value for p in model.metadata_props}
+        bound = WHOLE_QUANT_REL_BOUND if meta.get("taskpath.package_weights") == "dequantized" else WHOLE_REL_BOUND
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         worst, agree = 0.0, 0
         for r in refs:
@@ -69,14 +79,14 @@ def main_whole(files):
             e = rel_error(got, want)
             worst = max(worst, e)
             agree += int(np.argmax(got) == np.argmax(want))
-            if e > WHOLE_REL_BOUND:
-                failures.append(f"{path} sample {r.name}: relative error {e:.3e} > {WHOLE_REL_BOUND:.0e}")
-        rows.append((str(path.parent.parent.name), name, len(model.graph.node), worst, agree, len(refs)))
-    print(f"onnx.checker: {len(rows)} whole graphs OK; onnxruntime {ort.__version__}; bound {WHOLE_REL_BOUND:.0e}")
-    print("| package | graph | nodes | max relative error vs runtime | argmax equal |")
-    print("|---|---|---|---|---|")
-    for pkg, name, nodes, e, a, n in rows:
-        print(f"| {pkg} | {name} | {nodes} | {e:.2e} | {a}/{n} |")
+            if e > bound:
+                failures.append(f"{path} sample {r.name}: relative error {e:.3e} > {bound:g}")
+        rows.append((str(path.parent.parent.name), name, len(model.graph.node), worst, bound, agree, len(refs)))
+    print(f"onnx.checker: {len(rows)} whole graphs OK; onnxruntime {ort.__version__}")
+    print("| package | graph | nodes | max relative error vs runtime | bound | argmax equal |")
+    print("|---|---|---|---|---|---|")
+    for pkg, name, nodes, e, bound, a, n in rows:
+        print(f"| {pkg} | {name} | {nodes} | {e:.2e} | {bound:g} | {a}/{n} |")
     for f in failures:
         print("FAIL:", f, file=sys.stderr)
     return 1 if failures or not rows else 0

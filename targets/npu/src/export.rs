@@ -115,6 +115,8 @@ struct Builder<'m, 'a> {
     vectors: HashMap<(u32, Vec<usize>), String>,
     /// Weight value(s) of each matrix already added: `(V, U)` or `(None, W)`.
     matrices: HashMap<u32, (Option<String>, String)>,
+    /// Whether a matrix stored quantized in the package was dequantized.
+    dequantized: bool,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -134,6 +136,7 @@ impl<'m, 'a> Builder<'m, 'a> {
             n: 0,
             vectors: HashMap::new(),
             matrices: HashMap::new(),
+            dequantized: false,
         }
     }
 
@@ -308,6 +311,7 @@ impl<'m, 'a> Builder<'m, 'a> {
             Some(m) => m.clone(),
             None => {
                 let (a, v) = dense_factors(w).map_err(|e| self.err(format!("{name}: {e}")))?;
+                self.dequantized |= !w.is_f32();
                 let m = if let Some(v) = v {
                     let (vn, mut inits) = self.weight(&format!("{name}.V"), w.rank, w.cols, &v);
                     let (un, more) = self.weight(&format!("{name}.U"), w.rows, w.rank, &a);
@@ -417,6 +421,17 @@ impl<'m, 'a> Builder<'m, 'a> {
             (
                 "taskpath.precision".to_string(),
                 self.precision.name().to_string(),
+            ),
+            // `dequantized`: some matrix was stored quantized in the package
+            // (the CPU runs it with its quantized kernels).
+            (
+                "taskpath.package_weights".to_string(),
+                if self.dequantized {
+                    "dequantized"
+                } else {
+                    "f32"
+                }
+                .to_string(),
             ),
         ];
         let bytes = proto::model(name, &doc, &nodes, &self.inits, &ins, &outs, OPSET, &meta);
