@@ -3,7 +3,8 @@
 //! on the full model (a device serving that domain), the expert-blob
 //! fetches are recorded, and LRU, LFU with decay and LRU with the domain's
 //! hottest experts pinned are replayed against Belady's optimum at each
-//! budget. The runtime's `ResidencyCache` replays the LRU+pin case for
+//! budget, with two layer-aware policies that know the decoder's layer
+//! cycle (layer-cyclic and layer-LFU, `taskpath_pack::residency::LayerRank`). The runtime's `ResidencyCache` replays the LRU+pin case for
 //! real and must count exactly what the simulation counts.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,9 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use taskpath_pack::domains;
-use taskpath_pack::residency::{simulate_belady, simulate_lfu, simulate_lru, SimResult};
+use taskpath_pack::residency::{
+    simulate_belady, simulate_layer, simulate_lfu, simulate_lru, LayerRank, SimResult,
+};
 use taskpath_runtime::{cache_footprint, AlignedArena, Model, ResidencyCache};
 
 use crate::lm::{load_texts, task_or_full, CorpusArgs};
@@ -59,6 +62,30 @@ fn hot_blobs(model: &Model<'_>, domain: &str) -> Option<Vec<u32>> {
     Some(v.into_iter().map(|(b, _)| b).collect())
 }
 
+/// Weight of the layer distance in layer-LFU.
+const LAYER_WEIGHT: f64 = 1.0;
+
+/// Each expert blob's MoE layer (groups with experts, in group order, which
+/// is the order a decoder runs them) and the number of layers.
+fn blob_layers(model: &Model<'_>) -> (BTreeMap<u32, usize>, usize) {
+    let mut map = BTreeMap::new();
+    let mut layers = 0;
+    for g in 0..model.group_count() as u32 {
+        let blobs: Vec<u32> = (0..)
+            .map_while(|j| model.expert(g, j, 0))
+            .map(|e| e.blob)
+            .collect();
+        if blobs.is_empty() {
+            continue;
+        }
+        for b in blobs {
+            map.insert(b, layers);
+        }
+        layers += 1;
+    }
+    (map, layers)
+}
+
 fn pct(r: &SimResult) -> String {
     format!("{:.1}%", 100.0 * r.hit_rate())
 }
@@ -92,6 +119,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
         "the LLM mode replays equal expert blobs only (this package's differ in size)"
     );
     let pool = blob * sizes.len();
+    let (layer_map, layers) = blob_layers(model);
+    let layer_of = |b: u32| layer_map.get(&b).copied().unwrap_or(0);
     outln!(
         "full model, {} split, first {} tokens per domain, windows of {}: {} expert blobs of {} bytes (cache footprint), pool {} bytes; LFU half-life {} fetches; pin share {}",
         a.split,
@@ -111,12 +140,14 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
         "LFU (decay)",
         "LRU+pin",
         "pinned",
+        "layer-cyclic",
+        "layer-LFU",
         "Belady",
         "best / Belady",
         "runtime cache (LRU+pin)",
     ]);
     // Per budget: summed hits and fetches of each policy.
-    let mut sums: BTreeMap<usize, [SimResult; 4]> = BTreeMap::new();
+    let mut sums: BTreeMap<usize, [SimResult; 6]> = BTreeMap::new();
     for (domain, ids) in &texts.domains {
         let trace = fetches(model, full, ids, texts.window, None)
             .with_context(|| format!("decoding domain {domain}"))?;
@@ -139,8 +170,26 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             let lru = simulate_lru(&trace, slots, &[]);
             let lfu = simulate_lfu(&trace, slots, a.lfu_half_life);
             let lru_pin = simulate_lru(&trace, slots, &pinned);
+            let cyclic = simulate_layer(
+                &trace,
+                slots,
+                a.lfu_half_life,
+                layers,
+                layer_of,
+                LayerRank::Cyclic,
+            );
+            let layer_lfu = simulate_layer(
+                &trace,
+                slots,
+                a.lfu_half_life,
+                layers,
+                layer_of,
+                LayerRank::Lfu {
+                    weight: LAYER_WEIGHT,
+                },
+            );
             let belady = simulate_belady(&trace, slots);
-            let best = [lru, lfu, lru_pin]
+            let best = [lru, lfu, lru_pin, cyclic, layer_lfu]
                 .iter()
                 .map(SimResult::hit_rate)
                 .fold(0.0, f64::max);
@@ -167,7 +216,10 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
                 lru_pin.misses
             );
             let e = sums.entry(slots).or_default();
-            for (acc, r) in e.iter_mut().zip([lru, lfu, lru_pin, belady]) {
+            for (acc, r) in e
+                .iter_mut()
+                .zip([lru, lfu, lru_pin, cyclic, layer_lfu, belady])
+            {
                 acc.hits += r.hits;
                 acc.misses += r.misses;
             }
@@ -183,6 +235,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
                 } else {
                     "0 (no stats)".into()
                 },
+                pct(&cyclic),
+                pct(&layer_lfu),
                 pct(&belady),
                 format!("{:.1}%", 100.0 * best / belady.hit_rate().max(1e-12)),
                 format!(
@@ -192,8 +246,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             ]);
         }
     }
-    for (slots, [lru, lfu, pin, belady]) in &sums {
-        let best = [lru, lfu, pin]
+    for (slots, [lru, lfu, pin, cyclic, layer_lfu, belady]) in &sums {
+        let best = [lru, lfu, pin, cyclic, layer_lfu]
             .iter()
             .map(|r| r.hit_rate())
             .fold(0.0, f64::max);
@@ -205,6 +259,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             pct(lfu),
             pct(pin),
             "-".into(),
+            pct(cyclic),
+            pct(layer_lfu),
             pct(belady),
             format!("{:.1}%", 100.0 * best / belady.hit_rate().max(1e-12)),
             "-".into(),

@@ -1,5 +1,6 @@
 //! Offline residency simulation: LRU with pinning (the runtime's policy),
-//! LFU with decay, and Belady's optimal policy, over a recorded trace of
+//! LFU with decay, two layer-aware policies for decoders (layer-cyclic and
+//! layer-LFU) and Belady's optimal policy, over a recorded trace of
 //! expert-blob fetches.
 
 use std::collections::HashMap;
@@ -88,6 +89,90 @@ pub fn simulate_lfu(trace: &[u32], slots: usize, half_life: f64) -> SimResult {
     r
 }
 
+/// How a layer-aware policy ranks the resident blobs of other layers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LayerRank {
+    /// Layer-cyclic: evict from the layer whose next turn is furthest away
+    /// (the one that ran just before the current one, then the one before
+    /// that, ...; the current layer's blobs last), the lowest decayed count
+    /// first within that layer.
+    Cyclic,
+    /// Layer-LFU: evict the smallest decayed count weighted by
+    /// `1 + weight / d`, where `d` is the number of layer steps until the
+    /// blob's layer runs next (the current layer's blobs: the number of
+    /// layers): a blob whose layer runs soon needs a lower count to stay.
+    Lfu {
+        /// Weight of the layer distance (0: plain LFU).
+        weight: f64,
+    },
+}
+
+/// A layer-aware policy for a decoder whose MoE layers run in a fixed cycle
+/// (0, 1, ..., `layers - 1`, 0, ...): `layer_of(blob)` is the layer of an
+/// expert blob (`< layers`), and the layer being fetched for is the layer of
+/// the blob fetched now, so the distance to each layer's next turn is known
+/// from the model's structure alone (no look at future data). Counts decay
+/// as in [`simulate_lfu`] (halving every `half_life` fetches, surviving
+/// eviction); ties go to the least recently used.
+pub fn simulate_layer(
+    trace: &[u32],
+    slots: usize,
+    half_life: f64,
+    layers: usize,
+    layer_of: impl Fn(u32) -> usize,
+    rank: LayerRank,
+) -> SimResult {
+    let decay = 0.5f64.powf(1.0 / half_life.max(1e-9));
+    let mut count: HashMap<u32, (f64, u64)> = HashMap::new();
+    let at = |c: (f64, u64), now: u64| c.0 * decay.powf((now - c.1) as f64);
+    let layers = layers.max(1);
+    // (blob, last use)
+    let mut resident: Vec<(u32, u64)> = Vec::new();
+    let mut r = SimResult::default();
+    for (tick, &b) in trace.iter().enumerate() {
+        let now = tick as u64 + 1;
+        let c = count.get(&b).map_or(0.0, |&c| at(c, now));
+        count.insert(b, (c + 1.0, now));
+        if let Some(s) = resident.iter_mut().find(|s| s.0 == b) {
+            s.1 = now;
+            r.hits += 1;
+            continue;
+        }
+        r.misses += 1;
+        if resident.len() < slots {
+            resident.push((b, now));
+            continue;
+        }
+        let cur = layer_of(b) % layers;
+        // Layer steps until the layer of `x` runs next (the current: `layers`).
+        let dist = |x: u32| match (layer_of(x) % layers + layers - cur) % layers {
+            0 => layers,
+            d => d,
+        };
+        let key = |x: &(u32, u64)| -> (f64, f64, u64) {
+            let c = at(count[&x.0], now);
+            match rank {
+                // Smallest key is evicted: the furthest layer first.
+                LayerRank::Cyclic => {
+                    let d = dist(x.0);
+                    let order = if d == layers { 1.0 } else { -(d as f64) };
+                    (order, c, x.1)
+                }
+                LayerRank::Lfu { weight } => (c * (1.0 + weight / dist(x.0) as f64), 0.0, x.1),
+            }
+        };
+        if let Some(v) = resident.iter_mut().min_by(|x, y| {
+            let (a, b) = (key(x), key(y));
+            a.0.total_cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+        }) {
+            *v = (b, now);
+        }
+    }
+    r
+}
+
 /// Belady's MIN: on a miss with every slot full, evict the blob whose next
 /// use is farthest in the future. The upper bound of any policy.
 pub fn simulate_belady(trace: &[u32], slots: usize) -> SimResult {
@@ -150,5 +235,41 @@ mod tests {
         assert_eq!(simulate_lfu(&t, 2, 100.0), SimResult { hits: 3, misses: 3 });
         // With a very short half-life LFU degenerates to recency order.
         assert_eq!(simulate_lfu(&t, 2, 1e-3), simulate_lru(&t, 2, &[]));
+        // Layer-LFU with weight 0 is LFU.
+        for s in 1..4 {
+            assert_eq!(
+                simulate_layer(&t, s, 100.0, 1, |_| 0, LayerRank::Lfu { weight: 0.0 }),
+                simulate_lfu(&t, s, 100.0)
+            );
+        }
+    }
+
+    #[test]
+    fn layer_policies_by_hand() {
+        // 2 layers x 3 experts (layer 0: blobs 0 1 2, layer 1: blobs 3 4 5),
+        // top-1, 2 slots; tokens route (0,3) (1,3) (0,4) (0,3).
+        let t = [0, 3, 1, 3, 0, 4, 0, 3];
+        let layer = |b: u32| (b / 3) as usize;
+        let cyc = |t: &[u32]| simulate_layer(t, 2, 1e9, 2, layer, LayerRank::Cyclic);
+        let lfu = |t: &[u32], w| simulate_layer(t, 2, 1e9, 2, layer, LayerRank::Lfu { weight: w });
+        // Layer-cyclic: 0 m, 3 m, 1 m: evicts layer 1's 3 (the other layer
+        // goes before the current layer's 0) -> {0, 1}; 3 m: evicts 0 (count
+        // 1 = 1's, 0 used earlier) -> {1, 3}; 0 m: evicts the other layer's
+        // 3 -> {1, 0}; 4 m: evicts 1 (count 1 < 0's 2) -> {0, 4}; 0 hit;
+        // 3 m: evicts 0 -> {4, 3}. 1 hit, 7 misses.
+        assert_eq!(cyc(&t), SimResult { hits: 1, misses: 7 });
+        // Layer-LFU, weight 1 (current layer d = 2: x1.5; other layer d = 1:
+        // x2): 0 m, 3 m, 1 m: 0 -> 1.5, 3 -> 2: evicts 0 -> {3, 1}; 3 hit
+        // (count 2); 0 m: 1 -> 1.5, 3 -> 4: evicts 1 -> {3, 0}; 4 m: 0 -> 2*2
+        // = 4, 3 -> 2*1.5 = 3: evicts 3 -> {0, 4}; 0 hit; 3 m: 0 -> 3*2 = 6,
+        // 4 -> 1.5: evicts 4 -> {0, 3}. 2 hits, 6 misses.
+        assert_eq!(lfu(&t, 1.0), SimResult { hits: 2, misses: 6 });
+        // Plain LFU on the same trace: 0 m, 3 m, 1 m (0, 3 count 1: evicts
+        // the older 0) -> {3, 1}; 3 hit; 0 m (1: 1 < 3: 2) -> {3, 0}; 4 m
+        // (0: 2, 3: 2, 0 newer: evicts 3) -> {0, 4}; 0 hit; 3 m (4: 1)
+        // -> {0, 3}. 2 hits.
+        assert_eq!(lfu(&t, 0.0), SimResult { hits: 2, misses: 6 });
+        // Belady: evicts 0 at 1, 1 at 0, 3 at 4: 2 hits (3 and 0).
+        assert_eq!(simulate_belady(&t, 2).hits, 2);
     }
 }
