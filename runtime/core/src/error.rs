@@ -30,7 +30,8 @@ pub enum ErrorCode {
     ArenaTooSmall = 0x20,
     /// The arena is not aligned for f32.
     ArenaMisaligned = 0x21,
-    /// An expert budget too small for one expert blob.
+    /// An expert budget too small for one expert blob (or, for a language
+    /// model, for one token's active experts of a layer).
     BudgetTooSmall = 0x22,
     /// The package is malformed.
     Format = 0x30,
@@ -267,7 +268,7 @@ impl fmt::Display for Error {
             Self::ArenaMisaligned => f.write_str("arena must start on a 4-byte boundary"),
             Self::BudgetTooSmall { need, have } => write!(
                 f,
-                "expert budget too small: needs at least {need} bytes (one expert blob), got {have}"
+                "expert budget too small: needs at least {need} bytes (an expert blob, or a language model layer's top-k experts of one token), got {have}"
             ),
             Self::Format(e) => write!(f, "corrupt package: {e}"),
             Self::InvalidProgram { op, why } => write!(f, "invalid op program at op {op}: {why}"),

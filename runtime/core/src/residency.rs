@@ -40,6 +40,12 @@ pub trait BlobSource {
     fn capacity(&self) -> usize {
         usize::MAX
     }
+    /// The whole budget, pinned blobs included (a pinned blob may be one of
+    /// the experts a token needs): what a layer's active set is checked
+    /// against.
+    fn budget(&self) -> usize {
+        self.capacity()
+    }
     /// Whether `blob` is resident now (a fetch would hit), for tracers;
     /// `None` when the source cannot tell.
     fn holds(&self, _blob: u32) -> Option<bool> {
@@ -351,6 +357,9 @@ impl BlobSource for ResidencyCache<'_> {
     }
     fn capacity(&self) -> usize {
         self.mem.len() - self.pinned_bytes()
+    }
+    fn budget(&self) -> usize {
+        self.mem.len()
     }
     fn holds(&self, blob: u32) -> Option<bool> {
         Some(self.resident().any(|b| b == blob))

@@ -222,10 +222,10 @@ impl<'m, 'a> Session<'m, 'a> {
         #[cfg(feature = "decoder")]
         {
             let need = self.layer_expert_budget();
-            if source.capacity() < need {
+            if source.budget() < need {
                 return Err(Error::BudgetTooSmall {
                     need,
-                    have: source.capacity(),
+                    have: source.budget(),
                 });
             }
         }

@@ -107,6 +107,9 @@ impl BlobSource for Timed<'_> {
     fn capacity(&self) -> usize {
         self.inner().capacity()
     }
+    fn budget(&self) -> usize {
+        self.inner().budget()
+    }
     fn holds(&self, blob: u32) -> Option<bool> {
         self.inner().holds(blob)
     }

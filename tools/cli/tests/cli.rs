@@ -1,84 +1,28 @@
 //! End-to-end tests of the `taskpath` binary: each test generates a small
 //! random checkpoint in its own temporary directory and drives the CLI.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 use taskpath_runtime::{AlignedArena, Model, Session};
 
-/// A temporary directory removed on drop.
-struct Tmp(PathBuf);
+mod common;
+use common::{fails, ok, refused};
+
+struct Tmp(common::Tmp);
 
 impl Tmp {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("taskpath-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn s(&self, rel: &str) -> String {
-        self.path(rel).display().to_string()
+        Self(common::Tmp::new("cli", name))
     }
 }
 
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl std::ops::Deref for Tmp {
+    type Target = common::Tmp;
+    fn deref(&self) -> &common::Tmp {
+        &self.0
     }
-}
-
-fn taskpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_taskpath"))
-        .args(args)
-        .output()
-        .expect("spawn taskpath")
-}
-
-/// Runs the CLI, asserts success, returns stdout.
-fn ok(args: &[&str]) -> String {
-    let o = taskpath(args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(
-        o.status.success(),
-        "taskpath {args:?} failed:\nstdout: {out}\nstderr: {err}"
-    );
-    out.into_owned()
-}
-
-/// Runs the CLI, asserts exit status 1 with an `error:` line, returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = taskpath(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "taskpath {args:?} should fail; stderr: {err}"
-    );
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
-/// Runs the CLI with an option clap refuses: exit status 2, an `error:`
-/// line, no panic. Returns stderr.
-fn refused(args: &[&str]) -> String {
-    let o = taskpath(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "taskpath {args:?} should be refused; stderr: {err}"
-    );
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
 }
 
 /// Runs the CLI, killing it (and failing) if it has not exited after

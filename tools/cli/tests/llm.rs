@@ -8,7 +8,6 @@
 //! errors of each.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -23,36 +22,12 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn taskpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_taskpath"))
-        .args(args)
-        .output()
-        .expect("spawn taskpath")
-}
+mod common;
+use common::ok;
 
-fn ok(args: &[&str]) -> String {
-    let o = taskpath(args);
-    assert!(
-        o.status.success(),
-        "taskpath {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
+/// A failed command (1) or a refused argument (2).
 fn fails(args: &[&str]) -> String {
-    let o = taskpath(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    // 1: a failed command; 2: an argument refused while parsing.
-    assert!(
-        matches!(o.status.code(), Some(1 | 2)),
-        "taskpath {args:?} should fail: {err}"
-    );
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
-    err
+    common::exits_with(args, &[1, 2])
 }
 
 fn read_u32(p: &Path) -> Vec<u32> {

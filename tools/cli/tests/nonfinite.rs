@@ -7,68 +7,27 @@
 #[allow(dead_code)]
 mod mutate;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use taskpath_format::Package;
 use taskpath_runtime::AlignedArena;
 
-/// A temporary directory removed on drop.
-struct Tmp(PathBuf);
+mod common;
+use common::{fails, ok, taskpath};
+
+struct Tmp(common::Tmp);
 
 impl Tmp {
     fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("taskpath-nonfinite-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn s(&self, rel: &str) -> String {
-        self.path(rel).display().to_string()
+        Self(common::Tmp::new("nonfinite", name))
     }
 }
 
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl std::ops::Deref for Tmp {
+    type Target = common::Tmp;
+    fn deref(&self) -> &common::Tmp {
+        &self.0
     }
-}
-
-fn taskpath(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_taskpath"))
-        .args(args)
-        .output()
-        .expect("spawn taskpath")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = taskpath(args);
-    assert!(
-        o.status.success(),
-        "taskpath {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs the CLI, asserts exit status 1 with an `error:` line and no panic,
-/// returns stderr.
-fn fails(args: &[&str]) -> String {
-    let o = taskpath(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "taskpath {args:?} should fail; stdout: {}; stderr: {err}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
 }
 
 /// `gen-random --shape small` (modalities a [5x3] and b [3x7]; task0 on
