@@ -14,6 +14,7 @@ pub const NEON: F32Gemm = F32Gemm {
     name: "aarch64_neon_f32gemm",
     requires: &[Feature::Neon],
     run: run_neon,
+    exact: true,
 };
 
 /// The aarch64 kernels.

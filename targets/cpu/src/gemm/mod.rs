@@ -48,6 +48,30 @@
 //! epilogue (`finish`). M is split into tiles of 4, then 2, then 1 rows; an
 //! N tail computes its missing outputs from the last weight row and does not
 //! store them. Nothing allocates; no scratch is needed.
+//!
+//! # The opt-in fast kernels (FMA)
+//!
+//! [`fast_kernels`] (x86-64: `x86_64_avx2_fma_f32gemm`,
+//! `x86_64_avx512f_fma_f32gemm`), chosen only through
+//! [`crate::qmatvec::Kernels::with_fast_f32`] / [`fast_variant`], give up the
+//! reference's bits for fused multiply-adds and full-width accumulators
+//! (`L` = 16 lanes on AVX-512, 8 on AVX2). For every output:
+//!
+//! - lane `j < L`: `acc_j = fma(W[o, Lc + j], X[r, Lc + j], acc_j)` over the
+//!   chunks `c = 0, 1, ...` in order, the last partial chunk loaded masked
+//!   (its missing lanes are zeros, so K needs no scalar tail);
+//! - a pairwise tree over the lanes: `acc_j + acc_{j + L/2}`, then
+//!   `+ (j + L/4)`, ..., then the last pair (log2 L levels);
+//! - `y = s + b[o]` (no add without a bias).
+//!
+//! An output depends only on its W row, its X row and its bias, not on M,
+//! the tile, the strides or the pool's splits, so a fast table is
+//! deterministic on one CPU; the bits differ between the AVX2 and AVX-512
+//! variants and from the exact kernels. Error: `ceil(K / L)` FMA roundings, at
+//! most `log2 L` tree roundings and one bias rounding on every term, so
+//! `|y - y_exact| <= gamma_(ceil(K/L) + log2 L + 1) (sum_c |W[o,c] X[r,c]| + |b[o]|)`
+//! (`gamma_n = n u / (1 - n u)`, `u = 2^-24`), at most the exact kernels'
+//! `(K + 2) f32::EPSILON` bound (tests: `targets/cpu/tests/gemm_kernels.rs`).
 
 use crate::qmatvec::{CpuFeatures, Feature};
 
@@ -141,6 +165,27 @@ impl Problem<'_> {
         }
     }
 
+    /// `Y[r, o] = s + b[o]` (no add without a bias) for every tile output as
+    /// [`Self::finish`] maps them: the fast kernels' epilogue (no K tail).
+    #[inline(always)]
+    #[allow(dead_code)]
+    fn store(
+        &mut self,
+        r0: usize,
+        o0: usize,
+        sums: &[f32],
+        map: impl Fn(usize) -> Option<(usize, usize)>,
+    ) {
+        for (l, &s) in sums.iter().enumerate() {
+            let Some((dr, d_o)) = map(l) else { continue };
+            let (r, o) = (r0 + dr, o0 + d_o);
+            if r >= self.m || o >= self.n {
+                continue;
+            }
+            self.y[r * self.ldy + o] = self.bias.map_or(s, |b| s + b[o]);
+        }
+    }
+
     /// Start of row `r` of X as a pointer (`wrapping_add`: safe to form; it
     /// lies inside `x` for `r < m`, which `F32Gemm::gemm` checked).
     #[inline(always)]
@@ -175,6 +220,8 @@ pub struct F32Gemm {
     name: &'static str,
     requires: &'static [Feature],
     run: fn(&mut Problem<'_>),
+    /// Bit-identical to [`crate::f32::matmul_rows`] (false: a fast FMA kernel).
+    exact: bool,
 }
 
 impl core::fmt::Debug for F32Gemm {
@@ -182,6 +229,7 @@ impl core::fmt::Debug for F32Gemm {
         f.debug_struct("F32Gemm")
             .field("name", &self.name)
             .field("requires", &self.requires)
+            .field("exact", &self.exact)
             .finish()
     }
 }
@@ -195,6 +243,12 @@ impl F32Gemm {
     /// CPU features the kernel needs (empty for the generic one).
     pub fn requires(&self) -> &'static [Feature] {
         self.requires
+    }
+
+    /// Whether the outputs are bit-identical to [`crate::f32::matmul_rows`]
+    /// (false for the opt-in fast kernels, [`fast_kernels`]).
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 
     /// Whether this CPU can run the kernel (see [`CpuFeatures::host`]).
@@ -270,7 +324,8 @@ impl F32Gemm {
         (self.run)(&mut p);
     }
 
-    /// Drop-in for [`crate::f32::matmul_rows`] (same contract, same bits):
+    /// Drop-in for [`crate::f32::matmul_rows`] (same contract, same bits if
+    /// [`Self::is_exact`]):
     /// `w: [out, in]`, `x: [rows, in]`, `y: [rows, out]`; `rows == 0` is a no-op.
     ///
     /// # Panics
@@ -300,6 +355,7 @@ pub const GENERIC: F32Gemm = F32Gemm {
     name: "generic_f32gemm",
     requires: &[],
     run: generic::run,
+    exact: true,
 };
 
 /// The kernels compiled for this architecture, slowest first (the table plugs
@@ -328,4 +384,34 @@ pub fn for_features(features: CpuFeatures) -> F32Gemm {
         .find(|k| f.first_missing(k.requires).is_none())
         .copied()
         .unwrap_or(GENERIC)
+}
+
+/// The opt-in fast (FMA, not bit-exact) kernels compiled for this
+/// architecture, slowest first. Empty where there are none.
+pub fn fast_kernels() -> &'static [F32Gemm] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        &x86_64::FAST_KERNELS
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        &[]
+    }
+}
+
+/// The fast variant of `exact`: the last of [`fast_kernels`] that this CPU
+/// supports and that needs no feature beyond `exact`'s and FMA (so a table
+/// restricted to AVX2 gets the AVX2 + FMA kernel, the generic kernel stays
+/// generic); `exact` itself if there is none.
+pub fn fast_variant(exact: F32Gemm) -> F32Gemm {
+    if !exact.exact {
+        return exact;
+    }
+    let allowed = |f: &Feature| *f == Feature::Fma || exact.requires.contains(f);
+    fast_kernels()
+        .iter()
+        .rev()
+        .find(|k| k.requires.iter().all(allowed) && k.is_supported_here())
+        .copied()
+        .unwrap_or(exact)
 }

@@ -14,6 +14,7 @@ pub const AVX2: F32Gemm = F32Gemm {
     name: "x86_64_avx2_f32gemm",
     requires: &[Feature::Avx2],
     run: run_avx2,
+    exact: true,
 };
 
 /// AVX-512F (up to 16 accumulators of two outputs each, tiles 4 x 8, 2 x 16,
@@ -23,6 +24,7 @@ pub const AVX512F: F32Gemm = F32Gemm {
     name: "x86_64_avx512f_f32gemm",
     requires: &[Feature::Avx2, Feature::Avx512F],
     run: run_avx512,
+    exact: true,
 };
 
 /// Slowest first: the table plugs the last one the CPU supports.
@@ -270,4 +272,285 @@ fn reduce512(v: &[__m512; 8]) -> __m512 {
     ];
     c.iter()
         .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x))
+}
+
+// ---------------------------------------------------------------- fast (FMA)
+//
+// The opt-in fast kernels (parent module, "The opt-in fast kernels"): FMA,
+// full-width accumulators, a masked last chunk, a pairwise lane tree. Every
+// tile runs the same per-output arithmetic, so an output's bits do not depend
+// on the tile, M or the strides.
+
+/// AVX2 + FMA: a ymm of eight lanes per output, 8 accumulators per tile
+/// (4 x 2, 2 x 4, 1 x 8). Not bit-exact: [`super::fast_variant`] only.
+pub const AVX2_FMA: F32Gemm = F32Gemm {
+    name: "x86_64_avx2_fma_f32gemm",
+    requires: &[Feature::Avx2, Feature::Fma],
+    run: run_avx2_fma,
+    exact: false,
+};
+
+/// AVX-512F + FMA: a zmm of sixteen lanes per output, up to 16 accumulators
+/// per tile (4 x 4, 2 x 8, 1 x 16, narrower for N tails). Not bit-exact:
+/// [`super::fast_variant`] only.
+pub const AVX512F_FMA: F32Gemm = F32Gemm {
+    name: "x86_64_avx512f_fma_f32gemm",
+    requires: &[Feature::Avx2, Feature::Avx512F, Feature::Fma],
+    run: run_avx512_fma,
+    exact: false,
+};
+
+/// The fast kernels, slowest first.
+pub const FAST_KERNELS: [F32Gemm; 2] = [AVX2_FMA, AVX512F_FMA];
+
+/// `F32Gemm::gemm` asserted AVX2 and FMA before calling this (the only way
+/// to reach it: the `run` field is private).
+fn run_avx2_fma(p: &mut Problem<'_>) {
+    for (r0, mr) in row_tiles(p.m) {
+        let mut o0 = 0;
+        while o0 < p.n {
+            o0 += match mr {
+                4 => fast256::<4, 2>(p, r0, o0),
+                2 => fast256::<2, 4>(p, r0, o0),
+                _ => fast256::<1, 8>(p, r0, o0),
+            };
+        }
+    }
+}
+
+/// Rows `r0..r0 + MR` (all `< m`) times outputs `o0..o0 + NR`; returns `NR`.
+#[inline(always)]
+fn fast256<const MR: usize, const NR: usize>(p: &mut Problem<'_>, r0: usize, o0: usize) -> usize {
+    let xs: [*const f32; MR] = core::array::from_fn(|i| p.x_ptr(r0 + i));
+    let ws: [*const f32; NR] = core::array::from_fn(|j| p.w_ptr(o0 + j));
+    let mut sums = [0.0f32; 8];
+    // SAFETY: AVX2 and FMA are present (asserted by `F32Gemm::gemm`, see
+    // `run_avx2_fma`). Each pointer starts a row of `p.k` floats inside its
+    // slice (`F32Gemm::gemm` checked rows `< m` of X and `< n` of W;
+    // `r0 + MR <= m` by `row_tiles`, W rows are clamped by `w_ptr`).
+    unsafe { fast_tile256::<MR, NR>(p.k, &xs, &ws, &mut sums) };
+    // Lane l of the reduction holds accumulator 2 (l % 4) + l / 4 = i NR + j.
+    p.store(r0, o0, &sums, |l| {
+        let a = 2 * (l % 4) + l / 4;
+        Some((a / NR, a % NR))
+    });
+    NR
+}
+
+/// Lane sums of outputs `(i, j)` (accumulator `i * NR + j`, `MR * NR == 8`),
+/// accumulator `a` at `sums[4 (a % 2) + a / 2]`.
+///
+/// # Safety
+/// AVX2 and FMA must be present; `xs[i]` and `ws[j]` must be readable for `k`
+/// floats.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fast_tile256<const MR: usize, const NR: usize>(
+    k: usize,
+    xs: &[*const f32; MR],
+    ws: &[*const f32; NR],
+    sums: &mut [f32; 8],
+) {
+    const L: usize = 8;
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut c = 0;
+    while c + L <= k {
+        let mut xv = [_mm256_setzero_ps(); MR];
+        for (v, &xp) in xv.iter_mut().zip(xs) {
+            // SAFETY: `c + 8 <= k` and `xp` is readable for k floats (caller).
+            *v = unsafe { _mm256_loadu_ps(xp.add(c)) };
+        }
+        for (j, &wp) in ws.iter().enumerate() {
+            // SAFETY: as above, for `wp`.
+            let wv = unsafe { _mm256_loadu_ps(wp.add(c)) };
+            for (i, &x) in xv.iter().enumerate() {
+                let a = &mut acc[i * NR + j];
+                *a = _mm256_fmadd_ps(wv, x, *a);
+            }
+        }
+        c += L;
+    }
+    if c < k {
+        // Lanes `t < k - c` (1..=7 of them) load, the others are zeros.
+        let rem = (k - c) as i32;
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(rem),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let mut xv = [_mm256_setzero_ps(); MR];
+        for (v, &xp) in xv.iter_mut().zip(xs) {
+            // SAFETY: `vmaskmovps` reads only the lanes whose mask is set,
+            // `[c, k)`, inside the `k` readable floats (caller); masked-off
+            // lanes are not accessed and cannot fault.
+            *v = unsafe { _mm256_maskload_ps(xp.add(c), mask) };
+        }
+        for (j, &wp) in ws.iter().enumerate() {
+            // SAFETY: as above, for `wp`.
+            let wv = unsafe { _mm256_maskload_ps(wp.add(c), mask) };
+            for (i, &x) in xv.iter().enumerate() {
+                let a = &mut acc[i * NR + j];
+                *a = _mm256_fmadd_ps(wv, x, *a);
+            }
+        }
+    }
+    let s = tree256(&acc);
+    // SAFETY: `sums` is 8 floats.
+    unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), s) };
+}
+
+/// Lane `4 h + t` of the result is the pairwise lane sum of `v[2 t + h]`:
+/// `B_j = v[j] + v[j + 4]` (j < 4), then `(B_0 + B_2) + (B_1 + B_3)`.
+#[target_feature(enable = "avx2")]
+fn tree256(v: &[__m256; 8]) -> __m256 {
+    // s_i: lanes 0-3 `v[2i]_j + v[2i]_{j+4}`, lanes 4-7 the same for v[2i + 1].
+    let s: [__m256; 4] = core::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    });
+    // t_i, 128-bit half h: `[x_0 + x_2, x_1 + x_3]` of v[4i + h], then of v[4i + 2 + h].
+    let t: [__m256; 2] = core::array::from_fn(|i| {
+        let (a, b) = (_mm256_castps_pd(s[2 * i]), _mm256_castps_pd(s[2 * i + 1]));
+        _mm256_add_ps(
+            _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+            _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+        )
+    });
+    // Half h: the sums of v[h], v[2 + h], v[4 + h], v[6 + h].
+    _mm256_add_ps(
+        _mm256_shuffle_ps::<0x88>(t[0], t[1]),
+        _mm256_shuffle_ps::<0xDD>(t[0], t[1]),
+    )
+}
+
+/// `F32Gemm::gemm` asserted AVX2, AVX-512F and FMA before calling this (the
+/// only way to reach it: the `run` field is private).
+fn run_avx512_fma(p: &mut Problem<'_>) {
+    for (r0, mr) in row_tiles(p.m) {
+        let mut o0 = 0;
+        while o0 < p.n {
+            let rem = p.n - o0;
+            o0 += match mr {
+                4 if rem > 2 => fast512::<4, 4>(p, r0, o0),
+                4 => fast512::<4, 2>(p, r0, o0),
+                2 if rem > 4 => fast512::<2, 8>(p, r0, o0),
+                2 => fast512::<2, 4>(p, r0, o0),
+                _ if rem > 8 => fast512::<1, 16>(p, r0, o0),
+                _ if rem > 4 => fast512::<1, 8>(p, r0, o0),
+                _ => fast512::<1, 4>(p, r0, o0),
+            };
+        }
+    }
+}
+
+/// Rows `r0..r0 + MR` (all `< m`) times outputs `o0..o0 + NR`; returns `NR`.
+#[inline(always)]
+fn fast512<const MR: usize, const NR: usize>(p: &mut Problem<'_>, r0: usize, o0: usize) -> usize {
+    let xs: [*const f32; MR] = core::array::from_fn(|i| p.x_ptr(r0 + i));
+    let ws: [*const f32; NR] = core::array::from_fn(|j| p.w_ptr(o0 + j));
+    let mut sums = [0.0f32; 16];
+    // SAFETY: AVX-512F and FMA are present (asserted by `F32Gemm::gemm`, see
+    // `run_avx512_fma`). Each pointer starts a row of `p.k` floats inside its
+    // slice (`F32Gemm::gemm` checked rows `< m` of X and `< n` of W;
+    // `r0 + MR <= m` by `row_tiles`, W rows are clamped by `w_ptr`).
+    unsafe { fast_tile512::<MR, NR>(p.k, &xs, &ws, &mut sums) };
+    // Lane l of the reduction holds accumulator 4 (l % 4) + l / 4 = i NR + j.
+    p.store(r0, o0, &sums, |l| {
+        let a = 4 * (l % 4) + l / 4;
+        (a < MR * NR).then_some((a / NR, a % NR))
+    });
+    NR
+}
+
+/// Lane sums of outputs `(i, j)` (accumulator `i * NR + j`, `MR * NR <= 16`;
+/// the others are zero), accumulator `a` at `sums[4 (a % 4) + a / 4]`.
+///
+/// # Safety
+/// AVX-512F and FMA must be present; `xs[i]` and `ws[j]` must be readable for
+/// `k` floats.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn fast_tile512<const MR: usize, const NR: usize>(
+    k: usize,
+    xs: &[*const f32; MR],
+    ws: &[*const f32; NR],
+    sums: &mut [f32; 16],
+) {
+    const L: usize = 16;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut c = 0;
+    while c + L <= k {
+        let mut xv = [_mm512_setzero_ps(); MR];
+        for (v, &xp) in xv.iter_mut().zip(xs) {
+            // SAFETY: `c + 16 <= k` and `xp` is readable for k floats (caller).
+            *v = unsafe { _mm512_loadu_ps(xp.add(c)) };
+        }
+        for (j, &wp) in ws.iter().enumerate() {
+            // SAFETY: as above, for `wp`.
+            let wv = unsafe { _mm512_loadu_ps(wp.add(c)) };
+            for (i, &x) in xv.iter().enumerate() {
+                let a = &mut acc[i * NR + j];
+                *a = _mm512_fmadd_ps(wv, x, *a);
+            }
+        }
+        c += L;
+    }
+    if c < k {
+        // Lanes `t < k - c` (1..=15 of them) load, the others are zeros.
+        let mask: __mmask16 = (1u16 << (k - c)) - 1;
+        let mut xv = [_mm512_setzero_ps(); MR];
+        for (v, &xp) in xv.iter_mut().zip(xs) {
+            // SAFETY: a masked load reads only the lanes whose mask bit is
+            // set, `[c, k)`, inside the `k` readable floats (caller); masked-off
+            // lanes are not accessed (fault suppression) and read as zero.
+            *v = unsafe { _mm512_maskz_loadu_ps(mask, xp.add(c)) };
+        }
+        for (j, &wp) in ws.iter().enumerate() {
+            // SAFETY: as above, for `wp`.
+            let wv = unsafe { _mm512_maskz_loadu_ps(mask, wp.add(c)) };
+            for (i, &x) in xv.iter().enumerate() {
+                let a = &mut acc[i * NR + j];
+                *a = _mm512_fmadd_ps(wv, x, *a);
+            }
+        }
+    }
+    let s = tree512(&acc);
+    // SAFETY: `sums` is 16 floats.
+    unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), s) };
+}
+
+/// Lane `4 q + t` of the result is the pairwise lane sum of `v[4 t + q]`:
+/// `A_j = (v[j] + v[j + 8]) + (v[j + 4] + v[j + 12])` (j < 4), then
+/// `(A_0 + A_2) + (A_1 + A_3)`.
+#[target_feature(enable = "avx512f")]
+fn tree512(v: &[__m512; 16]) -> __m512 {
+    // s_i: lanes 0-7 `v[2i]_j + v[2i]_{j+8}`, lanes 8-15 the same for v[2i + 1].
+    let s: [__m512; 8] = core::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        )
+    });
+    // t_i, 128-bit quarter q: the four partial sums of v[4i + q].
+    let t: [__m512; 4] = core::array::from_fn(|i| {
+        let (a, b) = (s[2 * i], s[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
+    });
+    // u_i, quarter q: `[x_0 + x_2, x_1 + x_3]` of v[8i + q], then of v[8i + 4 + q].
+    let u: [__m512; 2] = core::array::from_fn(|i| {
+        let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    });
+    // Quarter q: the sums of v[q], v[4 + q], v[8 + q], v[12 + q].
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(u[0], u[1]),
+        _mm512_shuffle_ps::<0xDD>(u[0], u[1]),
+    )
 }

@@ -68,6 +68,9 @@ pub enum Feature {
     Avx512Vnni,
     /// x86-64 AVX-512 F (512-bit float SIMD), the f32 GEMM kernel.
     Avx512F,
+    /// x86-64 FMA3 (fused multiply-add), the opt-in fast f32 GEMM kernels
+    /// ([`Kernels::with_fast_f32`]).
+    Fma,
 }
 
 impl Feature {
@@ -79,6 +82,7 @@ impl Feature {
             Self::Neon => "neon",
             Self::Avx512Vnni => "avx512vnni",
             Self::Avx512F => "avx512f",
+            Self::Fma => "fma",
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct CpuFeatures {
     pub avx512vnni: bool,
     /// AVX-512 F (x86-64).
     pub avx512f: bool,
+    /// FMA3 (x86-64).
+    pub fma: bool,
 }
 
 impl CpuFeatures {
@@ -106,6 +112,7 @@ impl CpuFeatures {
         neon: false,
         avx512vnni: false,
         avx512f: false,
+        fma: false,
     };
 
     /// The features this build was compiled for (`cfg(target_feature)`), which
@@ -123,6 +130,7 @@ impl CpuFeatures {
                 target_feature = "avx512vnni"
             )),
             avx512f: cfg!(all(target_arch = "x86_64", target_feature = "avx512f")),
+            fma: cfg!(all(target_arch = "x86_64", target_feature = "fma")),
         }
     }
 
@@ -139,6 +147,7 @@ impl CpuFeatures {
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vnni");
             f.avx512f |= std::arch::is_x86_feature_detected!("avx512f");
+            f.fma |= std::arch::is_x86_feature_detected!("fma");
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -169,6 +178,7 @@ impl CpuFeatures {
             Feature::Neon => self.neon,
             Feature::Avx512Vnni => self.avx512vnni,
             Feature::Avx512F => self.avx512f,
+            Feature::Fma => self.fma,
         }
     }
 
@@ -185,6 +195,7 @@ impl CpuFeatures {
             neon: self.neon && other.neon,
             avx512vnni: self.avx512vnni && other.avx512vnni,
             avx512f: self.avx512f && other.avx512f,
+            fma: self.fma && other.fma,
         }
     }
 }
@@ -455,6 +466,22 @@ impl Kernels {
     #[cfg(feature = "gemm")]
     pub fn f32_gemm(&self) -> crate::gemm::F32Gemm {
         self.gemm
+    }
+
+    /// This table with the opt-in *fast* f32 GEMM: the FMA variant
+    /// ([`crate::gemm::fast_variant`]) of [`Self::f32_gemm`] where this CPU
+    /// has one (AVX-512F + FMA, AVX2 + FMA), the kernel unchanged otherwise
+    /// (generic tables, `TASKPATH_FORCE_GENERIC`, no `gemm` feature).
+    /// [`Self::matmul_f32`] and [`Self::conv3_f32`] then give up the bits of
+    /// [`crate::f32::matmul_rows`] for a bounded error (docs/KERNELS.md §7).
+    #[must_use]
+    #[allow(unused_mut)]
+    pub fn with_fast_f32(mut self) -> Self {
+        #[cfg(feature = "gemm")]
+        {
+            self.gemm = crate::gemm::fast_variant(self.gemm);
+        }
+        self
     }
 
     /// `y[r] = W x[r] (+ bias)` for `rows` rows with the contract and the
