@@ -1784,20 +1784,12 @@ pub fn check_dataflow(model: &Model<'_>, plan: &Plan<'_, '_>) -> Result<()> {
     for i in 0..steps {
         let mut err = None;
         let mut writes = std::vec::Vec::new();
-        // CopyCols fills some columns of its destination: it declares it
-        // read-write (so the planner keeps earlier columns alive), but reads
-        // nothing of it.
-        let partial = match plan.steps()[i].op {
-            #[cfg(feature = "decoder")]
-            Some(Op::CopyCols { dst, .. }) => Some(dst),
-            _ => None,
-        };
         plan.accesses(i, |s, _, a| {
             let k = s.0 as usize;
             if k >= n {
                 return;
             }
-            if a.reads() && !written[k] && partial != Some(s) {
+            if a.reads() && !written[k] {
                 err.get_or_insert(bad(i as u32, "reads a slot no earlier op wrote"));
             }
             if !matches!(a, Access::Read) {

@@ -89,6 +89,9 @@ pub enum Access {
     ReadWrite,
     /// Private working memory of the op: meaningless before and after it.
     Scratch,
+    /// Some of the slot is written and the rest kept: the op reads none of
+    /// it, but the slot's contents after it include what earlier ops left.
+    PartialWrite,
 }
 
 impl Access {
@@ -98,7 +101,12 @@ impl Access {
     }
     /// Whether the op leaves a result in the slot.
     pub fn writes(self) -> bool {
-        matches!(self, Self::Write | Self::ReadWrite)
+        matches!(self, Self::Write | Self::ReadWrite | Self::PartialWrite)
+    }
+    /// Whether the slot's contents after the op depend on its contents
+    /// before it (so an executor must carry them across the op).
+    pub fn keeps(self) -> bool {
+        matches!(self, Self::ReadWrite | Self::PartialWrite)
     }
 }
 
@@ -1457,7 +1465,7 @@ impl Op {
                 f(src, Read);
                 // A copy may fill some of `dst`'s columns after an earlier
                 // op wrote others (assembling keys head by head).
-                f(dst, ReadWrite);
+                f(dst, PartialWrite);
             }
         }
     }

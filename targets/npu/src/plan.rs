@@ -220,7 +220,7 @@ fn dataflow(model: &Model<'_>, plan: &Plan<'_, '_>, i: usize) -> Result<OpInfo> 
         if a == Access::Scratch {
             return;
         }
-        if a.reads() {
+        if a.reads() || a.keeps() {
             reads.push((Source::Slot(s.0), shape));
         }
         if a.writes() {
