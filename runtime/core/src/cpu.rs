@@ -281,15 +281,20 @@ impl Primitives for CpuPrims<'_, '_> {
     }
 
     fn gelu_add(&mut self, x: &Buf, residual: Option<&Buf>) -> Result<()> {
+        // The table's GELU (vectorised with taskpath-cpu's `gelu` feature)
+        // has the bits of `k::gelu` then `k::add(r, x)`.
+        let kernels = self.kernels;
         match residual {
             None => {
                 let [x] = self.carve([x])?;
-                k::gelu(x);
+                kernels.gelu_f32(x, None);
             }
             Some(r) => {
                 let [x, r] = self.carve([x, r])?;
-                k::gelu(x);
-                k::add(r, x);
+                if x.len() != r.len() {
+                    return Err(bad(0, "add shapes"));
+                }
+                kernels.gelu_f32(x, Some(r));
             }
         }
         Ok(())

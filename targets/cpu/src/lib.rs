@@ -20,12 +20,15 @@
 //!   the dense f32 linear layers (generic, AVX2, AVX-512F, NEON), bit-identical
 //!   to [`f32::matmul_rows`], chosen through the same table
 //!   ([`qmatvec::Kernels::matmul_f32`]).
+//! - `gelu` (feature `gelu`): the exact GELU vectorised (AVX2, AVX-512F,
+//!   NEON), bit-identical to [`f32::gelu`], chosen through the same table
+//!   ([`qmatvec::Kernels::gelu_f32`]).
 //!
 //! Features: `std` (off by default) enables run-time CPU feature detection and
 //! the `TASKPATH_FORCE_GENERIC` environment variable; without it kernels are
 //! chosen from the compile-time target features. `unsafe` code lives only in
 //! the architecture modules (`qmatvec::x86_64`, `qmatvec::aarch64`,
-//! `gemm::x86_64`, `gemm::aarch64`).
+//! `gemm::x86_64`, `gemm::aarch64`, `gelu::x86_64`, `gelu::aarch64`).
 #![no_std]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -34,6 +37,8 @@
 extern crate std;
 
 pub mod f32;
+#[cfg(feature = "gelu")]
+pub mod gelu;
 #[cfg(feature = "gemm")]
 pub mod gemm;
 pub mod qmatvec;

@@ -362,6 +362,8 @@ pub struct Kernels {
     slots: [Slot; ALL.len()],
     #[cfg(feature = "gemm")]
     gemm: crate::gemm::F32Gemm,
+    #[cfg(feature = "gelu")]
+    gelu: crate::gelu::Gelu,
 }
 
 /// Name of the environment variable that makes [`Kernels::best`] return the
@@ -422,6 +424,8 @@ impl Kernels {
         Self {
             #[cfg(feature = "gemm")]
             gemm: crate::gemm::GENERIC,
+            #[cfg(feature = "gelu")]
+            gelu: crate::gelu::GENERIC,
         }
     }
 
@@ -440,6 +444,8 @@ impl Kernels {
             slots,
             #[cfg(feature = "gemm")]
             gemm: crate::gemm::GENERIC,
+            #[cfg(feature = "gelu")]
+            gelu: crate::gelu::GENERIC,
         }
     }
 
@@ -456,6 +462,10 @@ impl Kernels {
         #[cfg(feature = "gemm")]
         {
             k.gemm = crate::gemm::for_features(features);
+        }
+        #[cfg(feature = "gelu")]
+        {
+            k.gelu = crate::gelu::for_features(features);
         }
         let _ = features;
         k
@@ -499,6 +509,38 @@ impl Kernels {
         self.gemm.matmul_rows(w, x, bias, rows, y);
         #[cfg(not(feature = "gemm"))]
         crate::f32::matmul_rows(w, x, bias, rows, y);
+    }
+
+    /// `x = gelu(x) (+ residual)`: the bits of [`crate::f32::gelu`] then
+    /// [`crate::f32::add`]`(residual, x)` (NaN: a NaN), through the
+    /// vectorised kernel ([`crate::gelu`]) with the `gelu` feature, the
+    /// scalar code without it.
+    ///
+    /// `residual` must have the length of `x` (checked with the `gelu`
+    /// feature, as [`crate::f32::add`] checks it in debug builds without).
+    ///
+    /// # Panics
+    /// With the `gelu` feature, if `residual` and `x` differ in length.
+    pub fn gelu_f32(&self, x: &mut [f32], residual: Option<&[f32]>) {
+        #[cfg(feature = "gelu")]
+        match residual {
+            Some(r) => self.gelu.gelu_add(x, r),
+            None => self.gelu.gelu(x),
+        }
+        #[cfg(not(feature = "gelu"))]
+        {
+            crate::f32::gelu(x);
+            if let Some(r) = residual {
+                crate::f32::add(r, x);
+            }
+        }
+    }
+
+    /// The exact-GELU kernel of this table (generic in [`Self::generic`],
+    /// the fastest the features allow otherwise).
+    #[cfg(feature = "gelu")]
+    pub fn gelu_kernel(&self) -> crate::gelu::Gelu {
+        self.gelu
     }
 
     /// [`crate::f32::conv3_at`] (same contract, same bits): through
