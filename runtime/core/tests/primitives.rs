@@ -2,11 +2,13 @@
 //! for the CPU primitives: with the best kernel table for this CPU (AVX2 on
 //! x86-64, NEON on aarch64 — `scripts/aarch64-test.sh` runs this file under
 //! qemu) and, as a sanity check of the suite itself, with the generic
-//! (reference) table. Both must be bit-exact.
+//! (reference) table. Both must be bit-exact. The opt-in fast f32 table
+//! (`Kernels::best().with_fast_f32()`) runs the suite too, within
+//! [`FAST_F32`] where a dense f32 product is involved.
 //!
 //! `cargo test -p taskpath-runtime --features conformance --test primitives`
 
-use taskpath_runtime::conformance::{cases, Kind};
+use taskpath_runtime::conformance::{cases, Kind, Tolerance};
 use taskpath_runtime::cpu::CpuPrims;
 use taskpath_runtime::format::weight::ALL;
 use taskpath_runtime::Kernels;
@@ -18,6 +20,34 @@ taskpath_runtime::primitive_conformance!(best_kernels, |slots, inputs| {
 taskpath_runtime::primitive_conformance!(generic_kernels, |slots, inputs| {
     CpuPrims::new(slots, inputs, &Kernels::generic())
 });
+
+/// The opt-in fast f32 GEMM (`Kernels::with_fast_f32`: FMA, 16 / 8 lanes,
+/// a pairwise lane tree) is not bit-exact: every kind whose output goes
+/// through a dense f32 product (`linear`, `conv3` and the steps built on
+/// them) is compared within this bound, everything else bit for bit.
+/// Operands of the cases are O(1) and K is at most a few hundred, so the
+/// kernel bound `(K + 2) eps sum |w x|` stays far below it.
+const FAST_F32: Tolerance = Tolerance::Within {
+    abs: 1e-5,
+    rel: 1e-5,
+};
+
+taskpath_runtime::primitive_conformance!(
+    fast_f32_kernels,
+    |slots, inputs| CpuPrims::new(slots, inputs, &Kernels::best().with_fast_f32()),
+    tolerance = |kind: Kind| match kind {
+        Kind::LinearF32
+        | Kind::LinearLowRankF32
+        | Kind::Conv3
+        | Kind::StepLinear
+        | Kind::StepEncode
+        | Kind::StepMoeF32
+        | Kind::StepMoeLowRank
+        | Kind::StepMoeMixed
+        | Kind::StepProgram => FAST_F32,
+        _ => Tolerance::Exact,
+    }
+);
 
 /// The SIMD family this CPU's `Kernels::best()` must pick, if any.
 fn simd_prefix() -> Option<&'static str> {

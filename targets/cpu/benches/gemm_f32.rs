@@ -8,6 +8,8 @@
 //! model's layers are 1-200 KB); timing is the best of several rounds of at
 //! least `TASKPATH_BENCH_SECS / 5` (default 1.0 s in all) per configuration,
 //! old and new interleaved round by round so both see the same machine state.
+//! The opt-in fast (FMA) kernels this CPU runs are columns too, with the
+//! ratio fast / selected (`Kernels::best().with_fast_f32()` vs `Kernels::best()`).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -60,24 +62,31 @@ fn main() {
     let rounds = 5;
     let host = CpuFeatures::host();
     let selected = Kernels::best().f32_gemm();
+    let fast = Kernels::best().with_fast_f32().f32_gemm();
     let mut kernels: Vec<F32Gemm> = vec![gemm::GENERIC];
     kernels.extend(
         gemm::arch_kernels()
             .iter()
             .filter(|k| k.is_supported_here()),
     );
+    kernels.extend(
+        gemm::fast_kernels()
+            .iter()
+            .filter(|k| k.is_supported_here()),
+    );
     println!("host features: {host:?}");
-    println!("selected: {}\n", selected.name());
+    println!("selected: {}", selected.name());
+    println!("fast (with_fast_f32): {}\n", fast.name());
     print!("| M | K | N | old matmul_rows GFLOP/s |");
     for k in &kernels {
         print!(" {} |", k.name());
     }
-    println!(" selected / old |");
+    println!(" selected / old | fast / selected |");
     print!("|---:|---:|---:|---:|");
     for _ in &kernels {
         print!("---:|");
     }
-    println!("---:|");
+    println!("---:|---:|");
     for &(m, k, n) in &SHAPES {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
@@ -106,10 +115,14 @@ fn main() {
             .iter()
             .position(|g| g.name() == selected.name())
             .expect("the selected kernel is listed");
+        let fst = kernels
+            .iter()
+            .position(|g| g.name() == fast.name())
+            .expect("the fast kernel is listed");
         print!("| {m} | {k} | {n} | {:.1} |", old * flops / 1e9);
         for r in &new {
             print!(" {:.1} |", r * flops / 1e9);
         }
-        println!(" {:.2}x |", new[sel] / old);
+        println!(" {:.2}x | {:.2}x |", new[sel] / old, new[fst] / new[sel]);
     }
 }

@@ -16,7 +16,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use taskpath_format::Op;
 use taskpath_profile::stats::median;
-use taskpath_runtime::{AlignedArena, Kernels, Model, Session, TaskInfo, TensorView, WeightFormat};
+use taskpath_runtime::{
+    AlignedArena, Kernels, Model, Session, SessionOptions, TaskInfo, TensorView, WeightFormat,
+};
 
 use crate::profile::load_task_inputs;
 use crate::util::{open_model, outln};
@@ -46,6 +48,10 @@ pub struct Args {
     /// Timed inferences per task per round (1..=10000).
     #[arg(short = 'n', long, default_value_t = 200, value_parser = crate::util::within(1..=MAX_ROUNDS))]
     pub runs: usize,
+    /// Opt-in fast f32 GEMM (FMA kernels, `Kernels::with_fast_f32`) for the
+    /// sessions and the rate: not bit-exact (docs/KERNELS.md §7).
+    #[arg(long)]
+    pub fast_math: bool,
 }
 
 /// Multiply-adds of `y = W x` over `rows` rows, as the runtime computes it
@@ -206,7 +212,11 @@ fn linear_rate(kernels: &Kernels) -> Result<f64> {
 pub fn main(a: &Args) -> Result<()> {
     let mapped = open_model(&a.file, &a.deltas.deltas)?;
     let model = mapped.model()?;
-    let kernels = Kernels::best();
+    let kernels = if a.fast_math {
+        Kernels::best().with_fast_f32()
+    } else {
+        Kernels::best()
+    };
     let mut work = Vec::new();
     for (info, samples) in load_task_inputs(&model, &a.tasks, &a.inputs)? {
         if samples.is_empty() {
@@ -220,7 +230,11 @@ pub fn main(a: &Args) -> Result<()> {
     for _ in 0..a.rounds {
         rates.push(linear_rate(&kernels)?);
         for (info, samples, _, arena, lat) in work.iter_mut() {
-            let mut s = Session::new(&model, info.index, arena.as_mut_slice())?;
+            let opts = SessionOptions {
+                kernels: Some(kernels),
+                ..SessionOptions::default()
+            };
+            let mut s = Session::with_options(&model, info.index, arena.as_mut_slice(), opts)?;
             let mut out = vec![0f32; info.outputs];
             let refs: Vec<Vec<&[f32]>> = samples
                 .iter()
@@ -240,6 +254,11 @@ pub fn main(a: &Args) -> Result<()> {
     let spread = (
         rates.iter().copied().fold(f64::INFINITY, f64::min),
         rates.iter().copied().fold(0.0, f64::max),
+    );
+    outln!(
+        "f32 GEMM kernel: {}{}",
+        kernels.f32_gemm().name(),
+        if a.fast_math { " (--fast-math)" } else { "" }
     );
     outln!(
         "rate: dense f32 linear on cache-resident operands, median of {} rounds: {rate:.1} GFLOP/s \
