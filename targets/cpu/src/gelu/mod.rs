@@ -226,6 +226,21 @@ pub(crate) trait Lanes: Copy {
     fn mor(self, a: Self::M, b: Self::M) -> Self::M;
     /// `!a`.
     fn mnot(self, a: Self::M) -> Self::M;
+    /// `c[sel]` per lane, `sel` in `0..4` (a table lookup; the default
+    /// blends, architectures with a lane permute override it).
+    #[inline(always)]
+    fn pick4(self, sel: Self::I, c: [f32; 4]) -> Self::F {
+        let lt = |k: i32| self.gt_i(self.splat_i(k), sel);
+        self.select(
+            lt(1),
+            self.splat(c[0]),
+            self.select(
+                lt(2),
+                self.splat(c[1]),
+                self.select(lt(3), self.splat(c[2]), self.splat(c[3])),
+            ),
+        )
+    }
 }
 
 // libm 0.2 erff.rs / expf.rs constants (the same literals, kept verbatim).
@@ -431,17 +446,16 @@ pub(crate) fn gelu_lanes<V: Lanes>(v: V, t: V::F) -> V::F {
     let inv = v.div(v.splat(1.0), v.select(nonfinite, x, xx));
     // The polynomial variable and coefficient set per lane.
     let u = v.select(m_c, xx, v.select(m_d, v.sub(ax, v.splat(1.0)), inv));
-    let pick = |c: [f32; 4]| {
-        v.select(
-            m_c,
-            v.splat(c[0]),
-            v.select(
-                m_d,
-                v.splat(c[1]),
-                v.select(m_ra, v.splat(c[2]), v.splat(c[3])),
-            ),
-        )
-    };
+    let sel = v.select_i(
+        m_c,
+        v.splat_i(0),
+        v.select_i(
+            m_d,
+            v.splat_i(1),
+            v.select_i(m_ra, v.splat_i(2), v.splat_i(3)),
+        ),
+    );
+    let pick = |c: [f32; 4]| v.pick4(sel, c);
     let mut num = pick(NUM[7]);
     for i in (0..7).rev() {
         num = v.add(pick(NUM[i]), v.mul(u, num));

@@ -149,6 +149,13 @@ impl Lanes for Avx2 {
     fn mnot(self, a: __m256i) -> __m256i {
         unsafe { _mm256_xor_si256(a, _mm256_set1_epi32(-1)) }
     }
+    #[inline(always)]
+    fn pick4(self, sel: __m256i, c: [f32; 4]) -> __m256 {
+        unsafe {
+            let t = _mm256_setr_ps(c[0], c[1], c[2], c[3], c[0], c[1], c[2], c[3]);
+            _mm256_permutevar8x32_ps(t, sel)
+        }
+    }
 }
 
 // ---------------------------------------------------------------- AVX-512F
@@ -274,5 +281,12 @@ impl Lanes for Avx512 {
     #[inline(always)]
     fn mnot(self, a: __mmask16) -> __mmask16 {
         !a
+    }
+    #[inline(always)]
+    fn pick4(self, sel: __m512i, c: [f32; 4]) -> __m512 {
+        unsafe {
+            let t = _mm512_castps128_ps512(_mm_setr_ps(c[0], c[1], c[2], c[3]));
+            _mm512_permutexvar_ps(sel, t)
+        }
     }
 }
