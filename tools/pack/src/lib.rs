@@ -505,6 +505,29 @@ pub fn pack_delta(ck: &Checkpoint, base: &Model<'_>, opts: &PackOptions) -> Resu
 fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) -> Result<Vec<u8>> {
     ck.validate()?;
     let c = &ck.config;
+    // The format's op fields and records are 32-bit, and it caps every
+    // width; refuse here, by name, rather than narrow silently.
+    let max = taskpath_format::MAX_DIM as usize;
+    let dims = [
+        ("d_model", c.d_model),
+        ("heads", c.heads),
+        ("ffn_hidden", c.ffn_hidden),
+        ("rank", c.rank),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v))
+    .chain(c.modalities.iter().flat_map(|m| {
+        [
+            (format!("modality {} tokens", m.name), m.tokens),
+            (format!("modality {} features", m.name), m.features),
+        ]
+    }));
+    for (name, v) in dims {
+        ensure!(
+            v <= max,
+            "{name} is {v}, above the package format's limit MAX_DIM = {max}"
+        );
+    }
     let mut w = PackageWriter::default();
     w.arch(FLAME_ARCH);
     let meta = flame_metadata(ck);
@@ -797,9 +820,17 @@ fn write_package(ck: &Checkpoint, base: Option<&Model<'_>>, opts: &PackOptions) 
             if b.first == usize::MAX {
                 bail!("internal: unused buffer in task {}", task.name);
             }
+            let word = |v: usize| {
+                u32::try_from(v).with_context(|| {
+                    format!(
+                        "task {}: a slot at {off} of {} values passes the format's 32-bit slot offsets",
+                        task.name, b.len
+                    )
+                })
+            };
             w.slots.push(SlotRec {
-                offset: *off as u32,
-                len: b.len as u32,
+                offset: word(*off)?,
+                len: word(b.len)?,
                 kind: slot_kind::SCRATCH,
             });
         }
@@ -876,4 +907,26 @@ pub(crate) fn self_check(m: &Model<'_>) -> Result<()> {
     m.verify()
         .context("internal: a packed blob does not verify")?;
     taskpath_runtime::plan::check_all(m).context("internal: a packed task's program does not check")
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use taskpath_checkpoint::{random_checkpoint, RandomSpec};
+
+    /// A modality longer than the format's MAX_DIM tokens is refused by
+    /// name, before anything is narrowed to 32 bits.
+    #[test]
+    fn widths_above_the_format_limit_are_refused_by_name() {
+        let mut spec = RandomSpec::small(4, 1, 2, 1, 1);
+        let over = taskpath_format::MAX_DIM as usize + 1;
+        spec.modalities[1].1 = over;
+        let ck = random_checkpoint(&spec, 1);
+        let err = format!("{:#}", pack(&ck, &PackOptions::default()).unwrap_err());
+        assert!(
+            err.contains("modality b tokens") && err.contains("MAX_DIM"),
+            "{err}"
+        );
+        assert!(err.contains(&over.to_string()), "{err}");
+    }
 }
