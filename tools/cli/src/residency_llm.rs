@@ -15,7 +15,7 @@ use taskpath_pack::domains;
 use taskpath_pack::residency::{
     simulate_belady, simulate_layer, simulate_lfu, simulate_lru, LayerRank, SimResult,
 };
-use taskpath_runtime::{cache_footprint, AlignedArena, Model, ResidencyCache};
+use taskpath_runtime::{cache_footprint, AlignedArena, Model, Prefetch, ResidencyCache, Tracer};
 
 use crate::lm::{load_texts, task_or_full, CorpusArgs};
 use crate::residency::{Fetches, ResidencyArgs};
@@ -39,6 +39,122 @@ fn fetches(
     let mut f = Fetches::default();
     domains::score(&mut s, ids, window, &mut f)?;
     Ok(f.0)
+}
+
+/// The fetches of a run and the speculative prefetch's predictions: each
+/// predicted blob with the number of fetches made before it was predicted.
+#[derive(Default)]
+struct Routing {
+    fetches: Vec<u32>,
+    predicted: Vec<(usize, u32)>,
+}
+
+impl Tracer for Routing {
+    fn expert_fetch(&mut self, blob: u32) {
+        self.fetches.push(blob);
+    }
+    fn expert_predicted(&mut self, blob: u32, _hinted: bool) {
+        self.predicted.push((self.fetches.len(), blob));
+    }
+}
+
+/// A prefetch hook that reads nothing: the session only reports its
+/// predictions to the tracer.
+struct NoRead;
+
+impl Prefetch for NoRead {
+    fn will_need(&mut self, _blob: u32, _bytes: &[u8]) {}
+}
+
+/// Decodes `ids` on `task` in windows with speculative next-layer
+/// prediction of the `k` top-scored experts (outputs are unchanged).
+fn routing(
+    model: &Model<'_>,
+    task: usize,
+    ids: &[u32],
+    window: usize,
+    k: usize,
+) -> Result<Routing> {
+    let info = model.task(task)?;
+    let mut arena = AlignedArena::new(info.arena_bytes);
+    let mut hook = NoRead;
+    let mut s = domains::session(model, task, &mut arena)?
+        .with_prefetch(&mut hook)
+        .with_prefetch_topk(k);
+    let mut r = Routing::default();
+    domains::score(&mut s, ids, window, &mut r)?;
+    Ok(r)
+}
+
+/// What a routing-aware eviction may protect at each fetch of `trace`.
+struct Lookahead {
+    /// Per fetch: the blobs the latest prediction named (the next MoE
+    /// layer's top-k' experts, scored before this layer's experts ran).
+    predicted: Vec<Vec<u32>>,
+    /// Per fetch: the end (exclusive) of its decode step's fetches, found
+    /// where the layer cycle wraps.
+    step_end: Vec<usize>,
+}
+
+impl Lookahead {
+    fn new(r: &Routing, layer_of: impl Fn(u32) -> usize) -> Self {
+        let f = &r.fetches;
+        let mut step_end = vec![f.len(); f.len()];
+        for i in (0..f.len().saturating_sub(1)).rev() {
+            step_end[i] = if layer_of(f[i + 1]) < layer_of(f[i]) {
+                i + 1
+            } else {
+                step_end[i + 1]
+            };
+        }
+        let mut predicted = Vec::with_capacity(f.len());
+        let mut at = 0;
+        let mut batch: Vec<u32> = Vec::new();
+        for i in 0..f.len() {
+            // The batch of predictions made last before fetch i (one
+            // emission point: all with the same fetch count).
+            let mut newest = None;
+            while at < r.predicted.len() && r.predicted[at].0 <= i {
+                newest = Some(r.predicted[at].0);
+                at += 1;
+            }
+            if let Some(n) = newest {
+                batch = r.predicted[..at]
+                    .iter()
+                    .rev()
+                    .take_while(|p| p.0 == n)
+                    .map(|p| p.1)
+                    .collect();
+            }
+            predicted.push(batch.clone());
+        }
+        Self {
+            predicted,
+            step_end,
+        }
+    }
+
+    /// A realisable predictor: the experts the router already picked for
+    /// this layer and not yet fetched, and the next layer's predicted ones.
+    fn predicted<'s>(
+        &'s self,
+        f: &'s [u32],
+        layer_of: impl Fn(u32) -> usize + 's,
+    ) -> impl Fn(usize, u32) -> bool + 's {
+        move |i, b| {
+            self.predicted[i].contains(&b)
+                || f[i + 1..self.step_end[i]]
+                    .iter()
+                    .take_while(|&&x| layer_of(x) == layer_of(f[i]))
+                    .any(|&x| x == b)
+        }
+    }
+
+    /// The oracle bound of any within-step predictor: every blob the rest
+    /// of this decode step fetches (from the trace itself).
+    fn step_oracle<'s>(&'s self, f: &'s [u32]) -> impl Fn(usize, u32) -> bool + 's {
+        move |i, b| f[i + 1..self.step_end[i]].contains(&b)
+    }
 }
 
 /// The domain's expert blobs by calibration gate mass on its own task
@@ -120,6 +236,12 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
     );
     let pool = blob * sizes.len();
     let (layer_map, layers) = blob_layers(model);
+    // Predictions name as many experts per token as the router picks (k' = k).
+    let top_k = (0..model.group_count() as u32)
+        .filter_map(|g| model.group(g))
+        .map(|g| g.top_k as usize)
+        .max()
+        .unwrap_or(1);
     let layer_of = |b: u32| layer_map.get(&b).copied().unwrap_or(0);
     outln!(
         "full model, {} split, first {} tokens per domain, windows of {}: {} expert blobs of {} bytes (cache footprint), pool {} bytes; LFU half-life {} fetches; pin share {}",
@@ -142,15 +264,19 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
         "pinned",
         "layer-cyclic",
         "layer-LFU",
+        "layer-LFU + prediction",
+        "layer-LFU + step oracle",
         "Belady",
         "best / Belady",
         "runtime cache (LRU+pin)",
     ]);
     // Per budget: summed hits and fetches of each policy.
-    let mut sums: BTreeMap<usize, [SimResult; 6]> = BTreeMap::new();
+    let mut sums: BTreeMap<usize, [SimResult; 8]> = BTreeMap::new();
     for (domain, ids) in &texts.domains {
-        let trace = fetches(model, full, ids, texts.window, None)
+        let routed = routing(model, full, ids, texts.window, top_k)
             .with_context(|| format!("decoding domain {domain}"))?;
+        let trace = &routed.fetches;
+        let ahead = Lookahead::new(&routed, layer_of);
         let hot = hot_blobs(model, domain);
         for &frac in &a.budgets {
             let budget = (pool as f64 * frac) as usize;
@@ -167,19 +293,20 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             let pinned: Vec<u32> = hot
                 .as_deref()
                 .map_or(Vec::new(), |h| h[..n_pin.min(h.len())].to_vec());
-            let lru = simulate_lru(&trace, slots, &[]);
-            let lfu = simulate_lfu(&trace, slots, a.lfu_half_life);
-            let lru_pin = simulate_lru(&trace, slots, &pinned);
+            let lru = simulate_lru(trace, slots, &[]);
+            let lfu = simulate_lfu(trace, slots, a.lfu_half_life);
+            let lru_pin = simulate_lru(trace, slots, &pinned);
             let cyclic = simulate_layer(
-                &trace,
+                trace,
                 slots,
                 a.lfu_half_life,
                 layers,
                 layer_of,
                 LayerRank::Cyclic,
+                |_, _| false,
             );
             let layer_lfu = simulate_layer(
-                &trace,
+                trace,
                 slots,
                 a.lfu_half_life,
                 layers,
@@ -187,9 +314,32 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
                 LayerRank::Lfu {
                     weight: LAYER_WEIGHT,
                 },
+                |_, _| false,
             );
-            let belady = simulate_belady(&trace, slots);
-            let best = [lru, lfu, lru_pin, cyclic, layer_lfu]
+            let layer_lfu_predicted = simulate_layer(
+                trace,
+                slots,
+                a.lfu_half_life,
+                layers,
+                layer_of,
+                LayerRank::Lfu {
+                    weight: LAYER_WEIGHT,
+                },
+                ahead.predicted(trace, layer_of),
+            );
+            let layer_lfu_oracle = simulate_layer(
+                trace,
+                slots,
+                a.lfu_half_life,
+                layers,
+                layer_of,
+                LayerRank::Lfu {
+                    weight: LAYER_WEIGHT,
+                },
+                ahead.step_oracle(trace),
+            );
+            let belady = simulate_belady(trace, slots);
+            let best = [lru, lfu, lru_pin, cyclic, layer_lfu, layer_lfu_predicted]
                 .iter()
                 .map(SimResult::hit_rate)
                 .fold(0.0, f64::max);
@@ -216,10 +366,16 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
                 lru_pin.misses
             );
             let e = sums.entry(slots).or_default();
-            for (acc, r) in e
-                .iter_mut()
-                .zip([lru, lfu, lru_pin, cyclic, layer_lfu, belady])
-            {
+            for (acc, r) in e.iter_mut().zip([
+                lru,
+                lfu,
+                lru_pin,
+                cyclic,
+                layer_lfu,
+                layer_lfu_predicted,
+                layer_lfu_oracle,
+                belady,
+            ]) {
                 acc.hits += r.hits;
                 acc.misses += r.misses;
             }
@@ -237,6 +393,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
                 },
                 pct(&cyclic),
                 pct(&layer_lfu),
+                pct(&layer_lfu_predicted),
+                pct(&layer_lfu_oracle),
                 pct(&belady),
                 format!("{:.1}%", 100.0 * best / belady.hit_rate().max(1e-12)),
                 format!(
@@ -246,8 +404,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             ]);
         }
     }
-    for (slots, [lru, lfu, pin, cyclic, layer_lfu, belady]) in &sums {
-        let best = [lru, lfu, pin, cyclic, layer_lfu]
+    for (slots, [lru, lfu, pin, cyclic, layer_lfu, predicted, oracle, belady]) in &sums {
+        let best = [lru, lfu, pin, cyclic, layer_lfu, predicted]
             .iter()
             .map(|r| r.hit_rate())
             .fold(0.0, f64::max);
@@ -261,6 +419,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             "-".into(),
             pct(cyclic),
             pct(layer_lfu),
+            pct(predicted),
+            pct(oracle),
             pct(belady),
             format!("{:.1}%", 100.0 * best / belady.hit_rate().max(1e-12)),
             "-".into(),

@@ -341,7 +341,7 @@ fn domain_paths_pack_eval_route_and_profile() {
         assert!(out.join(f).is_file(), "{f}");
     }
 
-    // residency: each domain's fetches replayed under six policies; the
+    // residency: each domain's fetches replayed under eight policies; the
     // command itself fails when the runtime cache's counts differ from the
     // LRU+pin simulation's. Belady bounds every policy.
     let md = ok(&["residency", &pkg, "--corpus", &c, "--budgets", "0.25,0.5"]);
@@ -350,9 +350,9 @@ fn domain_paths_pack_eval_route_and_profile() {
     for line in md.lines().filter(|l| l.contains("(= simulation)")) {
         let cells: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
         // domain, budget, slots, LRU, LFU, LRU+pin, pinned, layer-cyclic,
-        // layer-LFU, Belady, best/Belady, runtime
-        let belady = pct(cells[9]);
-        for k in [3, 4, 5, 7, 8] {
+        // layer-LFU, + prediction, + step oracle, Belady, best/Belady, runtime
+        let belady = pct(cells[11]);
+        for k in [3, 4, 5, 7, 8, 9, 10] {
             assert!(pct(cells[k]) <= belady + 1e-9, "{line}");
         }
         rows += 1;

@@ -113,7 +113,11 @@ pub enum LayerRank {
 /// the blob fetched now, so the distance to each layer's next turn is known
 /// from the model's structure alone (no look at future data). Counts decay
 /// as in [`simulate_lfu`] (halving every `half_life` fetches, surviving
-/// eviction); ties go to the least recently used.
+/// eviction); ties go to the least recently used. `protect(i, blob)` says
+/// whether a resident blob must not be evicted by the miss at fetch `i`
+/// (what a routing predictor expects soon; `|_, _| false` for none): the
+/// victim is taken from the unprotected blobs, or from all when every
+/// resident blob is protected.
 pub fn simulate_layer(
     trace: &[u32],
     slots: usize,
@@ -121,6 +125,7 @@ pub fn simulate_layer(
     layers: usize,
     layer_of: impl Fn(u32) -> usize,
     rank: LayerRank,
+    protect: impl Fn(usize, u32) -> bool,
 ) -> SimResult {
     let decay = 0.5f64.powf(1.0 / half_life.max(1e-9));
     let mut count: HashMap<u32, (f64, u64)> = HashMap::new();
@@ -161,12 +166,17 @@ pub fn simulate_layer(
                 LayerRank::Lfu { weight } => (c * (1.0 + weight / dist(x.0) as f64), 0.0, x.1),
             }
         };
-        if let Some(v) = resident.iter_mut().min_by(|x, y| {
-            let (a, b) = (key(x), key(y));
-            a.0.total_cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-        }) {
+        let free = resident.iter().any(|x| !protect(tick, x.0));
+        if let Some(v) = resident
+            .iter_mut()
+            .filter(|x| !free || !protect(tick, x.0))
+            .min_by(|x, y| {
+                let (a, b) = (key(x), key(y));
+                a.0.total_cmp(&b.0)
+                    .then(a.1.total_cmp(&b.1))
+                    .then(a.2.cmp(&b.2))
+            })
+        {
             *v = (b, now);
         }
     }
@@ -238,7 +248,15 @@ mod tests {
         // Layer-LFU with weight 0 is LFU.
         for s in 1..4 {
             assert_eq!(
-                simulate_layer(&t, s, 100.0, 1, |_| 0, LayerRank::Lfu { weight: 0.0 }),
+                simulate_layer(
+                    &t,
+                    s,
+                    100.0,
+                    1,
+                    |_| 0,
+                    LayerRank::Lfu { weight: 0.0 },
+                    |_, _| false
+                ),
                 simulate_lfu(&t, s, 100.0)
             );
         }
@@ -250,8 +268,10 @@ mod tests {
         // top-1, 2 slots; tokens route (0,3) (1,3) (0,4) (0,3).
         let t = [0, 3, 1, 3, 0, 4, 0, 3];
         let layer = |b: u32| (b / 3) as usize;
-        let cyc = |t: &[u32]| simulate_layer(t, 2, 1e9, 2, layer, LayerRank::Cyclic);
-        let lfu = |t: &[u32], w| simulate_layer(t, 2, 1e9, 2, layer, LayerRank::Lfu { weight: w });
+        let none = |_, _| false;
+        let cyc = |t: &[u32]| simulate_layer(t, 2, 1e9, 2, layer, LayerRank::Cyclic, none);
+        let lfu =
+            |t: &[u32], w| simulate_layer(t, 2, 1e9, 2, layer, LayerRank::Lfu { weight: w }, none);
         // Layer-cyclic: 0 m, 3 m, 1 m: evicts layer 1's 3 (the other layer
         // goes before the current layer's 0) -> {0, 1}; 3 m: evicts 0 (count
         // 1 = 1's, 0 used earlier) -> {1, 3}; 0 m: evicts the other layer's
@@ -271,5 +291,37 @@ mod tests {
         assert_eq!(lfu(&t, 0.0), SimResult { hits: 2, misses: 6 });
         // Belady: evicts 0 at 1, 1 at 0, 3 at 4: 2 hits (3 and 0).
         assert_eq!(simulate_belady(&t, 2).hits, 2);
+    }
+
+    #[test]
+    fn protected_blobs_are_not_evicted() {
+        // One layer, 2 slots, 0 1 2 0: at 2 both residents have count 1 and
+        // the older 0 goes; 0 then misses. Protecting 0 (a predictor that
+        // knows it comes next) evicts 1 instead, and 0 hits. Protecting
+        // every blob leaves the choice to the ranking again.
+        let t = [0, 1, 2, 0];
+        let run = |protect: &dyn Fn(usize, u32) -> bool| {
+            simulate_layer(
+                &t,
+                2,
+                1e9,
+                1,
+                |_| 0,
+                LayerRank::Lfu { weight: 0.0 },
+                protect,
+            )
+        };
+        assert_eq!(run(&|_, _| false), SimResult { hits: 0, misses: 4 });
+        assert_eq!(run(&|_, b| b == 0), SimResult { hits: 1, misses: 3 });
+        assert_eq!(run(&|_, _| true), SimResult { hits: 0, misses: 4 });
+        // The fetch index is the one of the miss being served.
+        assert_eq!(
+            run(&|i, b| i == 2 && b == 0),
+            SimResult { hits: 1, misses: 3 }
+        );
+        assert_eq!(
+            run(&|i, b| i == 1 && b == 0),
+            SimResult { hits: 0, misses: 4 }
+        );
     }
 }
