@@ -41,11 +41,15 @@
 //! - generic: `f32::matvec` per row for contiguous W; for strided W,
 //!   `[f32; 8]` accumulators for four rows per weight row.
 //!
-//! The AVX-512F kernel runs the AVX2 tiles for M < 4 or K < 64, where they
+//! The AVX-512F kernel runs the AVX2 tiles for M < 4, where they
 //! measured faster (docs/BENCHMARKS.md); the bits are the same either way.
 //!
 //! The tail columns, the final adds and the bias are one shared scalar
-//! epilogue (`finish`). M is split into tiles of 4, then 2, then 1 rows; an
+//! epilogue (`finish`); the x86-64 tiles hand their lane sums over
+//! row-major (AVX-512: one lane permutation after the transpose), so a tile
+//! inside Y with no K tail takes `finish_rows`, the same `(s + 0) + b` per
+//! output as whole rows (this epilogue was a third of the GEMM time at
+//! K = 128 when it went lane by lane). M is split into tiles of 4, then 2, then 1 rows; an
 //! N tail computes its missing outputs from the last weight row and does not
 //! store them. Nothing allocates; no scratch is needed.
 //!
@@ -130,6 +134,75 @@ impl Problem<'_> {
     #[inline(always)]
     fn x_row(&self, r: usize) -> &[f32] {
         &self.x[r * self.ldx..r * self.ldx + self.k]
+    }
+
+    /// [`Self::finish`] for a tile whose lane sums are row-major, `W`
+    /// outputs per row (`sums[i * W + j]` is output `(r0 + i, o0 + j)`):
+    /// when the tile lies wholly inside Y and K has no tail (the common
+    /// case), the same `(s + 0) + b` per output as whole rows, without the
+    /// per-lane mapping, bounds and tail checks; otherwise [`Self::finish`].
+    #[inline(always)]
+    fn finish_rows<const W: usize>(&mut self, r0: usize, o0: usize, rows: usize, sums: &[f32]) {
+        if !self.k.is_multiple_of(LANES) || !self.rows_inside::<W>(r0, o0, rows) {
+            return self.finish(r0, o0, &sums[..rows * W], |l| Some((l / W, l % W)));
+        }
+        // `s + 0` (the zero tail) is not an identity (it turns -0 into +0),
+        // so it stays, as in `finish`.
+        self.write_rows::<W>(
+            r0,
+            o0,
+            rows,
+            sums,
+            |s, b| (s + 0.0) + b,
+            |s| (s + 0.0) + 0.0,
+        );
+    }
+
+    /// [`Self::store`] for row-major lane sums as in [`Self::finish_rows`].
+    #[inline(always)]
+    #[allow(dead_code)]
+    fn store_rows<const W: usize>(&mut self, r0: usize, o0: usize, rows: usize, sums: &[f32]) {
+        if !self.rows_inside::<W>(r0, o0, rows) {
+            return self.store(r0, o0, &sums[..rows * W], |l| Some((l / W, l % W)));
+        }
+        self.write_rows::<W>(r0, o0, rows, sums, |s, b| s + b, |s| s);
+    }
+
+    /// Whether outputs `(r0..r0 + rows, o0..o0 + W)` all lie inside Y.
+    #[inline(always)]
+    fn rows_inside<const W: usize>(&self, r0: usize, o0: usize, rows: usize) -> bool {
+        r0 + rows <= self.m && o0 + W <= self.n
+    }
+
+    /// `Y[r0 + i, o0 + j] = with_bias(s, b[o0 + j])` (or `no_bias(s)`) for
+    /// `s = sums[i * W + j]`, whole rows at a time.
+    #[inline(always)]
+    fn write_rows<const W: usize>(
+        &mut self,
+        r0: usize,
+        o0: usize,
+        rows: usize,
+        sums: &[f32],
+        with_bias: impl Fn(f32, f32) -> f32,
+        no_bias: impl Fn(f32) -> f32,
+    ) {
+        let bias: Option<&[f32; W]> = self.bias.and_then(|b| b.get(o0..o0 + W)?.try_into().ok());
+        for (i, s) in sums.chunks_exact(W).take(rows).enumerate() {
+            let at = (r0 + i) * self.ldy + o0;
+            let y: &mut [f32; W] = (&mut self.y[at..at + W]).try_into().unwrap();
+            match bias {
+                Some(b) => {
+                    for j in 0..W {
+                        y[j] = with_bias(s[j], b[j]);
+                    }
+                }
+                None => {
+                    for j in 0..W {
+                        y[j] = no_bias(s[j]);
+                    }
+                }
+            }
+        }
     }
 
     /// `Y[r, o] = (s + tail(r, o)) + b[o]` for every tile output `(r0 + dr,

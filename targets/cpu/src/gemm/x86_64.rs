@@ -18,7 +18,7 @@ pub const AVX2: F32Gemm = F32Gemm {
 };
 
 /// AVX-512F (up to 16 accumulators of two outputs each, tiles 4 x 8, 2 x 16,
-/// 1 x 32 and narrower ones for N tails) for `M >= 4` and `K >= 64`, the AVX2
+/// 1 x 32 and narrower ones for N tails) for `M >= 4`, the AVX2
 /// tiles for smaller problems (where they measured faster; same bits).
 pub const AVX512F: F32Gemm = F32Gemm {
     name: "x86_64_avx512f_f32gemm",
@@ -63,7 +63,7 @@ fn block256<const MR: usize, const NR: usize>(p: &mut Problem<'_>, r0: usize, o0
     // rows `< m` of X and `< n` of W; `r0 + MR <= m` by `row_tiles`, W rows
     // are clamped by `w_ptr`), and the kernel reads `[c, c + 8)`, `c + 8 <= k8`.
     unsafe { tile256::<MR, NR>(k8, &xs, &ws, &mut sums) };
-    p.finish(r0, o0, &sums[..MR * NR], |l| Some((l / NR, l % NR)));
+    p.finish_rows::<NR>(r0, o0, MR, &sums);
     NR
 }
 
@@ -142,7 +142,7 @@ fn reduce256(v: &[__m256; 8]) -> __m256 {
 /// `F32Gemm::gemm` asserted AVX2 and AVX-512F before calling this (the only
 /// way to reach it: the `run` field is private).
 fn run_avx512(p: &mut Problem<'_>) {
-    if p.m < 4 || p.k < 64 {
+    if p.m < 4 {
         return run_avx2(p);
     }
     for (r0, mr) in row_tiles(p.m) {
@@ -180,21 +180,23 @@ fn block512<const MR: usize, const NP: usize>(p: &mut Problem<'_>, r0: usize, o0
     // checked rows `< m` of X and `< n` of W; `r0 + MR <= m` by `row_tiles`,
     // W rows are clamped by `w_ptr`), and the kernel reads `[c, c + 8)`, `c + 8 <= k8`.
     unsafe { tile512::<MR, NP>(k8, &xs, &ws, &mut sums) };
-    // Lane l: group l / 16 of eight accumulators, half h = (l % 16) / 8,
-    // lane t = l % 8 of the transposed group = accumulator a = 8 (l / 16) + t
-    // = row * NP + pair, output 2 pair + h.
-    let groups = (MR * NP).div_ceil(8);
-    p.finish(r0, o0, &sums[..16 * groups], |l| {
-        let a = 8 * (l / 16) + l % 8;
-        (a < MR * NP).then_some((a / NP, 2 * (a % NP) + (l % 16) / 8))
-    });
+    // Row-major: lane l is half l % 2 of accumulator l / 2 = row * NP + pair,
+    // output 2 pair + half.
+    match NP {
+        1 => p.finish_rows::<2>(r0, o0, MR, &sums),
+        2 => p.finish_rows::<4>(r0, o0, MR, &sums),
+        4 => p.finish_rows::<8>(r0, o0, MR, &sums),
+        8 => p.finish_rows::<16>(r0, o0, MR, &sums),
+        _ => p.finish_rows::<32>(r0, o0, MR, &sums),
+    }
     2 * NP
 }
 
 /// Lane sums of the outputs `(i, 2 q + h)` (`i < MR`, `q < NP`, `h < 2`):
 /// accumulator `a = i * NP + q` holds output `2 q` in its low half and
-/// `2 q + 1` in its high half; `sums[16 g + 8 h + t]` is half `h` of
-/// accumulator `8 g + t` (accumulators past `MR * NP` are zero).
+/// `2 q + 1` in its high half; `sums[2 a + h]` is half `h` of accumulator
+/// `a`, i.e. the sums are row-major, `2 NP` per row (accumulators past
+/// `MR * NP` are zero).
 ///
 /// # Safety
 /// AVX-512F must be present; `xs[i]` and `ws[q][h]` must be readable for
@@ -229,9 +231,11 @@ unsafe fn tile512<const MR: usize, const NP: usize>(
         }
         c += LANES;
     }
+    // Lane 8 h + t of a reduced group -> lane 2 t + h (accumulator-major).
+    let interleave = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     for g in 0..(MR * NP).div_ceil(8) {
         let v: &[__m512; 8] = acc[8 * g..8 * g + 8].try_into().unwrap();
-        let s = reduce512(v);
+        let s = _mm512_permutexvar_ps(interleave, reduce512(v));
         // SAFETY: `sums` is 32 floats and `16 g + 16 <= 32` (`g < 2`).
         unsafe { _mm512_storeu_ps(sums.as_mut_ptr().add(16 * g), s) };
     }
@@ -329,16 +333,12 @@ fn fast256<const MR: usize, const NR: usize>(p: &mut Problem<'_>, r0: usize, o0:
     // slice (`F32Gemm::gemm` checked rows `< m` of X and `< n` of W;
     // `r0 + MR <= m` by `row_tiles`, W rows are clamped by `w_ptr`).
     unsafe { fast_tile256::<MR, NR>(p.k, &xs, &ws, &mut sums) };
-    // Lane l of the reduction holds accumulator 2 (l % 4) + l / 4 = i NR + j.
-    p.store(r0, o0, &sums, |l| {
-        let a = 2 * (l % 4) + l / 4;
-        Some((a / NR, a % NR))
-    });
+    p.store_rows::<NR>(r0, o0, MR, &sums);
     NR
 }
 
 /// Lane sums of outputs `(i, j)` (accumulator `i * NR + j`, `MR * NR == 8`),
-/// accumulator `a` at `sums[4 (a % 2) + a / 2]`.
+/// accumulator `a` at `sums[a]` (row-major).
 ///
 /// # Safety
 /// AVX2 and FMA must be present; `xs[i]` and `ws[j]` must be readable for `k`
@@ -392,7 +392,9 @@ unsafe fn fast_tile256<const MR: usize, const NR: usize>(
             }
         }
     }
-    let s = tree256(&acc);
+    // Lane 4 h + t of the tree holds accumulator 2 t + h: back to lane a.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let s = _mm256_permutevar8x32_ps(tree256(&acc), order);
     // SAFETY: `sums` is 8 floats.
     unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), s) };
 }
@@ -455,16 +457,12 @@ fn fast512<const MR: usize, const NR: usize>(p: &mut Problem<'_>, r0: usize, o0:
     // slice (`F32Gemm::gemm` checked rows `< m` of X and `< n` of W;
     // `r0 + MR <= m` by `row_tiles`, W rows are clamped by `w_ptr`).
     unsafe { fast_tile512::<MR, NR>(p.k, &xs, &ws, &mut sums) };
-    // Lane l of the reduction holds accumulator 4 (l % 4) + l / 4 = i NR + j.
-    p.store(r0, o0, &sums, |l| {
-        let a = 4 * (l % 4) + l / 4;
-        (a < MR * NR).then_some((a / NR, a % NR))
-    });
+    p.store_rows::<NR>(r0, o0, MR, &sums);
     NR
 }
 
 /// Lane sums of outputs `(i, j)` (accumulator `i * NR + j`, `MR * NR <= 16`;
-/// the others are zero), accumulator `a` at `sums[4 (a % 4) + a / 4]`.
+/// the others are zero), accumulator `a` at `sums[a]` (row-major).
 ///
 /// # Safety
 /// AVX-512F and FMA must be present; `xs[i]` and `ws[j]` must be readable for
@@ -514,7 +512,9 @@ unsafe fn fast_tile512<const MR: usize, const NR: usize>(
             }
         }
     }
-    let s = tree512(&acc);
+    // Lane 4 q + t of the tree holds accumulator 4 t + q: back to lane a.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let s = _mm512_permutexvar_ps(order, tree512(&acc));
     // SAFETY: `sums` is 16 floats.
     unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), s) };
 }
