@@ -177,8 +177,9 @@ impl Primitives for CpuPrims<'_, '_> {
         heads: usize,
         scratch: &Buf,
     ) -> Result<()> {
+        let kernels = self.kernels;
         let [q, kr, v, out, s] = self.carve([q, kr, v, out, scratch])?;
-        k::attention(q, kr, v, tokens, heads, s, out);
+        k::attention_with(q, kr, v, tokens, heads, s, out, |x| kernels.softmax_f32(x));
         Ok(())
     }
 
@@ -189,8 +190,9 @@ impl Primitives for CpuPrims<'_, '_> {
         out: &Buf,
         scratch: &Buf,
     ) -> Result<()> {
+        let kernels = self.kernels;
         let [u, out, s] = self.carve([u, out, scratch])?;
-        k::attention_pool(u, query.a, s, out);
+        k::attention_pool_with(u, query.a, s, out, |x| kernels.softmax_f32(x));
         Ok(())
     }
 
@@ -392,6 +394,7 @@ impl Primitives for CpuPrims<'_, '_> {
     ) -> Result<()> {
         #[cfg(feature = "std")]
         let pool = self.pool;
+        let kernels = self.kernels;
         let [q, kn, vn, out, kc, vc, sc] = self.carve([q, kb, vb, out, kc, vc, scratch])?;
         let (kw, vw) = (kv_heads * hd, kv_heads * vd);
         if (pos + rows) * kw > kc.len() || (pos + rows) * vw > vc.len() {
@@ -412,7 +415,7 @@ impl Primitives for CpuPrims<'_, '_> {
                     return false;
                 }
                 let qh = &q[u * hd..(u + 1) * hd];
-                k::attend(
+                k::attend_with(
                     qh,
                     &kc[kvh * hd..],
                     kw,
@@ -422,6 +425,7 @@ impl Primitives for CpuPrims<'_, '_> {
                     scale,
                     sc,
                     oh,
+                    |x| kernels.softmax_f32(x),
                 );
             }
             true

@@ -307,6 +307,23 @@ pub fn attention(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
+    attention_with(q, k, v, l, heads, scratch, out, softmax);
+}
+
+/// [`attention`] with the score normalisation given: `softmax` must have the
+/// bits of [`softmax`] (e.g. `Kernels::softmax_f32`) for the result to be
+/// [`attention`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    l: usize,
+    heads: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+    mut softmax: impl FnMut(&mut [f32]),
+) {
     if l == 0 {
         return;
     }
@@ -345,6 +362,17 @@ pub fn attention(
 ///
 /// With `l == 0` the output is zero.
 pub fn attention_pool(u: &[f32], query: &[f32], scratch: &mut [f32], out: &mut [f32]) {
+    attention_pool_with(u, query, scratch, out, softmax);
+}
+
+/// [`attention_pool`] with the score normalisation given (as [`attention_with`]).
+pub fn attention_pool_with(
+    u: &[f32],
+    query: &[f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+    softmax: impl FnOnce(&mut [f32]),
+) {
     let d = query.len();
     debug_assert_eq!(out.len(), d, "attention_pool: out must be [d]");
     if d == 0 {
@@ -589,6 +617,25 @@ pub fn attend(
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
+) {
+    attend_with(
+        q, keys, k_stride, values, v_stride, len, scale, scores, out, softmax,
+    );
+}
+
+/// [`attend`] with the score normalisation given (as [`attention_with`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_with(
+    q: &[f32],
+    keys: &[f32],
+    k_stride: usize,
+    values: &[f32],
+    v_stride: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    softmax: impl FnOnce(&mut [f32]),
 ) {
     let (hd, vd) = (q.len(), out.len());
     for (t, s) in scores[..len].iter_mut().enumerate() {

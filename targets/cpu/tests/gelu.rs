@@ -184,6 +184,64 @@ fn tails_and_lengths_match_scalar() {
     }
 }
 
+/// Softmax through every variant (the `expf` lanes on `x - max`, the sum in
+/// index order, one division per lane) against `f32::softmax`, bit for bit:
+/// lengths 0..70 from the dense sample (NaN, infinities and huge values
+/// included), attention-like scores, rows with -inf entries, a constant row
+/// and scores spread wide enough to underflow to 0. The `expf` lanes
+/// themselves match libm on all 2^32 inputs (the crate's unit test
+/// `expf_lanes_all`, ignored by default).
+#[test]
+fn softmax_matches_scalar_bit_for_bit() {
+    let pool = dense_sample();
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    for n in 0..70 {
+        for start in [0usize, 1, 777, 100_003] {
+            rows.push(pool[start..start + n].to_vec());
+        }
+        let mut s = 0x2545_f491u32.wrapping_mul(n as u32 + 1);
+        for scale in [0.1f32, 3.0, 40.0, 200.0] {
+            rows.push(
+                (0..n)
+                    .map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 17;
+                        s ^= s << 5;
+                        (s as f32 / u32::MAX as f32 - 0.5) * scale
+                    })
+                    .collect(),
+            );
+        }
+        rows.push(vec![0.25; n]);
+        rows.push(
+            (0..n)
+                .map(|i| {
+                    if i % 3 == 1 {
+                        f32::NEG_INFINITY
+                    } else {
+                        i as f32
+                    }
+                })
+                .collect(),
+        );
+    }
+    for k in kernels() {
+        for row in &rows {
+            let mut want = row.clone();
+            reference::softmax(&mut want);
+            let mut got = row.clone();
+            k.softmax(&mut got);
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
+                    "{}: softmax of {row:?}: [{i}] = {g:e}, scalar {w:e}",
+                    k.name()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn table_selects_a_variant_and_runs_it() {
     let xs = dense_sample();
@@ -199,6 +257,18 @@ fn table_selects_a_variant_and_runs_it() {
         for (w, g) in want.iter().zip(&got) {
             assert!(w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()));
         }
+        let mut want: Vec<f32> = xs[..300]
+            .iter()
+            .filter(|x| !x.is_nan())
+            .map(|x| x.clamp(-50.0, 50.0))
+            .collect();
+        let mut got = want.clone();
+        reference::softmax(&mut want);
+        table.softmax_f32(&mut got);
+        assert_eq!(
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
     assert_eq!(Kernels::generic().gelu_kernel().name(), "generic_gelu");
     assert_eq!(

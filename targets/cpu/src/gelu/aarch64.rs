@@ -5,7 +5,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{run_lanes, Gelu, Lanes};
+use super::{run_lanes, softmax_lanes, Gelu, Lanes};
 use crate::qmatvec::Feature;
 
 /// NEON, four lanes.
@@ -13,6 +13,7 @@ pub const NEON: Gelu = Gelu {
     name: "aarch64_neon_gelu",
     requires: &[Feature::Neon],
     run: run_neon,
+    softmax: softmax_neon,
 };
 
 /// The aarch64 kernels.
@@ -33,6 +34,18 @@ fn run_neon(x: &mut [f32], residual: Option<&[f32]>) {
 #[target_feature(enable = "neon")]
 fn run_neon_tf(x: &mut [f32], residual: Option<&[f32]>) {
     run_lanes(Neon(()), x, residual);
+}
+
+/// `Gelu::softmax` asserted the kernel's `requires` before calling this (the
+/// only way to reach it: the `softmax` field is private).
+fn softmax_neon(x: &mut [f32]) {
+    // SAFETY: NEON is present (asserted by `Gelu::check`).
+    unsafe { softmax_neon_tf(x) }
+}
+
+#[target_feature(enable = "neon")]
+fn softmax_neon_tf(x: &mut [f32]) {
+    softmax_lanes(Neon(()), x);
 }
 
 impl Lanes for Neon {

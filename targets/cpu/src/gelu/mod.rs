@@ -53,6 +53,7 @@ pub struct Gelu {
     name: &'static str,
     requires: &'static [Feature],
     run: fn(&mut [f32], Option<&[f32]>),
+    softmax: fn(&mut [f32]),
 }
 
 impl core::fmt::Debug for Gelu {
@@ -104,8 +105,20 @@ impl Gelu {
         (self.run)(x, Some(residual));
     }
 
+    /// [`crate::f32::softmax`] in place, same bits (NaN: a NaN): the
+    /// exponentials through the same libm-exact `expf` lanes as the GELU,
+    /// the sum in the scalar order.
+    ///
+    /// # Panics
+    /// If the CPU lacks a feature the kernel needs.
+    pub fn softmax(&self, x: &mut [f32]) {
+        self.check();
+        (self.softmax)(x);
+    }
+
     /// The architecture kernels rely on this check for the safety of their
-    /// intrinsics (`run` is private: `gelu` / `gelu_add` are its only callers).
+    /// intrinsics (`run` and `softmax` are private: `gelu`, `gelu_add` and
+    /// `softmax` are their only callers).
     fn check(&self) {
         assert!(
             self.is_supported_here(),
@@ -128,6 +141,7 @@ pub const GENERIC: Gelu = Gelu {
     name: "generic_gelu",
     requires: &[],
     run: run_generic,
+    softmax: crate::f32::softmax,
 };
 
 /// The kernels compiled for this architecture, slowest first (the table plugs
@@ -492,6 +506,49 @@ pub(crate) fn gelu_lanes<V: Lanes>(v: V, t: V::F) -> V::F {
     r = v.select(m_tiny, v.sub(v.splat(1.0), x), r);
     r = v.select(nonfinite, r_a, r);
     v.mul(v.mul(v.splat(0.5), t), r)
+}
+
+/// [`crate::f32::softmax`] on lanes: the scalar maximum, `expf(x - max)`
+/// per lane (the tail through a padded stack block), the sum in index order
+/// (as the scalar loop adds), then one division per lane: each step is the
+/// scalar code's operation on the same operands, so the bits match.
+#[inline(always)]
+pub(crate) fn softmax_lanes<V: Lanes>(v: V, x: &mut [f32]) {
+    const MAX: usize = 16;
+    if x.is_empty() {
+        return;
+    }
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let n = V::N;
+    let body = x.len() - x.len() % n;
+    let m = v.splat(max);
+    let mut i = 0;
+    while i < body {
+        v.store(expf_lanes(v, v.sub(v.load(&x[i..]), m)), &mut x[i..]);
+        i += n;
+    }
+    let rest = x.len() - body;
+    let mut buf = [0.0f32; MAX];
+    if rest > 0 {
+        buf[..rest].copy_from_slice(&x[body..]);
+        v.store(expf_lanes(v, v.sub(v.load(&buf), m)), &mut buf);
+        x[body..].copy_from_slice(&buf[..rest]);
+    }
+    let mut sum = 0.0f32;
+    for &e in x.iter() {
+        sum += e;
+    }
+    let d = v.splat(sum);
+    let mut i = 0;
+    while i < body {
+        v.store(v.div(v.load(&x[i..]), d), &mut x[i..]);
+        i += n;
+    }
+    if rest > 0 {
+        buf[..rest].copy_from_slice(&x[body..]);
+        v.store(v.div(v.load(&buf), d), &mut buf);
+        x[body..].copy_from_slice(&buf[..rest]);
+    }
 }
 
 /// `x[i] = gelu(x[i]) (+ residual[i])` over whole vectors, then the tail

@@ -5,7 +5,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{run_lanes, Gelu, Lanes};
+use super::{run_lanes, softmax_lanes, Gelu, Lanes};
 use crate::qmatvec::Feature;
 
 /// AVX2, eight lanes.
@@ -13,13 +13,15 @@ pub const AVX2: Gelu = Gelu {
     name: "x86_64_avx2_gelu",
     requires: &[Feature::Avx2],
     run: run_avx2,
+    softmax: softmax_avx2,
 };
 
 /// AVX-512F, sixteen lanes.
 pub const AVX512F: Gelu = Gelu {
     name: "x86_64_avx512f_gelu",
-    requires: &[Feature::Avx512F],
+    requires: &[Feature::Avx2, Feature::Avx512F],
     run: run_avx512,
+    softmax: softmax_avx512,
 };
 
 /// Slowest first: the table plugs the last one the CPU supports.
@@ -27,8 +29,9 @@ pub const KERNELS: [Gelu; 2] = [AVX2, AVX512F];
 
 // ---------------------------------------------------------------- AVX2
 
-/// Proof that AVX2 is present: only [`run_avx2_tf`] creates it, and that
-/// function is only called once the feature was checked.
+/// Proof that AVX2 is present: only functions compiled with AVX2 enabled
+/// (`#[target_feature]`) create it, and they are only called once the
+/// feature was checked.
 #[derive(Clone, Copy)]
 struct Avx2(());
 
@@ -42,6 +45,18 @@ fn run_avx2(x: &mut [f32], residual: Option<&[f32]>) {
 #[target_feature(enable = "avx2")]
 fn run_avx2_tf(x: &mut [f32], residual: Option<&[f32]>) {
     run_lanes(Avx2(()), x, residual);
+}
+
+/// `Gelu::softmax` asserted the kernel's `requires` before calling this (the
+/// only way to reach it: the `softmax` field is private).
+fn softmax_avx2(x: &mut [f32]) {
+    // SAFETY: AVX2 is present (asserted by `Gelu::check`).
+    unsafe { softmax_avx2_tf(x) }
+}
+
+#[target_feature(enable = "avx2")]
+fn softmax_avx2_tf(x: &mut [f32]) {
+    softmax_lanes(Avx2(()), x);
 }
 
 impl Lanes for Avx2 {
@@ -160,8 +175,8 @@ impl Lanes for Avx2 {
 
 // ---------------------------------------------------------------- AVX-512F
 
-/// Proof that AVX-512F is present: only [`run_avx512_tf`] creates it, and
-/// that function is only called once the feature was checked.
+/// Proof that AVX-512F is present: only functions compiled with AVX-512F
+/// enabled create it, and they are only called once the feature was checked.
 #[derive(Clone, Copy)]
 struct Avx512(());
 
@@ -175,6 +190,26 @@ fn run_avx512(x: &mut [f32], residual: Option<&[f32]>) {
 #[target_feature(enable = "avx512f")]
 fn run_avx512_tf(x: &mut [f32], residual: Option<&[f32]>) {
     run_lanes(Avx512(()), x, residual);
+}
+
+/// `Gelu::softmax` asserted the kernel's `requires` before calling this (the
+/// only way to reach it: the `softmax` field is private).
+fn softmax_avx512(x: &mut [f32]) {
+    // SAFETY: AVX2 and AVX-512F are present (asserted by `Gelu::check`).
+    unsafe { softmax_avx512_tf(x) }
+}
+
+/// Rows shorter than one zmm (attention over a few tokens) run the AVX2
+/// kernel: a padded 16-lane pass costs twice the work, and the ymm lane code
+/// compiled inside this AVX-512 function was still 1.7x slower at n = 8 than
+/// the AVX2-only function (measured, `--bench gelu`); same bits either way.
+#[target_feature(enable = "avx2,avx512f")]
+fn softmax_avx512_tf(x: &mut [f32]) {
+    if x.len() < 16 {
+        softmax_avx2_tf(x);
+    } else {
+        softmax_lanes(Avx512(()), x);
+    }
 }
 
 impl Lanes for Avx512 {
@@ -288,5 +323,81 @@ impl Lanes for Avx512 {
             let t = _mm512_castps128_ps512(_mm_setr_ps(c[0], c[1], c[2], c[3]));
             _mm512_permutexvar_ps(sel, t)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qmatvec::CpuFeatures;
+
+    #[target_feature(enable = "avx2")]
+    fn exp256(x: &[f32; 16]) -> [f32; 16] {
+        let v = Avx2(());
+        let mut out = [0.0; 16];
+        for h in 0..2 {
+            let e = super::super::expf_lanes(v, v.load(&x[8 * h..]));
+            v.store(e, &mut out[8 * h..]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn exp512(x: &[f32; 16]) -> [f32; 16] {
+        let v = Avx512(());
+        let mut out = [0.0; 16];
+        v.store(super::super::expf_lanes(v, v.load(x)), &mut out);
+        out
+    }
+
+    /// Every `step`-th f32 bit pattern through the `expf` lanes at both
+    /// widths against libm's `expf`, bit for bit (NaN: a NaN). The softmax
+    /// kernels feed them any `x - max`, not only the GELU's arguments.
+    fn expf_lanes_match_libm(step: u64) {
+        let host = CpuFeatures::host();
+        let avx2 = host.first_missing(&[Feature::Avx2]).is_none();
+        let avx512 = host.first_missing(&[Feature::Avx512F]).is_none();
+        let mut x = [0.0f32; 16];
+        let mut at = 0u64;
+        while at <= u64::from(u32::MAX) {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = f32::from_bits((at + i as u64 * step).min(u64::from(u32::MAX)) as u32);
+            }
+            let want = x.map(libm::expf);
+            let mut got = [None; 2];
+            if avx2 {
+                // SAFETY: AVX2 is present (checked above).
+                got[0] = Some(unsafe { exp256(&x) });
+            }
+            if avx512 {
+                // SAFETY: AVX-512F is present (checked above).
+                got[1] = Some(unsafe { exp512(&x) });
+            }
+            for g in got.iter().flatten() {
+                for i in 0..16 {
+                    assert!(
+                        g[i].to_bits() == want[i].to_bits() || (g[i].is_nan() && want[i].is_nan()),
+                        "expf({:e} = {:#x}): lanes {:e}, libm {:e}",
+                        x[i],
+                        x[i].to_bits(),
+                        g[i],
+                        want[i]
+                    );
+                }
+            }
+            at += 16 * step;
+        }
+    }
+
+    #[test]
+    fn expf_lanes_sampled() {
+        expf_lanes_match_libm(4099);
+    }
+
+    /// All 2^32 inputs: `cargo test --release -p taskpath-cpu --lib expf_lanes_all -- --ignored`.
+    #[test]
+    #[ignore]
+    fn expf_lanes_all() {
+        expf_lanes_match_libm(1);
     }
 }

@@ -536,6 +536,16 @@ impl Kernels {
         }
     }
 
+    /// [`crate::f32::softmax`] in place, same bits (NaN: a NaN): the
+    /// exponentials on the exact-GELU kernel's libm-exact `expf` lanes with
+    /// the `gelu` feature, the scalar code without it.
+    pub fn softmax_f32(&self, x: &mut [f32]) {
+        #[cfg(feature = "gelu")]
+        self.gelu.softmax(x);
+        #[cfg(not(feature = "gelu"))]
+        crate::f32::softmax(x);
+    }
+
     /// The exact-GELU kernel of this table (generic in [`Self::generic`],
     /// the fastest the features allow otherwise).
     #[cfg(feature = "gelu")]
