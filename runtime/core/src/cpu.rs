@@ -179,7 +179,15 @@ impl Primitives for CpuPrims<'_, '_> {
     ) -> Result<()> {
         let kernels = self.kernels;
         let [q, kr, v, out, s] = self.carve([q, kr, v, out, scratch])?;
+        // The vector softmax comes with the `gelu` kernels (its `expf`
+        // lanes); without them the scalar one, same bits, less flash.
+        #[cfg(feature = "gelu")]
         k::attention_with(q, kr, v, tokens, heads, s, out, |x| kernels.softmax_f32(x));
+        #[cfg(not(feature = "gelu"))]
+        {
+            let _ = kernels;
+            k::attention(q, kr, v, tokens, heads, s, out);
+        }
         Ok(())
     }
 
@@ -192,7 +200,13 @@ impl Primitives for CpuPrims<'_, '_> {
     ) -> Result<()> {
         let kernels = self.kernels;
         let [u, out, s] = self.carve([u, out, scratch])?;
+        #[cfg(feature = "gelu")]
         k::attention_pool_with(u, query.a, s, out, |x| kernels.softmax_f32(x));
+        #[cfg(not(feature = "gelu"))]
+        {
+            let _ = kernels;
+            k::attention_pool(u, query.a, s, out);
+        }
         Ok(())
     }
 
