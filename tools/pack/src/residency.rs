@@ -59,34 +59,16 @@ pub fn simulate_lru(trace: &[u32], slots: usize, pinned: &[u32]) -> SimResult {
 /// (ties: the least recently used). Counts outlive eviction, so a blob that
 /// was hot a moment ago wins its slot back quickly.
 pub fn simulate_lfu(trace: &[u32], slots: usize, half_life: f64) -> SimResult {
-    let decay = 0.5f64.powf(1.0 / half_life.max(1e-9));
-    // Counts stored as of tick `t`: value * decay^(now - t).
-    let mut count: HashMap<u32, (f64, u64)> = HashMap::new();
-    let at = |c: (f64, u64), now: u64| c.0 * decay.powf((now - c.1) as f64);
-    // (blob, last use)
-    let mut resident: Vec<(u32, u64)> = Vec::new();
-    let mut r = SimResult::default();
-    for (tick, &b) in trace.iter().enumerate() {
-        let now = tick as u64 + 1;
-        let c = count.get(&b).map_or(0.0, |&c| at(c, now));
-        count.insert(b, (c + 1.0, now));
-        if let Some(s) = resident.iter_mut().find(|s| s.0 == b) {
-            s.1 = now;
-            r.hits += 1;
-            continue;
-        }
-        r.misses += 1;
-        if resident.len() < slots {
-            resident.push((b, now));
-        } else if let Some(v) = resident.iter_mut().min_by(|x, y| {
-            at(count[&x.0], now)
-                .total_cmp(&at(count[&y.0], now))
-                .then(x.1.cmp(&y.1))
-        }) {
-            *v = (b, now);
-        }
-    }
-    r
+    // One layer, no layer weight, nothing protected: layer-LFU is LFU.
+    simulate_layer(
+        trace,
+        slots,
+        half_life,
+        1,
+        |_| 0,
+        LayerRank::Lfu { weight: 0.0 },
+        |_, _| false,
+    )
 }
 
 /// How a layer-aware policy ranks the resident blobs of other layers.
@@ -245,21 +227,6 @@ mod tests {
         assert_eq!(simulate_lfu(&t, 2, 100.0), SimResult { hits: 3, misses: 3 });
         // With a very short half-life LFU degenerates to recency order.
         assert_eq!(simulate_lfu(&t, 2, 1e-3), simulate_lru(&t, 2, &[]));
-        // Layer-LFU with weight 0 is LFU.
-        for s in 1..4 {
-            assert_eq!(
-                simulate_layer(
-                    &t,
-                    s,
-                    100.0,
-                    1,
-                    |_| 0,
-                    LayerRank::Lfu { weight: 0.0 },
-                    |_, _| false
-                ),
-                simulate_lfu(&t, s, 100.0)
-            );
-        }
     }
 
     #[test]
