@@ -177,17 +177,16 @@ impl Primitives for CpuPrims<'_, '_> {
         heads: usize,
         scratch: &Buf,
     ) -> Result<()> {
+        #[cfg(feature = "gelu")]
         let kernels = self.kernels;
         let [q, kr, v, out, s] = self.carve([q, kr, v, out, scratch])?;
         // The vector softmax comes with the `gelu` kernels (its `expf`
-        // lanes); without them the scalar one, same bits, less flash.
+        // lanes); without them the scalar one, same bits, less flash (a
+        // closure here cost the f32-only firmware 348 B).
         #[cfg(feature = "gelu")]
-        k::attention_with(q, kr, v, tokens, heads, s, out, |x| kernels.softmax_f32(x));
+        k::attention(q, kr, v, tokens, heads, s, out, |x| kernels.softmax_f32(x));
         #[cfg(not(feature = "gelu"))]
-        {
-            let _ = kernels;
-            k::attention(q, kr, v, tokens, heads, s, out);
-        }
+        k::attention(q, kr, v, tokens, heads, s, out, k::softmax);
         Ok(())
     }
 
@@ -198,15 +197,13 @@ impl Primitives for CpuPrims<'_, '_> {
         out: &Buf,
         scratch: &Buf,
     ) -> Result<()> {
+        #[cfg(feature = "gelu")]
         let kernels = self.kernels;
         let [u, out, s] = self.carve([u, out, scratch])?;
         #[cfg(feature = "gelu")]
-        k::attention_pool_with(u, query.a, s, out, |x| kernels.softmax_f32(x));
+        k::attention_pool(u, query.a, s, out, |x| kernels.softmax_f32(x));
         #[cfg(not(feature = "gelu"))]
-        {
-            let _ = kernels;
-            k::attention_pool(u, query.a, s, out);
-        }
+        k::attention_pool(u, query.a, s, out, k::softmax);
         Ok(())
     }
 
@@ -429,7 +426,7 @@ impl Primitives for CpuPrims<'_, '_> {
                     return false;
                 }
                 let qh = &q[u * hd..(u + 1) * hd];
-                k::attend_with(
+                k::attend(
                     qh,
                     &kc[kvh * hd..],
                     kw,

@@ -297,24 +297,10 @@ pub fn softmax(x: &mut [f32]) {
 /// projected; `heads` divides `d`;
 /// `out[l, d] = concat_h softmax(q_h k_h^T / sqrt(d / heads)) v_h`; `scratch.len() >= l`.
 ///
-/// `d = q.len() / l`; `l == 0` is a no-op.
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    l: usize,
-    heads: usize,
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    attention_with(q, k, v, l, heads, scratch, out, softmax);
-}
-
-/// [`attention`] with the score normalisation given: `softmax` must have the
-/// bits of [`softmax`] (e.g. `Kernels::softmax_f32`) for the result to be
-/// [`attention`]'s.
+/// `d = q.len() / l`; `l == 0` is a no-op. `softmax` normalises each row of
+/// scores: [`softmax`], or a kernel with its bits (`Kernels::softmax_f32`).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_with(
+pub fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -360,13 +346,8 @@ pub fn attention_with(
 /// Attention pooling: `s = softmax_l(query . u_l / sqrt(d))`, `out = sum_l s_l u_l`;
 /// `u: [l, d]`, `d = query.len()`; `scratch.len() >= l`.
 ///
-/// With `l == 0` the output is zero.
-pub fn attention_pool(u: &[f32], query: &[f32], scratch: &mut [f32], out: &mut [f32]) {
-    attention_pool_with(u, query, scratch, out, softmax);
-}
-
-/// [`attention_pool`] with the score normalisation given (as [`attention_with`]).
-pub fn attention_pool_with(
+/// With `l == 0` the output is zero. `softmax` as in [`attention`].
+pub fn attention_pool(
     u: &[f32],
     query: &[f32],
     scratch: &mut [f32],
@@ -604,28 +585,11 @@ pub fn rope(
 
 /// Causal attention of one query head over a cache: `scores[t] = scale *
 /// q . keys[t]` for `t < len` (each key `q.len()` values at stride
-/// `k_stride` from `keys`), softmax, then `out = sum_t scores[t] *
-/// values[t]` (each `out.len()` values at stride `v_stride`).
+/// `k_stride` from `keys`), `softmax` (with the bits of [`softmax`], e.g.
+/// `Kernels::softmax_f32`), then `out = sum_t scores[t] * values[t]` (each
+/// `out.len()` values at stride `v_stride`).
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
-    q: &[f32],
-    keys: &[f32],
-    k_stride: usize,
-    values: &[f32],
-    v_stride: usize,
-    len: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_with(
-        q, keys, k_stride, values, v_stride, len, scale, scores, out, softmax,
-    );
-}
-
-/// [`attend`] with the score normalisation given (as [`attention_with`]).
-#[allow(clippy::too_many_arguments)]
-pub fn attend_with(
     q: &[f32],
     keys: &[f32],
     k_stride: usize,

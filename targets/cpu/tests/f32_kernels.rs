@@ -241,7 +241,7 @@ proptest! {
         let dh = d / heads;
         let mut scratch = vec![f32::NAN; l + extra_scratch];
         let mut out = vec![f32::NAN; l * d];
-        k::attention(&q, &kk, &v, l, heads, &mut scratch, &mut out);
+        k::attention(&q, &kk, &v, l, heads, &mut scratch, &mut out, k::softmax);
         let scale = 1.0 / (dh as f64).sqrt();
         for i in 0..l {
             for h in 0..heads {
@@ -263,7 +263,7 @@ proptest! {
         let l = u.len() / d;
         let mut scratch = vec![f32::NAN; l];
         let mut out = vec![f32::NAN; d];
-        k::attention_pool(&u, &query, &mut scratch, &mut out);
+        k::attention_pool(&u, &query, &mut scratch, &mut out, k::softmax);
         let want = attend64(&query, &u, &u, d, 0, d, 1.0 / (d as f64).sqrt());
         for (&got, (want, tol)) in out.iter().zip(want) {
             check(got, want, tol)?;
@@ -606,9 +606,9 @@ fn attention_single_token_returns_values() {
     let v = [4.0f32, -1.0, 0.25, 8.0];
     let mut scratch = [0.0f32; 1];
     let mut out = [0.0f32; 4];
-    k::attention(&q, &kk, &v, 1, 2, &mut scratch, &mut out);
+    k::attention(&q, &kk, &v, 1, 2, &mut scratch, &mut out, k::softmax);
     assert_eq!(out, v);
-    k::attention_pool(&v, &q, &mut scratch, &mut out);
+    k::attention_pool(&v, &q, &mut scratch, &mut out, k::softmax);
     assert_eq!(out, v);
 }
 
@@ -619,7 +619,7 @@ fn attention_pool_equal_scores_average() {
     let query = [0.0f32, 1.0];
     let mut scratch = [0.0f32; 3];
     let mut out = [9.0f32; 2];
-    k::attention_pool(&u, &query, &mut scratch, &mut out);
+    k::attention_pool(&u, &query, &mut scratch, &mut out, k::softmax);
     assert_close(&out, &[1.0, 0.0], 1e-7);
 }
 

@@ -296,48 +296,24 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             let lru = simulate_lru(trace, slots, &[]);
             let lfu = simulate_lfu(trace, slots, a.lfu_half_life);
             let lru_pin = simulate_lru(trace, slots, &pinned);
-            let cyclic = simulate_layer(
-                trace,
-                slots,
-                a.lfu_half_life,
-                layers,
-                layer_of,
-                LayerRank::Cyclic,
-                |_, _| false,
-            );
-            let layer_lfu = simulate_layer(
-                trace,
-                slots,
-                a.lfu_half_life,
-                layers,
-                layer_of,
-                LayerRank::Lfu {
-                    weight: LAYER_WEIGHT,
-                },
-                |_, _| false,
-            );
-            let layer_lfu_predicted = simulate_layer(
-                trace,
-                slots,
-                a.lfu_half_life,
-                layers,
-                layer_of,
-                LayerRank::Lfu {
-                    weight: LAYER_WEIGHT,
-                },
-                ahead.predicted(trace, layer_of),
-            );
-            let layer_lfu_oracle = simulate_layer(
-                trace,
-                slots,
-                a.lfu_half_life,
-                layers,
-                layer_of,
-                LayerRank::Lfu {
-                    weight: LAYER_WEIGHT,
-                },
-                ahead.step_oracle(trace),
-            );
+            let layered = |rank, protect: &dyn Fn(usize, u32) -> bool| {
+                simulate_layer(
+                    trace,
+                    slots,
+                    a.lfu_half_life,
+                    layers,
+                    layer_of,
+                    rank,
+                    protect,
+                )
+            };
+            let lfu_rank = LayerRank::Lfu {
+                weight: LAYER_WEIGHT,
+            };
+            let cyclic = layered(LayerRank::Cyclic, &|_, _| false);
+            let layer_lfu = layered(lfu_rank, &|_, _| false);
+            let layer_lfu_predicted = layered(lfu_rank, &ahead.predicted(trace, layer_of));
+            let layer_lfu_oracle = layered(lfu_rank, &ahead.step_oracle(trace));
             let belady = simulate_belady(trace, slots);
             let best = [lru, lfu, lru_pin, cyclic, layer_lfu, layer_lfu_predicted]
                 .iter()
