@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Whole-task peer benchmark against onnxruntime: packs the bundled reference
-# model as f32 and as i4g32 (--quant int4, calibrated), exports every task as
-# one dense graph (`export-onnx --whole`, with dumped test samples), builds
-# the C ABI (libtaskpath_ffi.so), then runs scripts/onnx_peer.py in ONE
+# Whole-task peer benchmark against onnxruntime: builds the C ABI
+# (libtaskpath_ffi.so), has scripts/onnx-check.sh --whole pack the bundled
+# reference model as f32 and as i4g32 (--quant int4, calibrated), export every
+# task as one dense graph with dumped test samples and check each graph, then
+# runs scripts/onnx_peer.py in ONE
 # python process pinned to one core: per round, Taskpath calls (ctypes,
 # tp_session_run) and onnxruntime calls (1 intra-op / 1 inter-op thread,
 # sequential, all graph optimizations) on the same inputs, interleaved.
@@ -20,39 +21,21 @@ ROUNDS=${1:-31}
 RUNS=${2:-200}
 CORE=${3:-1}
 SAMPLES=16
-DATA=$ROOT/models/reference/data
 
 step() { printf '\n--- onnx-peer: %s\n' "$1" >&2; }
 
 command -v taskset >/dev/null || { echo "onnx-peer: needs taskset (util-linux)" >&2; exit 1; }
-step "python venv with onnxruntime, onnx, numpy ($VENV)"
-if ! "$VENV/bin/python" -c "import onnxruntime, onnx, numpy" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check onnxruntime onnx numpy
-fi
-
 if [ -z "${ONNX_PEER_NO_BUILD:-}" ]; then  # set it to use the binaries already built
     step "cargo build --release -p taskpath-cli -p taskpath-ffi"
     cargo build --release -p taskpath-cli -p taskpath-ffi >&2
 fi
 TD=${CARGO_TARGET_DIR:-$ROOT/target}
-TP=$TD/release/taskpath
 LIB=$TD/release/libtaskpath_ffi.so
 
-rm -rf "$OUT"
-for q in f32:f32 i4g32:int4; do
-    name=${q%%:*}
-    step "pack ($name) and export-onnx --whole"
-    mkdir -p "$OUT/$name"
-    "$TP" pack models/reference/stage3 -o "$OUT/$name/model.tpk" --calibration "$DATA" \
-        --quant "${q#*:}" >/dev/null
-    TASKS=$("$TP" inspect "$OUT/$name/model.tpk" --json | "$VENV/bin/python" -c \
-        "import json,sys; print(' '.join(t['name'] for t in json.load(sys.stdin)['tasks']))")
-    for t in $TASKS; do
-        "$TP" export-onnx "$OUT/$name/model.tpk" --task "$t" -o "$OUT/$name/$t" --whole \
-            --dump-reference "$DATA" --dump-samples "$SAMPLES" >&2
-    done
-done
+# The venv, the f32 and i4g32 packages and their whole-task graphs with the
+# dumped test samples, each graph checked against the runtime's logits.
+step "pack, export-onnx --whole, check (scripts/onnx-check.sh --whole $SAMPLES)"
+ONNX_CHECK_OUT=$OUT ONNX_VENV=$VENV scripts/onnx-check.sh --whole "$SAMPLES" >&2
 
 step "benchmark on core $CORE ($ROUNDS rounds x $RUNS calls per engine)"
 lscpu | grep 'Model name' || true
