@@ -186,7 +186,8 @@ impl Problem<'_> {
         with_bias: impl Fn(f32, f32) -> f32,
         no_bias: impl Fn(f32) -> f32,
     ) {
-        let bias: Option<&[f32; W]> = self.bias.and_then(|b| b.get(o0..o0 + W)?.try_into().ok());
+        // `F32Gemm::gemm` checked `bias.len() >= n`, and `o0 + W <= n`.
+        let bias: Option<&[f32; W]> = self.bias.map(|b| b[o0..o0 + W].try_into().unwrap());
         for (i, s) in sums.chunks_exact(W).take(rows).enumerate() {
             let at = (r0 + i) * self.ldy + o0;
             let y: &mut [f32; W] = (&mut self.y[at..at + W]).try_into().unwrap();
