@@ -18,28 +18,9 @@ use taskpath_pack::residency::{
 use taskpath_runtime::{cache_footprint, AlignedArena, Model, Prefetch, ResidencyCache, Tracer};
 
 use crate::lm::{load_texts, task_or_full, CorpusArgs};
-use crate::residency::{Fetches, ResidencyArgs};
+use crate::residency::ResidencyArgs;
+use crate::stream::model_top_k;
 use crate::util::{outln, Table};
-
-/// Decodes `ids` on `task` in windows, through `cache` when given; returns
-/// the expert fetches.
-fn fetches(
-    model: &Model<'_>,
-    task: usize,
-    ids: &[u32],
-    window: usize,
-    cache: Option<&mut ResidencyCache<'_>>,
-) -> Result<Vec<u32>> {
-    let info = model.task(task)?;
-    let mut arena = AlignedArena::new(info.arena_bytes);
-    let mut s = domains::session(model, task, &mut arena)?;
-    if let Some(c) = cache {
-        s = s.with_blob_source(c)?;
-    }
-    let mut f = Fetches::default();
-    domains::score(&mut s, ids, window, &mut f)?;
-    Ok(f.0)
-}
 
 /// The fetches of a run and the speculative prefetch's predictions: each
 /// predicted blob with the number of fetches made before it was predicted.
@@ -66,38 +47,47 @@ impl Prefetch for NoRead {
     fn will_need(&mut self, _blob: u32, _bytes: &[u8]) {}
 }
 
-/// Decodes `ids` on `task` in windows with speculative next-layer
-/// prediction of the `k` top-scored experts (outputs are unchanged).
+/// Decodes `ids` on `task` in windows, through `cache` when given; with
+/// `predict`, speculative next-layer prediction of as many experts per token
+/// as the router picks (k' = k; hints only, outputs and fetches unchanged).
 fn routing(
     model: &Model<'_>,
     task: usize,
     ids: &[u32],
     window: usize,
-    k: usize,
+    cache: Option<&mut ResidencyCache<'_>>,
+    predict: bool,
 ) -> Result<Routing> {
     let info = model.task(task)?;
     let mut arena = AlignedArena::new(info.arena_bytes);
     let mut hook = NoRead;
-    let mut s = domains::session(model, task, &mut arena)?
-        .with_prefetch(&mut hook)
-        .with_prefetch_topk(k);
+    let mut s = domains::session(model, task, &mut arena)?;
+    if predict {
+        let k = model_top_k(&s);
+        s = s.with_prefetch(&mut hook).with_prefetch_topk(k);
+    }
+    if let Some(c) = cache {
+        s = s.with_blob_source(c)?;
+    }
     let mut r = Routing::default();
     domains::score(&mut s, ids, window, &mut r)?;
     Ok(r)
 }
 
 /// What a routing-aware eviction may protect at each fetch of `trace`.
-struct Lookahead {
-    /// Per fetch: the blobs the latest prediction named (the next MoE
-    /// layer's top-k' experts, scored before this layer's experts ran).
-    predicted: Vec<Vec<u32>>,
+struct Lookahead<'r> {
+    routing: &'r Routing,
+    /// Per fetch: the range of `routing.predicted` made last before it (one
+    /// emission point, all with the same fetch count: the next MoE layer's
+    /// top-k' experts, scored before this layer's experts ran).
+    predicted: Vec<core::ops::Range<usize>>,
     /// Per fetch: the end (exclusive) of its decode step's fetches, found
     /// where the layer cycle wraps.
     step_end: Vec<usize>,
 }
 
-impl Lookahead {
-    fn new(r: &Routing, layer_of: impl Fn(u32) -> usize) -> Self {
+impl<'r> Lookahead<'r> {
+    fn new(r: &'r Routing, layer_of: impl Fn(u32) -> usize) -> Self {
         let f = &r.fetches;
         let mut step_end = vec![f.len(); f.len()];
         for i in (0..f.len().saturating_sub(1)).rev() {
@@ -107,28 +97,21 @@ impl Lookahead {
                 step_end[i + 1]
             };
         }
-        let mut predicted = Vec::with_capacity(f.len());
-        let mut at = 0;
-        let mut batch: Vec<u32> = Vec::new();
-        for i in 0..f.len() {
-            // The batch of predictions made last before fetch i (one
-            // emission point: all with the same fetch count).
-            let mut newest = None;
-            while at < r.predicted.len() && r.predicted[at].0 <= i {
-                newest = Some(r.predicted[at].0);
-                at += 1;
-            }
-            if let Some(n) = newest {
-                batch = r.predicted[..at]
-                    .iter()
-                    .rev()
-                    .take_while(|p| p.0 == n)
-                    .map(|p| p.1)
-                    .collect();
-            }
-            predicted.push(batch.clone());
-        }
+        let p = &r.predicted;
+        let (mut start, mut end) = (0, 0);
+        let predicted = (0..f.len())
+            .map(|i| {
+                while end < p.len() && p[end].0 <= i {
+                    if p[end].0 != p[start].0 {
+                        start = end;
+                    }
+                    end += 1;
+                }
+                start..end
+            })
+            .collect();
         Self {
+            routing: r,
             predicted,
             step_end,
         }
@@ -138,11 +121,11 @@ impl Lookahead {
     /// this layer and not yet fetched, and the next layer's predicted ones.
     fn predicted<'s>(
         &'s self,
-        f: &'s [u32],
         layer_of: impl Fn(u32) -> usize + 's,
     ) -> impl Fn(usize, u32) -> bool + 's {
+        let (f, p) = (&self.routing.fetches, &self.routing.predicted);
         move |i, b| {
-            self.predicted[i].contains(&b)
+            p[self.predicted[i].clone()].iter().any(|&(_, x)| x == b)
                 || f[i + 1..self.step_end[i]]
                     .iter()
                     .take_while(|&&x| layer_of(x) == layer_of(f[i]))
@@ -152,7 +135,8 @@ impl Lookahead {
 
     /// The oracle bound of any within-step predictor: every blob the rest
     /// of this decode step fetches (from the trace itself).
-    fn step_oracle<'s>(&'s self, f: &'s [u32]) -> impl Fn(usize, u32) -> bool + 's {
+    fn step_oracle(&self) -> impl Fn(usize, u32) -> bool + '_ {
+        let f = &self.routing.fetches;
         move |i, b| f[i + 1..self.step_end[i]].contains(&b)
     }
 }
@@ -236,12 +220,6 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
     );
     let pool = blob * sizes.len();
     let (layer_map, layers) = blob_layers(model);
-    // Predictions name as many experts per token as the router picks (k' = k).
-    let top_k = (0..model.group_count() as u32)
-        .filter_map(|g| model.group(g))
-        .map(|g| g.top_k as usize)
-        .max()
-        .unwrap_or(1);
     let layer_of = |b: u32| layer_map.get(&b).copied().unwrap_or(0);
     outln!(
         "full model, {} split, first {} tokens per domain, windows of {}: {} expert blobs of {} bytes (cache footprint), pool {} bytes; LFU half-life {} fetches; pin share {}",
@@ -273,7 +251,7 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
     // Per budget: summed hits and fetches of each policy.
     let mut sums: BTreeMap<usize, [SimResult; 8]> = BTreeMap::new();
     for (domain, ids) in &texts.domains {
-        let routed = routing(model, full, ids, texts.window, top_k)
+        let routed = routing(model, full, ids, texts.window, None, true)
             .with_context(|| format!("decoding domain {domain}"))?;
         let trace = &routed.fetches;
         let ahead = Lookahead::new(&routed, layer_of);
@@ -312,8 +290,8 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
             };
             let cyclic = layered(LayerRank::Cyclic, &|_, _| false);
             let layer_lfu = layered(lfu_rank, &|_, _| false);
-            let layer_lfu_predicted = layered(lfu_rank, &ahead.predicted(trace, layer_of));
-            let layer_lfu_oracle = layered(lfu_rank, &ahead.step_oracle(trace));
+            let layer_lfu_predicted = layered(lfu_rank, &ahead.predicted(layer_of));
+            let layer_lfu_oracle = layered(lfu_rank, &ahead.step_oracle());
             let belady = simulate_belady(trace, slots);
             let best = [lru, lfu, lru_pin, cyclic, layer_lfu, layer_lfu_predicted]
                 .iter()
@@ -326,7 +304,7 @@ pub fn main(model: &Model<'_>, a: &ResidencyArgs, corpus: &Path) -> Result<()> {
                 cache.pin(model, b)?;
             }
             let pin_loads = cache.stats().misses;
-            fetches(model, full, ids, texts.window, Some(&mut cache))?;
+            routing(model, full, ids, texts.window, Some(&mut cache), false)?;
             let st = cache.stats();
             let (hits, misses) = (st.hits, st.misses - pin_loads);
             ensure!(
